@@ -1,0 +1,141 @@
+"""The trainer: run-folder outputs, idempotence, exact resume after a kill, divergence, bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from we.config import ConfigError, load_config
+from we.methods import METHODS, Method
+from we.train import cli, main
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["dataset=digits", "model=resnet20", "limit_train=128", "batch_size=32", "workers=0", "progress=plain"]
+
+
+def tiny(tmp_path: Path, *extra: str):
+    return load_config(None, TINY + [f"out={tmp_path}", *extra])
+
+
+def test_run_folder_outputs(tmp_path: Path):
+    result = main(tiny(tmp_path, "epochs=2", "method=we"))
+    assert result["status"] == "complete" and result["epochs_done"] == 2
+    for name in ("config.yaml", "metrics.csv", "metrics.jsonl", "result.json", "last.pt"):
+        assert (tmp_path / name).exists(), name
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("lr", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5", "seconds",
+                "we_conv_weight", "we_bn_weight", "we_rate"):
+        assert key in rows[0], key
+    assert "we_conv_weight" not in rows[1]  # no evolution after the last epoch
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header[:2] == ["epoch", "lr"]
+    saved = json.loads((tmp_path / "result.json").read_text())
+    prov = saved["provenance"]
+    assert prov["versions"]["torch"] == torch.__version__ and "hardware" in prov and "git_commit" in prov
+    assert saved["config"]["seed"] == 0 and saved["final_top1"] == rows[-1]["test_top1"]
+    assert saved["best_top1"] == max(r["test_top1"] for r in rows)
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert {"model", "optimizer", "scheduler", "method", "rng", "epoch", "config"} <= set(ckpt)
+    assert ckpt["epoch"] == 2 and ckpt["config"]["method"] == "we"
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["lr"] == 0.1
+
+
+def test_complete_run_is_not_retrained(tmp_path: Path):
+    cfg = tiny(tmp_path, "epochs=1")
+    first = main(cfg)
+    stamp = (tmp_path / "last.pt").stat().st_mtime_ns
+    again = main(cfg)
+    assert again["final_top1"] == first["final_top1"]
+    assert (tmp_path / "last.pt").stat().st_mtime_ns == stamp
+
+
+def test_changed_config_in_same_folder_is_refused(tmp_path: Path):
+    main(tiny(tmp_path, "epochs=1"))
+    before = (tmp_path / "result.json").read_text()
+    with pytest.raises(ConfigError, match="'lr'|lr"):
+        main(tiny(tmp_path, "epochs=1", "lr=0.05"))
+    assert (tmp_path / "result.json").read_text() == before
+
+
+def _train_cmd(out: Path, epochs: int, method: str) -> list[str]:
+    return [sys.executable, "-m", "we.train", *TINY, "limit_train=384", f"epochs={epochs}", f"method={method}",
+            "lr_milestones=[2,4]", "we_r_hat=0.3", "we_gamma=0.5", f"out={out}"]
+
+
+@pytest.mark.parametrize("method", ["we"])
+def test_killed_run_resumes_bitwise(tmp_path: Path, method: str):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    subprocess.run(_train_cmd(ref, 4, method), cwd=REPO, env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(_train_cmd(cut, 4, method), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (cut / "last.pt").exists():
+            time.sleep(0.3)  # let it get into the next epoch
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "run finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = torch.load(cut / "last.pt", weights_only=False)["epoch"]
+    assert 1 <= done < 4
+    out = subprocess.run(_train_cmd(cut, 4, method), cwd=REPO, env=env, check=True, capture_output=True, text=True)
+    assert f"resuming after epoch {done}" in out.stdout
+    a = torch.load(ref / "last.pt", weights_only=False)
+    b = torch.load(cut / "last.pt", weights_only=False)
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("seconds", "train_seconds", "images_per_s")} for r in h]
+    assert strip(a["history"]) == strip(b["history"])
+    assert a["method"] == b["method"]
+
+
+def test_non_finite_loss_marks_diverged(tmp_path: Path, capsys):
+    code = cli(TINY + ["epochs=3", "lr=1e30", "momentum=0.0", f"out={tmp_path}"])
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert code == 3 and result["status"] == "diverged" and result["diverged_epoch"] == 1
+
+
+def test_cli_bad_key_is_one_line(tmp_path: Path, capsys):
+    code = cli(TINY + ["epochz=3", f"out={tmp_path}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "'epochz'" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "config.yaml").exists()
+
+
+def test_method_hooks_are_called_in_order(tmp_path: Path, monkeypatch):
+    calls = []
+
+    class Recorder(Method):
+        def __init__(self, cfg):
+            pass
+
+        def on_train_start(self, ctx):
+            calls.append("start")
+
+        def after_optimizer_step(self, ctx, iteration, epoch):
+            calls.append(("step", iteration, epoch))
+
+        def extra_loss(self, ctx, inputs, outputs, targets):
+            return outputs.float().pow(2).mean() * 0.0
+
+        def on_epoch_end(self, ctx, epoch, last):
+            calls.append(("end", epoch, last))
+            return {"recorded": 1.0}
+
+    monkeypatch.setitem(METHODS, "recorder", Recorder)
+    main(tiny(tmp_path, "epochs=2", "method=recorder", "limit_train=64"))
+    assert calls[0] == "start"
+    assert [c for c in calls if c[0] == "end"] == [("end", 0, False), ("end", 1, True)]
+    steps = [c for c in calls if c[0] == "step"]
+    assert [s[1] for s in steps] == list(range(4)) and [s[2] for s in steps] == [0, 0, 1, 1]
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["recorded"] == 1.0

@@ -1,0 +1,304 @@
+"""The single-run trainer: `python -m we.train [--config FILE] [key=value ...]`.
+
+`main(cfg)` trains one model with one method into the run folder `cfg.out` and is idempotent:
+a complete (or diverged) run is returned as it is, an interrupted one resumes from `last.pt`
+and ends bitwise identical (on the CPU) to an uninterrupted run.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+import models
+from we.checkpoint import (load_checkpoint, provenance, rng_state, save_checkpoint, seed_everything,
+                           set_rng_state, write_json, write_text)
+from we.config import Config, ConfigError, config_diff, load_config, to_dict
+from we.data import build_data
+from we.methods import TrainContext, create_method
+
+# Keys that may differ between an interrupted run and its resumption (where it runs, not what).
+RESUME_IGNORES = ("out", "device", "data_dir", "download", "workers", "progress")
+TERMINAL = ("complete", "diverged")
+EXIT_CODES = {"complete": 0, "failed": 1, "diverged": 3}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'device': {name!r} requested but CUDA is not available")
+    return device
+
+
+def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+
+
+def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per epoch."""
+    if cfg.schedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.lr_milestones, gamma=cfg.lr_gamma)
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step, gamma=cfg.lr_gamma)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+
+
+def _progress(iterable, cfg: Config, desc: str):
+    use_bar = cfg.progress == "bar" or (cfg.progress == "auto" and sys.stderr.isatty())
+    if not use_bar:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def train_one_epoch(ctx: TrainContext, method, data, epoch: int, iteration: int, fmodel) -> dict[str, Any]:
+    """One pass over the training set; sums stay on the device until the end of the epoch."""
+    cfg, model, opt = ctx.cfg, ctx.model, ctx.optimizer
+    model.train()
+    loss_sum = torch.zeros((), device=ctx.device)
+    correct = torch.zeros((), device=ctx.device, dtype=torch.long)
+    seen = 0
+    method_totals: dict[str, float] = {}
+    t0 = time.perf_counter()
+    for x, y in _progress(data.train, cfg, f"epoch {epoch + 1}/{cfg.epochs}"):
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+            out = fmodel(x)
+            loss = F.cross_entropy(out, y)
+            extra = method.extra_loss(ctx, x, out, y)
+            if extra is not None:
+                loss = loss + extra
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        stats = method.after_optimizer_step(ctx, iteration, epoch)
+        for k, v in (stats or {}).items():
+            method_totals[k] = method_totals.get(k, 0) + v
+        iteration += 1
+        n = y.shape[0]
+        loss_sum += loss.detach().float() * n
+        correct += (out.detach().argmax(1) == y).sum()
+        seen += n
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize(ctx.device)
+    seconds = time.perf_counter() - t0
+    return {"train_loss": loss_sum.item() / max(seen, 1), "train_top1": 100.0 * correct.item() / max(seen, 1),
+            "train_seconds": seconds, "images_per_s": seen / seconds if seconds > 0 else float("nan"),
+            "iteration": iteration, "method": method_totals}
+
+
+@torch.no_grad()
+def evaluate(ctx: TrainContext, data, fmodel) -> dict[str, float]:
+    """Test loss, top-1 and top-5 (%)."""
+    cfg = ctx.cfg
+    ctx.model.eval()
+    loss_sum = torch.zeros((), device=ctx.device)
+    top1 = torch.zeros((), device=ctx.device, dtype=torch.long)
+    top5 = torch.zeros((), device=ctx.device, dtype=torch.long)
+    seen = 0
+    for x, y in data.test:
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+            out = fmodel(x)
+        out = out.float()
+        loss_sum += F.cross_entropy(out, y, reduction="sum")
+        k = min(5, out.shape[1])
+        pred = out.topk(k, dim=1).indices
+        hit = pred == y[:, None]
+        top1 += hit[:, 0].sum()
+        top5 += hit.any(dim=1).sum()
+        seen += y.shape[0]
+    return {"test_loss": loss_sum.item() / seen, "test_top1": 100.0 * top1.item() / seen,
+            "test_top5": 100.0 * top5.item() / seen}
+
+
+def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite metrics.jsonl and metrics.csv from the full history (atomic: never half a file)."""
+    import json
+
+    write_text(out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+    columns: list[str] = []
+    for row in history:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(history)
+    write_text(out / "metrics.csv", buf.getvalue())
+
+
+def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final and best-epoch accuracies (the authors' script reports the best epoch)."""
+    if not history:
+        return {}
+    last = history[-1]
+    best = max(history, key=lambda r: r["test_top1"])
+    train_s = sum(r["train_seconds"] for r in history)
+    images = sum(r["images_per_s"] * r["train_seconds"] for r in history)
+    return {"epochs_done": len(history), "final_top1": last["test_top1"], "final_top5": last["test_top5"],
+            "final_test_loss": last["test_loss"], "best_top1": best["test_top1"], "best_top5": best["test_top5"],
+            "best_epoch": best["epoch"], "train_seconds": train_s,
+            "images_per_s": images / train_s if train_s > 0 else None}
+
+
+def _check_same_run(out: Path, cfg: Config) -> None:
+    """An existing run folder must hold the same configuration (else results would mix)."""
+    path = out / "config.yaml"
+    if not path.exists():
+        return
+    try:
+        old = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        raise ConfigError(f"{path}: malformed YAML in an existing run folder") from None
+    diff = config_diff(old, to_dict(cfg), ignore=RESUME_IGNORES)
+    if diff:
+        raise ConfigError(f"{out}: holds a run with a different config (keys: {', '.join(diff)}); use another out")
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def main(cfg: Config) -> dict[str, Any]:
+    """Train (or resume, or return) the run described by a resolved config; returns result.json's content."""
+    import json
+
+    out = Path(cfg.out)
+    result_path = out / "result.json"
+    if result_path.exists():
+        try:
+            previous = json.loads(result_path.read_text())
+        except json.JSONDecodeError:
+            raise RuntimeError(f"{result_path}: unreadable result file") from None
+        if previous.get("status") in TERMINAL:
+            _check_same_run(out, cfg)
+            log(f"{out}: already {previous['status']}; nothing to do")
+            return previous
+    _check_same_run(out, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+    device = resolve_device(cfg.device)
+    started = time.perf_counter()
+    result: dict[str, Any] = {"status": "running", "config": to_dict(cfg), "provenance": provenance(device)}
+    try:
+        result.update(_train(cfg, out, device))
+    except Exception as err:
+        result.update(status="failed", error=f"{type(err).__name__}: {err}",
+                      traceback=traceback.format_exc(limit=8))
+        write_json(result_path, result)
+        raise
+    result["wall_seconds"] = time.perf_counter() - started
+    write_json(result_path, result)
+    return result
+
+
+def _train(cfg: Config, out: Path, device: torch.device) -> dict[str, Any]:
+    seed_everything(cfg.seed)
+    if cfg.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
+    data_path = cfg.data_path if cfg.data_path != "auto" else ("device" if device.type == "cuda" and
+                                                                 cfg.dataset != "imagenet" else "loader")
+    data = build_data(cfg.dataset, cfg.data_dir, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
+                      normalization=cfg.normalization, image_size=cfg.image_size, data_path=data_path,
+                      device=device, workers=cfg.workers, seed=cfg.seed, download=cfg.download,
+                      limit_train=cfg.limit_train or None)
+    model = models.create(cfg.model, num_classes=data.info.num_classes).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    fmodel = torch.compile(model) if cfg.compile else model
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer)
+    method = create_method(cfg)
+    ctx = TrainContext(model=model, optimizer=optimizer, cfg=cfg, device=device, steps_per_epoch=len(data.train))
+
+    history: list[dict[str, Any]] = []
+    start_epoch, iteration = 0, 0
+    ckpt_path = out / "last.pt"
+    if ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        method.load_state_dict(state["method"])
+        set_rng_state(state["rng"])
+        start_epoch, iteration, history = state["epoch"], state["iteration"], state["history"]
+        log(f"{out}: resuming after epoch {start_epoch} of {cfg.epochs}")
+    method.on_train_start(ctx)
+    log(f"{out}: {cfg.model} on {cfg.dataset} ({data.num_train} train / {data.num_test} test), method "
+        f"{cfg.method}, {cfg.epochs} epochs, data path {data_path}, device {device}")
+
+    status = "complete"
+    for epoch in range(start_epoch, cfg.epochs):
+        data.train.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        t0 = time.perf_counter()
+        tr = train_one_epoch(ctx, method, data, epoch, iteration, fmodel)
+        iteration = tr.pop("iteration")
+        method_stats = tr.pop("method")
+        if not math.isfinite(tr["train_loss"]):
+            status = "diverged"
+            log(f"epoch {epoch + 1}: non-finite training loss; stopping (diverged)")
+            history.append({"epoch": epoch + 1, "lr": lr, **tr, "test_loss": float("nan"),
+                            "test_top1": float("nan"), "test_top5": float("nan"), "seconds": time.perf_counter() - t0})
+            break
+        ev = evaluate(ctx, data, fmodel)
+        method_stats.update(method.on_epoch_end(ctx, epoch, last=epoch == cfg.epochs - 1))
+        scheduler.step()
+        row = {"epoch": epoch + 1, "lr": lr, **tr, **ev, **method_stats, "seconds": time.perf_counter() - t0}
+        history.append(row)
+        save_checkpoint(out / "last.pt", {
+            "config": to_dict(cfg), "epoch": epoch + 1, "iteration": iteration, "history": history,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "method": method.state_dict(), "rng": rng_state()})
+        write_metrics(out, history)
+        log(f"epoch {epoch + 1}/{cfg.epochs} lr {lr:.4g} train loss {tr['train_loss']:.4f} top1 "
+            f"{tr['train_top1']:.2f} | test loss {ev['test_loss']:.4f} top1 {ev['test_top1']:.2f} top5 "
+            f"{ev['test_top5']:.2f} | {row['seconds']:.1f}s {tr['images_per_s']:.0f} img/s"
+            + "".join(f" {k} {v:g}" for k, v in method_stats.items()))
+    write_metrics(out, history)
+    summary = summarize(history)
+    if status == "diverged":
+        summary["diverged_epoch"] = history[-1]["epoch"]
+    return {"status": status, **summary, "speed": {k: getattr(cfg, k) for k in
+                                                    ("amp", "channels_last", "compile", "cudnn_benchmark")},
+            "data_path": data_path, "seed": cfg.seed}
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m we.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML file of config keys (overridden by key=value arguments)")
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. model=resnet56 method=we epochs=10")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        result = main(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - reported in result.json and as one line here
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    summary = {k: result.get(k) for k in ("status", "final_top1", "best_top1", "epochs_done")}
+    log(f"result: {summary}")
+    return EXIT_CODES.get(result["status"], 1)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
