@@ -1,0 +1,181 @@
+"""Tests of the model zoo: registry API, shapes, gradients and exact parameter counts."""
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import models
+
+# Parameter counts at (10, 100, 1000) classes. The CIFAR-10/100 counts of resnet56, resnet110,
+# mobilenetv1, mobilenetv2, shufflenetv1 and densenet40 are those of the authors' script and
+# the paper's model descriptions; the rest were measured (resnet34 and mobilenetv2_050 are the
+# torchvision / timm models as they are).
+EXPECTED: dict[str, tuple[int, int, int]] = {
+    "resnet20": (269_722, 275_572, 334_072),
+    "resnet32": (464_154, 470_004, 528_504),
+    "resnet44": (658_586, 664_436, 722_936),
+    "resnet56": (853_018, 858_868, 917_368),
+    "resnet110": (1_727_962, 1_733_812, 1_792_312),
+    "densenet40": (1_019_722, 1_060_132, 1_464_232),
+    "mobilenetv1": (3_217_226, 3_309_476, 4_231_976),
+    "mobilenetv2": (2_296_922, 2_412_212, 3_565_112),
+    "shufflenetv1": (925_618, 1_012_108, 1_877_008),
+    "resnet34": (21_289_802, 21_335_972, 21_797_672),
+    "mobilenetv2_050": (700_490, 815_780, 1_968_680),
+}
+IMAGENET = {"resnet34", "mobilenetv2_050"}
+TEST_SIZE = {"cifar": 32, "imagenet": 64}  # small ImageNet inputs keep the CPU tests fast
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_list_models_matches_table() -> None:
+    names = models.list_models()
+    assert names == sorted(EXPECTED)
+    assert set(models.list_models("imagenet")) == IMAGENET
+    assert set(models.list_models("cifar")) == set(EXPECTED) - IMAGENET
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_forward_backward(name: str) -> None:
+    torch.manual_seed(0)
+    net = models.create(name, num_classes=7)
+    size = TEST_SIZE[models.model_info(name).family]
+    x = torch.randn(2, 3, size, size)
+    net.train()
+    out = net(x)
+    assert out.shape == (2, 7)
+    out.logsumexp(1).sum().backward()
+    for pname, p in net.named_parameters():
+        assert p.grad is not None, f"{name}.{pname} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name}.{pname} has non-finite gradient"
+    net.eval()
+    with torch.no_grad():
+        assert net(x[:1]).shape == (1, 7)
+
+
+@pytest.mark.parametrize("classes_idx", [0, 1, 2], ids=["c10", "c100", "c1000"])
+@pytest.mark.parametrize("name", models.list_models())
+def test_param_count(name: str, classes_idx: int) -> None:
+    classes = (10, 100, 1000)[classes_idx]
+    assert n_params(models.create(name, num_classes=classes)) == EXPECTED[name][classes_idx]
+
+
+def test_default_num_classes_is_10() -> None:
+    assert models.create("resnet20")(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("name,kw,count", [
+    ("resnet20", {"shortcut": "B"}, 272_474),  # option-B projection shortcuts
+    ("resnet56", {"shortcut": "B"}, 855_770),
+    ("shufflenetv1", {"conv_bias": False}, 913_378),
+])
+def test_options(name: str, kw: dict, count: int) -> None:
+    assert n_params(models.create(name, **kw)) == count
+
+
+def test_option_b_forward() -> None:
+    net = models.create("resnet20", shortcut="B")
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="shortcut"):
+        models.create("resnet20", shortcut="C")
+
+
+def test_unknown_name() -> None:
+    with pytest.raises(ValueError) as e:
+        models.create("resnet57")
+    msg = str(e.value)
+    assert "resnet57" in msg and "resnet56" in msg and "mobilenetv2_050" in msg
+    assert "\n" not in msg
+    with pytest.raises(ValueError, match="resnet57"):
+        models.model_info("resnet57")
+
+
+def test_unknown_kwarg() -> None:
+    with pytest.raises(TypeError, match="bogus"):
+        models.create("resnet20", bogus=1)
+    with pytest.raises(TypeError, match="conv_bias"):
+        models.create("mobilenetv1", conv_bias=True)
+    with pytest.raises(TypeError, match="bogus"):
+        models.create("resnet34", bogus=1)
+
+
+def test_bad_num_classes() -> None:
+    with pytest.raises(ValueError, match="num_classes"):
+        models.create("resnet20", num_classes=0)
+
+
+def test_model_info() -> None:
+    for name in models.list_models():
+        info = models.model_info(name)
+        assert info.name == name
+        if name in IMAGENET:
+            assert (info.family, info.input_size) == ("imagenet", 224)
+        else:
+            assert (info.family, info.input_size) == ("cifar", 32)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        models.model_info("resnet20").family = "imagenet"  # type: ignore[misc]
+
+
+def test_register_duplicate_rejected() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        @models.register_model("cifar", name="resnet20")
+        def _dup(num_classes: int = 10) -> nn.Module:
+            return nn.Identity()
+    assert models.create("resnet20").__class__.__name__ == "CifarResNet"
+
+
+def test_same_seed_same_weights() -> None:
+    torch.manual_seed(1)
+    a = models.create("resnet20").state_dict()
+    torch.manual_seed(1)
+    b = models.create("resnet20").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _convs(net: nn.Module) -> list[nn.Conv2d]:
+    return [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_shufflenet_group_convs() -> None:
+    convs = _convs(models.create("shufflenetv1"))
+    grouped = [c for c in convs if 1 < c.groups < c.in_channels]
+    depthwise = [c for c in convs if c.groups == c.in_channels > 1]
+    assert len(grouped) == 32 and all(c.groups == 3 and c.kernel_size == (1, 1) for c in grouped)
+    assert len(depthwise) == 16 and all(c.kernel_size == (3, 3) for c in depthwise)
+    assert all(c.bias is not None for c in convs)
+    assert len(convs) == 1 + len(grouped) + len(depthwise)
+
+
+@pytest.mark.parametrize("name,n_dw", [("mobilenetv1", 13), ("mobilenetv2", 17), ("mobilenetv2_050", 17)])
+def test_mobilenet_depthwise(name: str, n_dw: int) -> None:
+    convs = _convs(models.create(name))
+    dw = [c for c in convs if c.groups == c.in_channels > 1]
+    assert len(dw) == n_dw
+    assert all(c.out_channels == c.in_channels and c.kernel_size == (3, 3) for c in dw)
+    assert all(c.groups in (1, c.in_channels) for c in convs)  # nothing in between
+
+
+@pytest.mark.parametrize("name", ["resnet56", "densenet40"])
+def test_plain_convs(name: str) -> None:
+    assert all(c.groups == 1 and c.bias is None for c in _convs(models.create(name)))
+
+
+def test_option_a_shortcut_has_no_parameters() -> None:
+    net = models.create("resnet20")
+    convs = _convs(net)
+    assert len(convs) == 19 and all(c.kernel_size == (3, 3) for c in convs)
+
+
+def test_models_does_not_import_we() -> None:
+    root = Path(models.__file__).resolve().parent.parent
+    code = "import sys, models; models.create('resnet20'); assert 'we' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], cwd=root, check=True, timeout=120)
