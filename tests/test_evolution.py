@@ -1,0 +1,475 @@
+"""Paper semantics of weight evolution: each rule on hand-built tensors, then properties and
+equality with the loop oracle (we.reference) on random small networks."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import we
+from we.evolution import WeightEvolution, evolve, selection_rate
+from we.reference import evolve_reference
+
+KINDS = ("conv_weight", "conv_bias", "bn_weight", "bn_bias")
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+def conv1x1(values, in_channels=1, groups=1, bias=None) -> nn.Conv2d:
+    """A 1x1 conv whose filter j has every element equal to values[j] (importance |values[j]|)."""
+    conv = nn.Conv2d(in_channels, len(values), 1, groups=groups, bias=bias is not None)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor(values, dtype=torch.float32).view(-1, 1, 1, 1).expand_as(conv.weight))
+        if bias is not None:
+            conv.bias.copy_(torch.tensor(bias, dtype=torch.float32))
+    return conv
+
+
+def bn(weight, bias=None) -> nn.BatchNorm2d:
+    layer = nn.BatchNorm2d(len(weight))
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(weight, dtype=torch.float32))
+        layer.bias.copy_(torch.tensor(bias if bias is not None else [1.0] * len(weight)))
+    return layer
+
+
+def blend(inf: float, dom: float) -> float:
+    """Eqs. 5-6 on two numbers: alpha = |inf| / (|inf| + |dom|)."""
+    a = abs(inf) / (abs(inf) + abs(dom))
+    return a * inf + (1 - a) * dom
+
+
+def filters(conv: nn.Conv2d) -> list[float]:
+    """First element of every filter."""
+    return conv.weight.detach().flatten(1)[:, 0].tolist()
+
+
+def assert_values(actual, expected):
+    torch.testing.assert_close(torch.as_tensor(actual, dtype=torch.float32),
+                               torch.tensor(expected, dtype=torch.float32))
+
+
+def random_net(seed: int) -> nn.Module:
+    """Plain 3x3 conv with bias, BN, depth-wise, group conv with bias, 1x1 conv, BN, Linear;
+    units scaled by 10 ** U(-3, 0) so that every rule has work to do."""
+    g = torch.Generator().manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, bias=True), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, groups=8, bias=False), nn.BatchNorm2d(8),
+        nn.Conv2d(8, 12, 3, groups=4, bias=True), nn.BatchNorm2d(12),
+        nn.Conv2d(12, 16, 1, bias=False), nn.BatchNorm2d(16),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+            scale = 10 ** (-3 * torch.rand(p.shape[0], generator=g))
+            p.mul_(scale.view(-1, *[1] * (p.dim() - 1)))
+    return net
+
+
+def params(net: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in net.parameters()]
+
+
+# ------------------------------------------------------------------------------ selection rate
+
+def test_selection_rate_follows_eq2_with_zero_based_epochs():
+    # stage 1 (t-1 = 0, e0 = 0): 0.05 * sigmoid(0) = 0.025
+    assert selection_rate(0) == pytest.approx(0.025)
+    assert selection_rate(59) == pytest.approx(0.05 / (1 + math.exp(-59 / 15)))
+    # epoch 60 starts stage 2: 0.05 / 2.5 * sigmoid(0) = 0.01
+    assert selection_rate(60) == pytest.approx(0.01)
+    assert selection_rate(119) == pytest.approx(0.02 / (1 + math.exp(-59 / 15)))
+    # stage 3: beta ** 2 = 6.25 -> 0.05 / 6.25 * sigmoid(30 / 15)
+    assert selection_rate(150) == pytest.approx(0.008 / (1 + math.exp(-2)))
+    assert selection_rate(38, r_hat=0.1, beta=2, eta=8, milestones=(30, 60)) == pytest.approx(
+        0.05 / (1 + math.exp(-1)))
+
+
+# ---------------------------------------------------------------------------- global selection
+
+def two_layers():
+    # pool (conv filters, importance = value): [1, 2, 6, 8 | 1, 3, 5, 9], P = 8
+    return nn.Sequential(conv1x1([1.0, 2.0, 6.0, 8.0]), conv1x1([1.0, 3.0, 5.0, 9.0]))
+
+
+def test_global_selection_takes_floor_of_rate_times_pool():
+    net = two_layers()
+    # floor(0.35 * 8) = floor(2.8) = 2 -> W_tbd = the two 1's (rounding would take the 2 too).
+    # WE-G: each layer has k = 1 inferior, c = 1, partner = its strongest filter.
+    counts = evolve(net, 0.35, selection="global", bn=False)
+    assert counts == {"conv_weight": 2, "conv_bias": 0, "bn_weight": 0, "bn_bias": 0}
+    # 1 <-> 8: alpha = 1/9 -> 1/9 + 64/9 = 65/9 ; 1 <-> 9: alpha = 1/10 -> 0.1 + 8.1 = 8.2
+    assert_values(filters(net[0]), [65 / 9, 2.0, 6.0, 8.0])
+    assert_values(filters(net[1]), [8.2, 3.0, 5.0, 9.0])
+
+
+def test_global_selection_breaks_ties_by_pool_order():
+    net = two_layers()
+    # floor(0.125 * 8) = 1: the tie between the two 1's goes to the first layer (stable sort)
+    assert evolve(net, 0.125, selection="global", bn=False)["conv_weight"] == 1
+    assert_values(filters(net[0]), [65 / 9, 2.0, 6.0, 8.0])
+    assert_values(filters(net[1]), [1.0, 3.0, 5.0, 9.0])
+
+
+def test_global_and_local_both_required():
+    # importances [0.04, 0.06, 0.5, 1.0 | 0.01, 2, 3, 4]; rate 0.25 -> floor(2) tbd = {0.01, 0.04}
+    net = nn.Sequential(conv1x1([0.04, 0.06, 0.5, 1.0]), conv1x1([0.01, 2.0, 3.0, 4.0]))
+    counts = evolve(net, 0.25, gamma=0.05, bn=False)
+    # layer 1: 0.04 / 1.0 < 0.05 -> inferior, partner 1.0 ; 0.06 is not in W_tbd
+    # layer 2: 0.01 / 4 < 0.05 -> inferior, partner 4.0
+    assert counts["conv_weight"] == 2
+    assert_values(filters(net[0]), [blend(0.04, 1.0), 0.06, 0.5, 1.0])
+    assert_values(filters(net[1]), [blend(0.01, 4.0), 2.0, 3.0, 4.0])
+
+
+# ----------------------------------------------------------------------------- local selection
+
+def test_local_selection_uses_relative_importance_below_gamma():
+    net = nn.Sequential(conv1x1([0.04, 0.06, 0.5, 1.0]))
+    # rate 1: all in W_tbd; RI = [0.04, 0.06, 0.5, 1]: only 0.04 < 0.05
+    assert evolve(net, 1.0, gamma=0.05, bn=False)["conv_weight"] == 1
+    assert_values(filters(net[0]), [blend(0.04, 1.0), 0.06, 0.5, 1.0])
+    net = nn.Sequential(conv1x1([0.04, 0.06, 0.5, 1.0]))
+    # gamma 0.07: RI 0.04 and 0.06 inferior (k = 2, c = 2) -> 0.04 <-> 0.5, 0.06 <-> 1.0
+    assert evolve(net, 1.0, gamma=0.07, bn=False)["conv_weight"] == 2
+    assert_values(filters(net[0]), [blend(0.04, 0.5), blend(0.06, 1.0), 0.5, 1.0])
+
+
+def test_local_selection_is_strict():
+    # RI = 0.125 / 1 = gamma exactly (both exact in binary): not inferior; 0.0625 / 1 is
+    net = nn.Sequential(conv1x1([0.125, 1.0, 0.0625, 1.0]))
+    assert evolve(net, 1.0, gamma=0.125, bn=False)["conv_weight"] == 1
+    assert_values(filters(net[0]), [0.125, 1.0, blend(0.0625, 1.0), 1.0])
+
+
+def test_only_min_k_n_minus_k_weakest_inferior_evolve():
+    # RI = [0.01, 0.02, 0.03, 1] with gamma 0.05 -> k = 3 of n = 4, c = min(3, 1) = 1
+    net = nn.Sequential(conv1x1([0.02, 0.01, 1.0, 0.03]))
+    assert evolve(net, 1.0, bn=False)["conv_weight"] == 1
+    assert_values(filters(net[0]), [0.02, blend(0.01, 1.0), 1.0, 0.03])
+
+
+def test_group_convolution_selects_and_matches_inside_each_group():
+    # in 4, out 8, groups 2 (1 < 2 < 4): groups of 4 filters, 2 slices of 1x1 each.
+    # group 0: [0.01, 1, 2, 3] (max 3), group 1: [0.02, 5, 6, 7] (max 7)
+    # per group: 0.01/3 and 0.02/7 < 0.05 -> c = 1 each, partners 3 and 7 of the same group.
+    # (Layer-wise it would be 0.01 <-> 6 and 0.02 <-> 7.)
+    net = nn.Sequential(conv1x1([0.01, 1.0, 2.0, 3.0, 0.02, 5.0, 6.0, 7.0], in_channels=4, groups=2))
+    assert evolve(net, 1.0, bn=False)["conv_weight"] == 2
+    assert_values(filters(net[0]), [blend(0.01, 3.0), 1, 2, 3, blend(0.02, 7.0), 5, 6, 7])
+
+
+def test_group_convolution_relative_importance_is_per_group():
+    # group 0: [0.04, 0.5]: RI 0.08 -> not inferior (layer-wise 0.04 / 10 would be)
+    # group 1: [0.2, 10]: RI 0.02 -> inferior, partner 10
+    net = nn.Sequential(conv1x1([0.04, 0.5, 0.2, 10.0], in_channels=4, groups=2))
+    assert evolve(net, 1.0, bn=False)["conv_weight"] == 1
+    assert_values(filters(net[0]), [0.04, 0.5, blend(0.2, 10.0), 10.0])
+
+
+def test_depthwise_convolution_is_one_group():
+    # groups == in_channels == 4: one group [0.01, 1, 2, 3]; 4 groups of 1 would evolve nothing
+    net = nn.Sequential(conv1x1([0.01, 1.0, 2.0, 3.0], in_channels=4, groups=4))
+    assert evolve(net, 1.0, bn=False)["conv_weight"] == 1
+    assert_values(filters(net[0]), [blend(0.01, 3.0), 1, 2, 3])
+
+
+def test_conv_bias_follows_the_conv_groups():
+    # weights all equal (RI 1, never inferior); biases per group [0.01, 1, 2, 3 | 0.02, 5, 6, 7]
+    net = nn.Sequential(conv1x1([1.0] * 8, in_channels=4, groups=2,
+                                bias=[0.01, 1.0, 2.0, 3.0, -0.02, 5.0, 6.0, -7.0]))
+    counts = evolve(net, 1.0, bn=False)
+    assert counts == {"conv_weight": 0, "conv_bias": 2, "bn_weight": 0, "bn_bias": 0}
+    # signed values blend with alpha from |.|: -0.02 <-> -7
+    assert_values(net[0].bias.detach(), [blend(0.01, 3.0), 1, 2, 3, blend(-0.02, -7.0), 5, 6, -7])
+
+
+# -------------------------------------------------------------------------------------- matching
+
+BN_VALUES = [0.8, 0.002, 1.0, 0.5, 0.001, 0.6]  # inferior (gamma 0.05): 0.001, 0.002 -> c = 2
+
+
+def test_forward_matching_keeps_the_importance_order():
+    net = nn.Sequential(bn(BN_VALUES))
+    assert evolve(net, 1.0, conv=False)["bn_weight"] == 2
+    # dominant ascending [0.8, 1.0]: 0.001 <-> 0.8, 0.002 <-> 1.0
+    assert_values(net[0].weight.detach(), [0.8, blend(0.002, 1.0), 1.0, 0.5, blend(0.001, 0.8), 0.6])
+
+
+def test_reverse_matching_pairs_weakest_with_strongest():
+    net = nn.Sequential(bn(BN_VALUES))
+    assert evolve(net, 1.0, conv=False, matching="reverse")["bn_weight"] == 2
+    # 0.001 <-> 1.0, 0.002 <-> 0.8
+    assert_values(net[0].weight.detach(), [0.8, blend(0.002, 0.8), 1.0, 0.5, blend(0.001, 1.0), 0.6])
+
+
+def test_bn_bias_is_its_own_pool_with_signed_values():
+    net = nn.Sequential(bn([1.0, 1.0, 1.0, 1.0], bias=[-0.002, 0.5, -1.0, 0.7]))
+    counts = evolve(net, 1.0, conv=False)
+    assert counts == {"conv_weight": 0, "conv_bias": 0, "bn_weight": 0, "bn_bias": 1}
+    # |-0.002| / 1 < 0.05, partner -1.0: alpha = 0.002 / 1.002
+    assert_values(net[0].bias.detach(), [blend(-0.002, -1.0), 0.5, -1.0, 0.7])
+    assert_values(net[0].weight.detach(), [1.0] * 4)
+
+
+# ------------------------------------------------------------------------------------- crossover
+
+def two_filter_conv() -> nn.Sequential:
+    """Conv 2 -> 2, kernel 2x2. Filter 0 (inferior): L1 0.77, importance 0.385; filter 1: L1 21,
+    importance 10.5; RI 0.0367 < 0.05."""
+    conv = nn.Conv2d(2, 2, 2, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([
+            [[[0.1, -0.02], [0.3, 0.05]], [[0.0, 0.2], [-0.1, 0.0]]],
+            [[[1.0, -4.0], [2.0, 3.0]], [[5.0, -5.0], [1.0, 0.0]]],
+        ]))
+    return nn.Sequential(conv)
+
+
+def test_element_crossover_slice_by_slice():
+    net = two_filter_conv()
+    before = net[0].weight.detach().clone()
+    assert evolve(net, 1.0, bn=False)["conv_weight"] == 1
+    expected = before.clone()
+    # slice 0: q = -0.02 (index 1), p = -4 (index 1): alpha = 0.02 / 4.02
+    expected[0, 0, 0, 1] = blend(-0.02, -4.0)
+    # slice 1: q = first of the zeros (index 0), p = first of |5| = |-5| (index 0, value 5):
+    # alpha = 0 -> the inferior gene becomes 5; the other zero (index 3) is untouched
+    expected[0, 1, 0, 0] = 5.0
+    torch.testing.assert_close(net[0].weight.detach(), expected)
+
+
+def test_crossover_when_both_genes_are_zero_keeps_zero():
+    # WE-G with rate 0.5 on BN weights [0, 0, 0, 0]: tbd = 2 units, c = 2, every pair 0 <-> 0
+    net = nn.Sequential(bn([0.0, 0.0, 0.0, 0.0]))
+    assert evolve(net, 0.5, conv=False, selection="global")["bn_weight"] == 2
+    assert torch.equal(net[0].weight.detach(), torch.zeros(4))
+    # element level: inferior slice zero, dominant slice zero -> alpha = 1, stays 0 (no nan)
+    net = two_filter_conv()
+    with torch.no_grad():
+        net[0].weight[1, 1] = 0.0
+    evolve(net, 1.0, bn=False)
+    assert torch.isfinite(net[0].weight).all()
+    assert net[0].weight[0, 1, 0, 0].item() == 0.0
+
+
+@pytest.mark.parametrize("alpha, slice0, slice1", [
+    (0.0, -4.0, 5.0),                       # the inferior gene becomes the dominant one
+    (0.25, 0.25 * -0.02 + 0.75 * -4.0, 0.75 * 5.0),
+    (1.0, -0.02, 0.0),                      # baseline: nothing changes
+])
+def test_fixed_alpha(alpha, slice0, slice1):
+    net = two_filter_conv()
+    before = net[0].weight.detach().clone()
+    assert evolve(net, 1.0, bn=False, alpha=alpha)["conv_weight"] == 1
+    expected = before.clone()
+    expected[0, 0, 0, 1] = slice0
+    expected[0, 1, 0, 0] = slice1
+    torch.testing.assert_close(net[0].weight.detach(), expected)
+
+
+def test_fixed_alpha_one_changes_nothing_anywhere():
+    net = random_net(0)
+    before = params(net)
+    counts = evolve(net, 0.5, gamma=0.5, alpha=1.0)
+    assert sum(counts.values()) > 0
+    assert all(torch.equal(a, b) for a, b in zip(before, params(net)))
+
+
+def test_filter_level_blends_the_whole_filter():
+    net = two_filter_conv()
+    inf, dom = (net[0].weight.detach()[i].clone() for i in (0, 1))
+    assert evolve(net, 1.0, bn=False, level="filter")["conv_weight"] == 1
+    a = 0.77 / (0.77 + 21.0)  # L1(inf) / (L1(inf) + L1(dom))
+    torch.testing.assert_close(net[0].weight.detach()[0], a * inf + (1 - a) * dom)
+    torch.testing.assert_close(net[0].weight.detach()[1], dom)
+    net = two_filter_conv()
+    evolve(net, 1.0, bn=False, level="filter", alpha=0.5)
+    torch.testing.assert_close(net[0].weight.detach()[0], 0.5 * inf + 0.5 * dom)
+
+
+# ------------------------------------------------------------------------------------- ablations
+
+def test_we_g_skips_the_gamma_test():
+    # RI = [0.5, 0.6, 0.8, 1]: nothing passes gamma 0.05, but WE-G takes W_tbd = {0.5} (rate 0.25)
+    net = nn.Sequential(conv1x1([0.6, 0.5, 1.0, 0.8]))
+    assert evolve(net, 0.25, bn=False)["conv_weight"] == 0
+    assert evolve(net, 0.25, bn=False, selection="global")["conv_weight"] == 1
+    assert_values(filters(net[0]), [0.6, blend(0.5, 1.0), 1.0, 0.8])
+
+
+def test_we_l_ignores_the_global_pool():
+    # layer 1 [0.04, 1], layer 2 [0.1, 50]: pool-wise with rate 0.25 only 0.04 is in W_tbd;
+    # WE-L tests every unit: 0.04 and 0.1/50 = 0.002 are both inferior, even at rate 0
+    net = nn.Sequential(conv1x1([0.04, 1.0]), conv1x1([0.1, 50.0]))
+    assert evolve(net, 0.0, bn=False, selection="local")["conv_weight"] == 2
+    assert_values(filters(net[0]), [blend(0.04, 1.0), 1.0])
+    assert_values(filters(net[1]), [blend(0.1, 50.0), 50.0])
+    net = nn.Sequential(conv1x1([0.04, 1.0]), conv1x1([0.1, 50.0]))
+    assert evolve(net, 0.25, bn=False)["conv_weight"] == 1
+
+
+def net_with_conv_and_bn() -> nn.Sequential:
+    return nn.Sequential(conv1x1([0.01, 1.0], bias=[0.01, 1.0]), bn([0.01, 1.0], bias=[0.01, 1.0]))
+
+
+def test_conv_false_leaves_conv_weight_and_bias():
+    net = net_with_conv_and_bn()
+    counts = evolve(net, 1.0, conv=False)
+    assert counts == {"conv_weight": 0, "conv_bias": 0, "bn_weight": 1, "bn_bias": 1}
+    assert_values(filters(net[0]), [0.01, 1.0])
+    assert_values(net[0].bias.detach(), [0.01, 1.0])
+    assert_values(net[1].weight.detach(), [blend(0.01, 1.0), 1.0])
+
+
+def test_bn_false_leaves_bn_weight_and_bias():
+    net = net_with_conv_and_bn()
+    counts = evolve(net, 1.0, bn=False)
+    assert counts == {"conv_weight": 1, "conv_bias": 1, "bn_weight": 0, "bn_bias": 0}
+    assert_values(net[1].weight.detach(), [0.01, 1.0])
+    assert_values(net[1].bias.detach(), [0.01, 1.0])
+    assert_values(net[0].bias.detach(), [blend(0.01, 1.0), 1.0])
+
+
+def test_linear_layers_are_never_touched():
+    net = random_net(1)
+    linear = net[-1].weight.detach().clone()
+    evolve(net, 1.0, gamma=1.0, selection="local")
+    assert torch.equal(net[-1].weight.detach(), linear)
+
+
+# ------------------------------------------------------------------------------------ properties
+
+@pytest.mark.parametrize("kwargs", [{"rate": 0.0}, {"rate": 0.5, "gamma": 0.0}])
+def test_rate_zero_or_gamma_zero_changes_nothing(kwargs):
+    net = random_net(2)
+    before = params(net)
+    assert sum(evolve(net, **kwargs).values()) == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, params(net)))
+
+
+def test_only_inferior_units_change_and_one_element_per_slice():
+    rate, gamma = 0.6, 0.3
+    net = random_net(3)
+    original = random_net(3)
+    counts = evolve(net, rate, gamma=gamma)
+    assert counts["conv_weight"] > 0
+    convs = [(m, o) for m, o in zip(net.modules(), original.modules()) if isinstance(m, nn.Conv2d)]
+    pool = torch.cat([o.weight.abs().flatten(1).sum(1) / o.weight.shape[1] for _, o in convs])
+    cutoff = pool.sort().values[math.floor(rate * pool.numel()) - 1]  # largest importance in W_tbd
+    changed_total = 0
+    for new, old in convs:
+        groups = old.groups if 1 < old.groups < old.in_channels else 1
+        imp = (old.weight.abs().flatten(1).sum(1) / old.weight.shape[1]).view(groups, -1)
+        inferior = ((imp / imp.amax(1, keepdim=True) < gamma) & (imp <= cutoff)).flatten()
+        changed = (new.weight != old.weight).flatten(1).any(1)
+        assert not (changed & ~inferior).any()
+        assert (new.weight != old.weight).flatten(2).sum(2).max() <= 1
+        changed_total += int(changed.sum())
+    assert changed_total == counts["conv_weight"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("rate, gamma, matching", [
+    (0.05, 0.05, "forward"), (0.3, 0.2, "reverse"), (0.6, 0.3, "forward"), (1.0, 0.5, "reverse")])
+def test_equals_reference_on_random_nets(seed, rate, gamma, matching):
+    net = random_net(seed)
+    oracle = copy.deepcopy(net)
+    counts = evolve(net, rate, gamma=gamma, matching=matching)
+    assert counts == evolve_reference(oracle, rate, gamma=gamma, matching=matching)
+    for a, b in zip(net.parameters(), oracle.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"selection": "global"}, {"selection": "local"}, {"alpha": 0.3}, {"level": "filter"},
+    {"conv": False}, {"bn": False}])
+def test_ablations_equal_reference(kwargs):
+    for seed in (4, 5):
+        net = random_net(seed)
+        oracle = copy.deepcopy(net)
+        counts = evolve(net, 0.4, gamma=0.2, **kwargs)
+        assert sum(counts.values()) > 0
+        assert counts == evolve_reference(oracle, 0.4, gamma=0.2, **kwargs)
+        for a, b in zip(net.parameters(), oracle.parameters()):
+            torch.testing.assert_close(a, b)
+
+
+# ------------------------------------------------------------------------------ WeightEvolution
+
+def bn_ramp(n: int = 100) -> nn.Sequential:
+    return nn.Sequential(bn([float(i + 1) for i in range(n)]))
+
+
+def test_step_uses_selection_rate_of_the_epoch():
+    # 100 BN weights, WE-G: floor(100 * r): epoch 0 -> r = 0.025 -> 2 ; epoch 59 -> 0.049 -> 4
+    assert WeightEvolution(bn_ramp(), selection="global", conv=False).step(0)["bn_weight"] == 2
+    assert WeightEvolution(bn_ramp(), selection="global", conv=False).step(59)["bn_weight"] == 4
+    # r_hat 0.2, epoch 0: floor(100 * 0.1) = 10
+    assert WeightEvolution(bn_ramp(), selection="global", conv=False, r_hat=0.2).step(0)["bn_weight"] == 10
+
+
+def test_epoch_interval():
+    evo = WeightEvolution(bn_ramp(), selection="global", conv=False, interval=3)
+    acted = [evo.step(e) is not None for e in range(7)]
+    assert acted == [False, False, True, False, False, True, False]
+    assert evo.steps == 2
+    assert evo.step_iteration(2, 0) is None
+
+
+def test_iteration_interval():
+    evo = WeightEvolution(bn_ramp(), selection="global", conv=False, interval=2, interval_unit="iter")
+    assert evo.step(0) is None
+    acted = [evo.step_iteration(i, 0) is not None for i in range(5)]
+    assert acted == [False, True, False, True, False]
+    assert evo.step_iteration(5, 59)["bn_weight"] == 4  # rate of the given epoch
+
+
+def test_state_dict_round_trip_resumes_exactly():
+    hp = dict(gamma=0.2, matching="reverse", interval=2, milestones=[3, 6], r_hat=0.4, eta=2.0)
+    net_a = random_net(6)
+    net_b = copy.deepcopy(net_a)
+    a = WeightEvolution(net_a, **hp)
+    for epoch in range(4):
+        a.step(epoch)
+    state = a.state_dict()
+    buffer = __import__("io").BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    net_b.load_state_dict(net_a.state_dict())
+    b = WeightEvolution(net_b)  # default hparams, replaced by the state
+    b.load_state_dict(torch.load(buffer, weights_only=True))
+    assert b.hparams == a.hparams and b.steps == a.steps == 2 and b.evolved == a.evolved
+    for epoch in range(4, 8):
+        assert a.step(epoch) == b.step(epoch)
+    for x, y in zip(net_a.parameters(), net_b.parameters()):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("matching", "sideways"), ("alpha", 1.5), ("alpha", "auto"), ("selection", "both"),
+    ("level", "slice"), ("interval", 0), ("interval_unit", "batch"), ("gamma", -0.1),
+    ("milestones", (120, 60)), ("conv", "yes"), ("r_hat", 2.0)])
+def test_invalid_values_name_the_key(key, value):
+    with pytest.raises(ValueError, match=key):
+        WeightEvolution(bn_ramp(4), **{key: value})
+
+
+def test_unknown_hparam_names_the_key():
+    with pytest.raises(TypeError, match="radio_conv"):
+        WeightEvolution(bn_ramp(4), radio_conv=0.2)
+    with pytest.raises(ValueError, match="variant"):
+        WeightEvolution(bn_ramp(4), variant="fancy")
+    with pytest.raises(ValueError, match="matching"):
+        evolve(bn_ramp(4), 0.1, matching="x")
+
+
+def test_package_exports():
+    assert we.selection_rate is selection_rate and we.evolve is evolve
+    assert we.WeightEvolution is WeightEvolution
+    assert "Weight Evolution" in we.__doc__
