@@ -89,3 +89,9 @@ def test_recipes_only_name_real_keys():
 def test_config_diff():
     a, b = to_dict(Config()), to_dict(Config(lr=0.5, out="x"))
     assert config_diff(a, b) == ["lr", "out"] and config_diff(a, b, ignore=("out",)) == ["lr"]
+
+
+def test_readme_documents_every_config_key():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [k for k in to_dict(Config()) if f"| `{k}` |" not in readme]
+    assert not missing, f"README's config table lacks: {missing}"

@@ -37,7 +37,7 @@ class Config:
     limit_train: int = 0  # keep only the first N training images (0: all); for smoke runs
     # ---- model and method --------------------------------------------------------------------
     model: str = "resnet20"
-    method: str = "baseline"  # baseline | we
+    method: str = "baseline"  # baseline | we | oni | svb | repr | fg | rl
     recipe: str = "paper"  # paper | official (the authors' CIFAR script)
     # ---- optimisation (None: from the recipe) ---------------------------------------------------
     epochs: Optional[int] = None
@@ -66,6 +66,31 @@ class Config:
     we_selection: str = "global+local"  # global+local | global (WE-G) | local (WE-L), Table 5
     we_alpha: Union[str, float] = "adaptive"  # adaptive (Eq. 6) | fixed float in [0, 1] (Figure 6)
     we_level: str = "element"  # element | filter (filter-level-GL, Table 7)
+    # ---- comparison methods of Tables 1-3: ONI, SVB, RePr (method=oni | svb | repr) ---------------
+    oni_group_size: int = 64  # ONI: filters orthogonalised together (0: all filters of a conv group)
+    oni_iters: int = 5  # ONI: Newton iterations T
+    oni_eps: float = 1e-5  # ONI: added to the diagonal of S = Zc Zc^T
+    oni_scale: bool = True  # ONI: learnable per-channel scale (False: a fixed buffer)
+    oni_scale_init: float = 1.414  # ONI: initial scale (the authors' NScale, sqrt 2)
+    svb_eps: float = 0.5  # SVB: singular values bounded to [1/(1+eps), 1+eps]
+    svb_interval: int = 1  # SVB: bound after every N epochs (never after the last)
+    svb_bn: bool = False  # SVB: also bound BatchNorm scales (BBN)
+    svb_bn_eps: float = 1.0  # SVB: BN scales bounded to [m/(1+eps), m(1+eps)] around their layer mean m
+    svb_bn_mode: str = "bbn"  # SVB: bbn (gamma/std, the paper) | rel (gamma, the authors' script default)
+    repr_s1: int = 20  # RePr: epochs of full training per cycle
+    repr_s2: int = 10  # RePr: epochs with the pruned filters held at zero per cycle
+    repr_p: float = 0.3  # RePr: fraction of the ranked filters pruned
+    repr_cycles: int = 0  # RePr: at most this many prune/re-init cycles (0: as many as fit)
+    # ---- comparison methods of Tables 1-3: filter grafting, retrospective loss (method=fg | rl) ----
+    fg_n: int = 2  # FG: networks trained side by side (1: grafting from the network's previous-epoch weights)
+    fg_a: float = 0.4  # FG: A in c = A/pi * arctan(k (H_own - H_other)) + 1/2
+    fg_k: float = 500.0  # FG: k in the same coefficient (the authors' script calls it c)
+    fg_bins: int = 10  # FG: histogram bins of the layer entropy H
+    fg_lrs: Optional[list[float]] = None  # FG: initial lr of networks 0..n-1 (None: the authors' rule from lr)
+    rl_kappa: float = 4.0  # RL: kappa in (kappa + 1) |f(x) - y| - kappa |f(x) - f_past(x)|
+    rl_norm: str = "l1"  # RL: l1 | l2, per sample on softmax outputs vs one-hot targets
+    rl_warmup: int = 10  # RL: epochs of plain training before the retrospective term starts
+    rl_update: int = 4  # RL: F, epochs between refreshes of the past snapshot
     # ---- speed switches (recorded in result.json) -------------------------------------------------
     amp: bool = False  # bf16 autocast
     channels_last: bool = False
@@ -107,10 +132,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "we_interval_unit": ("epoch", "iter"),
     "we_selection": ("global+local", "global", "local"),
     "we_level": ("element", "filter"),
+    "svb_bn_mode": ("bbn", "rel"),
     "progress": ("auto", "bar", "plain"),
+    "rl_norm": ("l1", "l2"),  # RL
 }
-POSITIVE = ("epochs", "batch_size", "eval_batch_size", "lr", "we_interval", "lr_step", "we_eta")
-NON_NEGATIVE = ("seed", "workers", "limit_train", "weight_decay", "momentum", "we_r_hat", "we_gamma")
+POSITIVE = ("epochs", "batch_size", "eval_batch_size", "lr", "we_interval", "lr_step", "we_eta",
+            "oni_iters", "oni_scale_init", "svb_interval", "repr_s1", "repr_s2")
+NON_NEGATIVE = ("seed", "workers", "limit_train", "weight_decay", "momentum", "we_r_hat", "we_gamma",
+                "oni_group_size", "oni_eps", "svb_eps", "svb_bn_eps", "repr_cycles")
 
 
 def dataset_family(dataset: str) -> str:
@@ -190,10 +219,21 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
             raise ConfigError(f"override '{arg}' is not of the form key=value")
         key, raw = arg.split("=", 1)
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw != "" else ""
+            value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
-            out[key.strip()] = raw
+            value = raw
+        out[key.strip()] = _number(value)
     return out
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads '1e30' (no dot) as a string; read such a number as a number."""
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            return value
+    return value
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -228,6 +268,10 @@ def resolve(cfg: Config) -> Config:
             if family == "imagenet" else IMAGE_SIZES[cfg.dataset]
     if values["we_milestones"] is None:
         values["we_milestones"] = _stage_starts(values)
+    if values["fg_lrs"] is None:  # FG: the authors' per-network rule
+        from we.methods.fg import default_learning_rates
+
+        values["fg_lrs"] = default_learning_rates(values["lr"], values["fg_n"])
     out = Config(**values)
     validate(out)
     return out
@@ -288,8 +332,35 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key '{key}': must be strictly increasing positive epochs, got {ms!r}")
     if cfg.image_size is not None and cfg.image_size < 8:
         raise ConfigError(f"config key 'image_size': must be >= 8, got {cfg.image_size!r}")
+    if not 0 < cfg.repr_p < 1:
+        raise ConfigError(f"config key 'repr_p': must be in (0, 1), got {cfg.repr_p!r}")
+    _validate_fg_rl(cfg)
     if cfg.data_path == "device" and cfg.dataset == "imagenet":
         raise ConfigError("config key 'data_path': 'device' holds CIFAR-sized sets only; use loader for imagenet")
+
+
+def _validate_fg_rl(cfg: Config) -> None:
+    """Range checks of the filter-grafting (fg_*) and retrospective-loss (rl_*) keys."""
+    if cfg.fg_n < 1:
+        raise ConfigError(f"config key 'fg_n': must be >= 1, got {cfg.fg_n!r}")
+    if not 0.0 <= cfg.fg_a <= 1.0:
+        raise ConfigError(f"config key 'fg_a': must be in [0, 1] (keeps c in [0, 1]), got {cfg.fg_a!r}")
+    if cfg.fg_k < 0:
+        raise ConfigError(f"config key 'fg_k': must be >= 0, got {cfg.fg_k!r}")
+    if cfg.fg_bins < 2:
+        raise ConfigError(f"config key 'fg_bins': must be >= 2, got {cfg.fg_bins!r}")
+    if cfg.fg_lrs is not None:
+        if len(cfg.fg_lrs) != cfg.fg_n or any(lr <= 0 for lr in cfg.fg_lrs):
+            raise ConfigError(f"config key 'fg_lrs': must hold fg_n={cfg.fg_n} positive rates, got {cfg.fg_lrs!r}")
+        if cfg.lr is not None and cfg.fg_lrs[0] != cfg.lr:
+            raise ConfigError(f"config key 'fg_lrs': the first rate is network 0's and must equal lr={cfg.lr!r}, "
+                              f"got {cfg.fg_lrs[0]!r}")
+    if cfg.rl_kappa < 0:
+        raise ConfigError(f"config key 'rl_kappa': must be >= 0, got {cfg.rl_kappa!r}")
+    if cfg.rl_warmup < 0:
+        raise ConfigError(f"config key 'rl_warmup': must be >= 0, got {cfg.rl_warmup!r}")
+    if cfg.rl_update < 1:
+        raise ConfigError(f"config key 'rl_update': must be >= 1, got {cfg.rl_update!r}")
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None) -> Config:

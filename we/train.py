@@ -89,6 +89,7 @@ def train_one_epoch(ctx: TrainContext, method, data, epoch: int, iteration: int,
         stats = method.after_optimizer_step(ctx, iteration, epoch)
         for k, v in (stats or {}).items():
             method_totals[k] = method_totals.get(k, 0) + v
+        method.after_batch(ctx, x, y, iteration, epoch)
         iteration += 1
         n = y.shape[0]
         loss_sum += loss.detach().float() * n
@@ -220,13 +221,15 @@ def _train(cfg: Config, out: Path, device: torch.device) -> dict[str, Any]:
                       device=device, workers=cfg.workers, seed=cfg.seed, download=cfg.download,
                       limit_train=cfg.limit_train or None)
     model = models.create(cfg.model, num_classes=data.info.num_classes).to(device)
+    method = create_method(cfg)
+    method.prepare_model(model, cfg)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     fmodel = torch.compile(model) if cfg.compile else model
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
-    method = create_method(cfg)
-    ctx = TrainContext(model=model, optimizer=optimizer, cfg=cfg, device=device, steps_per_epoch=len(data.train))
+    ctx = TrainContext(model=model, optimizer=optimizer, cfg=cfg, device=device, steps_per_epoch=len(data.train),
+                       data=data)
 
     history: list[dict[str, Any]] = []
     start_epoch, iteration = 0, 0
@@ -273,7 +276,7 @@ def _train(cfg: Config, out: Path, device: torch.device) -> dict[str, Any]:
             f"{ev['test_top5']:.2f} | {row['seconds']:.1f}s {tr['images_per_s']:.0f} img/s"
             + "".join(f" {k} {v:g}" for k, v in method_stats.items()))
     write_metrics(out, history)
-    summary = summarize(history)
+    summary = {**summarize(history), **method.summarize(history)}
     if status == "diverged":
         summary["diverged_epoch"] = history[-1]["epoch"]
     return {"status": status, **summary, "speed": {k: getattr(cfg, k) for k in

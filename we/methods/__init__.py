@@ -25,12 +25,23 @@ class TrainContext:
     cfg: "Config"
     device: torch.device
     steps_per_epoch: int
+    data: Any = None  # the run's Data (train and test iterables), e.g. to evaluate further networks
 
 
 class Method:
     """Baseline training: every hook does nothing. Subclasses override what they need."""
 
     name = "baseline"
+
+    def __init__(self, cfg: "Config | None" = None) -> None:
+        self.cfg = cfg
+
+    def prepare_model(self, model: nn.Module, cfg: "Config") -> None:
+        """Called once, right after the model is built and before the optimizer and any checkpoint load.
+
+        A method that re-parameterises the model does it here, so that new parameters belong to
+        `model.parameters()` (hence to the optimizer) and to `model.state_dict()` (hence to resume).
+        """
 
     def on_train_start(self, ctx: TrainContext) -> None:
         """Called once, after model and optimizer exist and before the first (or resumed) epoch."""
@@ -39,6 +50,10 @@ class Method:
         """Called after every optimizer step; `iteration` counts steps from 0 over the whole run."""
         return None
 
+    def after_batch(self, ctx: TrainContext, inputs: torch.Tensor, targets: torch.Tensor, iteration: int,
+                    epoch: int) -> None:
+        """Called after every training step with that step's batch (e.g. to train further networks on it)."""
+
     def extra_loss(self, ctx: TrainContext, inputs: torch.Tensor, outputs: torch.Tensor,
                    targets: torch.Tensor) -> torch.Tensor | None:
         """A term added to the task loss, or None."""
@@ -46,6 +61,10 @@ class Method:
 
     def on_epoch_end(self, ctx: TrainContext, epoch: int, last: bool) -> dict[str, float]:
         """Called after the epoch's training and evaluation; returns metrics to log for the epoch."""
+        return {}
+
+    def summarize(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        """Entries added to (or replacing) the trainer's result.json summary of the epoch rows `history`."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:
@@ -76,3 +95,8 @@ def create_method(cfg: "Config") -> Method:
 
 
 from we.methods import we as _we  # noqa: E402,F401  (registers "we")
+from we.methods import oni as _oni  # noqa: E402,F401  (registers "oni")
+from we.methods import svb as _svb  # noqa: E402,F401  (registers "svb")
+from we.methods import repr as _repr  # noqa: E402,F401  (registers "repr")
+from we.methods import fg as _fg  # noqa: E402,F401  (registers "fg")
+from we.methods import rl as _rl  # noqa: E402,F401  (registers "rl")

@@ -47,8 +47,11 @@ class WEMethod(Method):
         counts = self.evolution.step(epoch)
         if counts is None:
             return {}
-        out = {f"we_{k}": v for k, v in counts.items()}
-        return out
+        if self.evolution.official is not None:  # the authors' script has one rate per kind
+            rates = {f"we_rate_{k}": r for k, r in self.evolution.official.rates(epoch).items()}
+        else:
+            rates = {"we_rate": self.evolution.rate(epoch)}
+        return {**rates, **{f"we_{k}": v for k, v in counts.items()}}
 
     def state_dict(self) -> dict[str, Any]:
         return self.evolution.state_dict() if self.evolution is not None else (self._pending or {})

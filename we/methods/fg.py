@@ -1,0 +1,272 @@
+"""Filter grafting (Meng et al., CVPR 2020) as a trainer plug-in (method=fg).
+
+FG-n (n >= 2) trains n networks side by side on the same batches. At every epoch end (except the
+last) network j receives from its predecessor j-1 in a ring (network 0 from network n-1), layer
+by layer, all reading the pre-exchange weights:
+
+    c = A/pi * arctan(k * (H_own - H_other)) + 1/2,    own <- c * own + (1 - c) * other,
+
+where H is the entropy of a `bins`-bin histogram of the layer's weights. Network 0 is the trainer's
+model (its optimizer and scheduler are the trainer's); networks 1..n-1 live here, each with its own
+optimizer and scheduler, trained in `after_batch` on the trainer's batch.
+
+FG-1 grafts within one network: the "other" network is the same network's weights at the end of
+the previous epoch (pre-grafting), so the first grafting happens at the end of the second epoch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from we.methods import Method, TrainContext, register_method
+
+if TYPE_CHECKING:
+    from we.config import Config
+
+StateDict = dict[str, torch.Tensor]
+
+
+def default_learning_rates(lr: float, n: int) -> list[float]:
+    """Initial learning rates of networks 0..n-1 by the authors' rule (their `--difflr`, on by default).
+
+    Their network i = 1..n starts at lr * (1 + cos(pi (n - i) / n)) / 2 and receives from network i-1
+    (network 1 from network n). Network j here is their network j for j >= 1 and their network n for
+    j = 0, so the ring is the same and network 0 keeps the run's `lr`.
+    """
+    return [lr * (1.0 + math.cos(math.pi * ((n - j) % n) / n)) / 2.0 for j in range(n)] if n >= 1 else []
+
+
+def network_seed(seed: int, index: int) -> int:
+    """Initialisation seed of FG network `index` (>= 1) in the run with `seed`."""
+    digest = hashlib.sha256(f"fg-network:{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def layer_entropy(weight: torch.Tensor, bins: int = 10) -> float:
+    """Entropy (nats) of a `bins`-bin histogram of the weights over [min, max], the maximum in the last bin."""
+    x = weight.detach().flatten().float()
+    lo, hi = x.min(), x.max()
+    if not bool(hi > lo):
+        return 0.0
+    index = ((x - lo) / (hi - lo) * bins).long().clamp_(0, bins - 1)
+    p = torch.bincount(index, minlength=bins).double() / x.numel()
+    p = p[p > 0]
+    return float(-(p * p.log()).sum())
+
+
+def graft_coefficient(h_own: float, h_other: float, a: float = 0.4, k: float = 500.0) -> float:
+    """c = a/pi * arctan(k (h_own - h_other)) + 1/2: the share of its own layer a network keeps."""
+    return a / math.pi * math.atan(k * (h_own - h_other)) + 0.5
+
+
+def weight_layers(model: nn.Module) -> list[tuple[str, list[str]]]:
+    """Per weight layer (a module whose own `weight` parameter has >= 2 dims: conv, linear), its weight's
+    state key and the floating-point state keys blended with its coefficient: its own parameters and
+    buffers plus those of the following modules without such a weight (BatchNorm after a conv). Entries
+    registered before the first weight layer follow that first layer.
+    """
+    keys = set(model.state_dict())
+    groups: list[tuple[str, list[str]]] = []
+    leading: list[str] = []
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        own = [prefix + n for n, t in itertools.chain(module.named_parameters(recurse=False),
+                                                      module.named_buffers(recurse=False))
+               if t is not None and t.is_floating_point() and prefix + n in keys]
+        if not own:
+            continue
+        weight = module._parameters.get("weight")
+        if weight is not None and weight.dim() >= 2:
+            groups.append((prefix + "weight", leading + own))
+            leading = []
+        elif groups:
+            groups[-1][1].extend(own)
+        else:
+            leading.extend(own)
+    if not groups:
+        raise ValueError("filter grafting needs at least one conv or linear layer")
+    return groups
+
+
+def detached_copy(model: nn.Module) -> StateDict:
+    """A copy of the model's state that later training does not change."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@torch.no_grad()
+def graft_from(model: nn.Module, other: StateDict, groups: list[tuple[str, list[str]]], a: float, k: float,
+               bins: int) -> list[float]:
+    """Blend `other` into `model` layer by layer (own <- c own + (1 - c) other); returns each layer's c."""
+    live = model.state_dict()
+    coefficients = []
+    for weight_key, group in groups:
+        c = graft_coefficient(layer_entropy(live[weight_key], bins), layer_entropy(other[weight_key], bins), a, k)
+        for key in group:
+            live[key].mul_(c).add_(other[key].to(live[key].device), alpha=1.0 - c)
+        coefficients.append(c)
+    return coefficients
+
+
+def ring_graft(nets: list[nn.Module], a: float = 0.4, k: float = 500.0, bins: int = 10,
+               groups: list[tuple[str, list[str]]] | None = None) -> list[list[float]]:
+    """Each network j receives from network j-1 (network 0 from the last), all reading the pre-exchange
+    weights; returns the coefficients per network and layer."""
+    groups = groups if groups is not None else weight_layers(nets[0])
+    before = [detached_copy(net) for net in nets]
+    return [graft_from(net, before[j - 1], groups, a, k, bins) for j, net in enumerate(nets)]
+
+
+@register_method("fg")
+class FGMethod(Method):
+    """FG-n: n networks trained on the same batches and grafted in a ring after every epoch but the last;
+    FG-1: one network grafted from its own previous-epoch weights."""
+
+    name = "fg"
+
+    def __init__(self, cfg: "Config") -> None:
+        super().__init__(cfg)
+        self.n = cfg.fg_n
+        self.lrs = list(cfg.fg_lrs) if cfg.fg_lrs is not None else default_learning_rates(cfg.lr, cfg.fg_n)
+        self.nets: list[nn.Module] = []  # networks 1..n-1 (network 0 is the trainer's model)
+        self.fnets: list[nn.Module] = []  # the same, compiled when cfg.compile
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.schedulers: list[torch.optim.lr_scheduler.LRScheduler] = []
+        self.groups: list[tuple[str, list[str]]] | None = None
+        self.previous: StateDict | None = None  # FG-1: pre-grafting weights at the previous epoch end
+        self._pending: dict[str, Any] | None = None
+        self._loss_sums: list[torch.Tensor] = []
+        self._correct: list[torch.Tensor] = []
+        self._seen = 0
+        self.device: torch.device | None = None
+
+    def on_train_start(self, ctx: TrainContext) -> None:
+        import models
+        from we.train import build_optimizer, build_scheduler
+
+        cfg = self.cfg
+        self.device = ctx.device
+        self.groups = weight_layers(ctx.model)
+        for i in range(1, self.n):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(network_seed(cfg.seed, i))
+                net = models.create(cfg.model, num_classes=ctx.data.info.num_classes)
+            net = net.to(ctx.device)
+            if cfg.channels_last:
+                net = net.to(memory_format=torch.channels_last)
+            net_cfg = dataclasses.replace(cfg, lr=self.lrs[i])
+            optimizer = build_optimizer(net_cfg, net)
+            self.nets.append(net)
+            self.fnets.append(torch.compile(net) if cfg.compile else net)
+            self.optimizers.append(optimizer)
+            self.schedulers.append(build_scheduler(net_cfg, optimizer))
+        self._reset_sums(ctx.device)
+        if self._pending is not None:
+            self._load(self._pending)
+            self._pending = None
+
+    def after_batch(self, ctx: TrainContext, inputs: torch.Tensor, targets: torch.Tensor, iteration: int,
+                    epoch: int) -> None:
+        """Train networks 1..n-1 one step each on the trainer's batch."""
+        for j, (fnet, optimizer) in enumerate(zip(self.fnets, self.optimizers)):
+            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
+                out = fnet(inputs)
+                loss = F.cross_entropy(out, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            self._loss_sums[j] += loss.detach().float() * targets.shape[0]
+            self._correct[j] += (out.detach().argmax(1) == targets).sum()
+        self._seen += targets.shape[0]
+
+    def on_epoch_end(self, ctx: TrainContext, epoch: int, last: bool) -> dict[str, float]:
+        from we.train import evaluate
+
+        metrics: dict[str, float] = {}
+        seen = max(self._seen, 1)
+        for i, (net, fnet, optimizer) in enumerate(zip(self.nets, self.fnets, self.optimizers), start=1):
+            ev = evaluate(dataclasses.replace(ctx, model=net), ctx.data, fnet)  # pre-grafting, as network 0
+            net.train()
+            metrics.update({f"fg_net{i}_lr": optimizer.param_groups[0]["lr"],
+                            f"fg_net{i}_train_loss": self._loss_sums[i - 1].item() / seen,
+                            f"fg_net{i}_train_top1": 100.0 * self._correct[i - 1].item() / seen,
+                            f"fg_net{i}_test_loss": ev["test_loss"], f"fg_net{i}_top1": ev["test_top1"],
+                            f"fg_net{i}_top5": ev["test_top5"]})
+        self._reset_sums(ctx.device)
+        if not last:  # nothing trains after the last epoch: the reported networks are the evaluated ones
+            for j, coefficients in enumerate(self._graft(ctx.model)):
+                metrics[f"fg_net{j}_coef"] = sum(coefficients) / len(coefficients)
+        for scheduler in self.schedulers:
+            scheduler.step()
+        return metrics
+
+    def _graft(self, model: nn.Module) -> list[list[float]]:
+        """One grafting step; the coefficients per grafted network and layer."""
+        cfg = self.cfg
+        if self.n > 1:
+            return ring_graft([model, *self.nets], cfg.fg_a, cfg.fg_k, cfg.fg_bins, self.groups)
+        before = detached_copy(model)
+        coefficients = []
+        if self.previous is not None:
+            coefficients.append(graft_from(model, self.previous, self.groups, cfg.fg_a, cfg.fg_k, cfg.fg_bins))
+        self.previous = before
+        return coefficients
+
+    def summarize(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        """Every network's final and best-epoch top-1; the best network (highest final top-1, ties to the
+        lowest index) supplies final_* and best_* (network 0's stay under fg_net0_*)."""
+        if self.n == 1 or not history or f"fg_net{self.n - 1}_top1" not in history[-1]:
+            return {}
+        columns = {"top1": "test_top1", "top5": "test_top5", "test_loss": "test_loss"}
+        per_net = []
+        for i in range(self.n):
+            col = {m: (c if i == 0 else f"fg_net{i}_{m}") for m, c in columns.items()}
+            rows = [r for r in history if col["top1"] in r]
+            best = max(rows, key=lambda r: -math.inf if math.isnan(r[col["top1"]]) else r[col["top1"]])
+            per_net.append({"final_top1": rows[-1][col["top1"]], "final_top5": rows[-1][col["top5"]],
+                            "final_test_loss": rows[-1][col["test_loss"]], "best_top1": best[col["top1"]],
+                            "best_top5": best[col["top5"]], "best_epoch": best["epoch"]})
+        finals = [-math.inf if math.isnan(p["final_top1"]) else p["final_top1"] for p in per_net]
+        best_net = finals.index(max(finals))
+        out: dict[str, Any] = {"fg_best_net": best_net}
+        for i, p in enumerate(per_net):
+            out[f"fg_net{i}_final_top1"] = p["final_top1"]
+            out[f"fg_net{i}_best_top1"] = p["best_top1"]
+        out.update(per_net[best_net])
+        return out
+
+    def _reset_sums(self, device: torch.device) -> None:
+        self._loss_sums = [torch.zeros((), device=device) for _ in self.nets]
+        self._correct = [torch.zeros((), device=device, dtype=torch.long) for _ in self.nets]
+        self._seen = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.groups is None:
+            return self._pending or {}
+        return {"nets": [net.state_dict() for net in self.nets],
+                "optimizers": [opt.state_dict() for opt in self.optimizers],
+                "schedulers": [s.state_dict() for s in self.schedulers], "previous": self.previous}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.groups is None:
+            self._pending = state
+        else:
+            self._load(state)
+
+    def _load(self, state: dict[str, Any]) -> None:
+        if len(state.get("nets", [])) != len(self.nets):
+            raise ValueError(f"checkpoint holds {len(state.get('nets', []))} extra FG networks, "
+                             f"the run has {len(self.nets)}")
+        for net, opt, sched, n_state, o_state, s_state in zip(self.nets, self.optimizers, self.schedulers,
+                                                              state["nets"], state["optimizers"], state["schedulers"]):
+            net.load_state_dict(n_state)
+            opt.load_state_dict(o_state)
+            sched.load_state_dict(s_state)
+        previous = state.get("previous")
+        self.previous = None if previous is None else {k: v.to(self.device) for k, v in previous.items()}
