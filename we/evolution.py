@@ -245,15 +245,15 @@ def crossover(weight: Tensor, partner: Tensor, evolved: Tensor, alpha: Alpha = "
     Scalars are units with one slice of one element.
     """
     w = weight.detach().reshape(weight.shape[0], weight.shape[1] if weight.dim() > 1 else 1, -1)
-    dom = w[partner]
     keep = ~evolved.view(-1, 1, 1)
+    magnitude = w.abs()
     if level == "filter":
-        l1 = w.abs().sum((1, 2), keepdim=True)
-        new = mix(w, dom, alpha, l1, l1[partner])
+        l1 = magnitude.sum((1, 2), keepdim=True)
+        new = mix(w, w[partner], alpha, l1, l1[partner])
         return torch.where(keep, w, new).view_as(weight)
-    q = w.abs().argmin(-1, keepdim=True)  # inferior gene
-    p = dom.abs().argmax(-1, keepdim=True)  # dominant gene
-    w_q, w_p = w.gather(-1, q), dom.gather(-1, p)
+    q = magnitude.argmin(-1, keepdim=True)  # inferior gene of every slice
+    p = magnitude.argmax(-1, keepdim=True)  # dominant gene of every slice, read through `partner`
+    w_q, w_p = w.gather(-1, q), w.gather(-1, p)[partner]
     new_q = torch.where(keep, w_q, mix(w_q, w_p, alpha, w_q.abs(), w_p.abs()))
     return w.scatter(-1, q, new_q).view_as(weight)
 
@@ -293,14 +293,27 @@ def evolve(model: nn.Module, rate: float, *, gamma: float = 0.05, matching: str 
             else:
                 candidates = select_global([u.importance for u in layers], rate)
             total = []
-            for units, cand in zip(layers, candidates):
-                inferior = select_local(units.importance, cand, units.groups,
+            for bucket in same_shape_buckets(layers):
+                # Layers of one shape and grouping are stacked: their groups stay independent.
+                importance = torch.cat([layers[i].importance for i in bucket])
+                groups = sum(layers[i].groups for i in bucket)
+                inferior = select_local(importance, torch.cat([candidates[i] for i in bucket]), groups,
                                         None if selection == "global" else gamma)
-                partner, evolved = match(units.importance, inferior, units.groups)
-                units.tensor.copy_(crossover(units.tensor, partner, evolved, alpha, level))
+                partner, evolved = match(importance, inferior, groups)
+                tensors = [layers[i].tensor for i in bucket]
+                new = crossover(torch.cat(tensors), partner, evolved, alpha, level)
+                torch._foreach_copy_(tensors, list(new.split(tensors[0].shape[0])))
                 total.append(evolved.sum())
             counts[kind] = torch.stack(total).sum()
     return host_counts(counts)
+
+
+def same_shape_buckets(layers: Sequence[Units]) -> list[list[int]]:
+    """Indices of layers grouped by (tensor shape, local groups), in module order."""
+    buckets: dict[tuple[tuple[int, ...], int], list[int]] = {}
+    for i, units in enumerate(layers):
+        buckets.setdefault((tuple(units.tensor.shape), units.groups), []).append(i)
+    return list(buckets.values())
 
 
 def host_counts(counts: Mapping[str, Tensor | int]) -> dict[str, int]:
