@@ -371,3 +371,27 @@ def test_official_hook_interval_and_validation():
         WeightEvolution(counter_net(), variant="official", radio_conv=1.0)
     with pytest.raises(ValueError, match="divisors"):
         WeightEvolution(counter_net(), variant="official", divisors=(1, 2))
+
+
+@pytest.mark.parametrize("switch, untouched", [("conv", nn.Conv2d), ("bn", nn.BatchNorm2d)])
+def test_official_switches_leave_their_layers_untouched(switch, untouched):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1)
+                m.bias.uniform_(0.5, 1)
+                m.weight[0] = m.bias[0] = 1e-3  # one clearly inferior unit per BN layer
+            elif isinstance(m, nn.Conv2d):
+                m.weight[0] *= 1e-3  # and one clearly inferior conv filter
+    before = copy.deepcopy(model.state_dict())
+    evo = WeightEvolution(model, variant="official", radio_conv=0.5, radio_bn=0.5, radio_bias=0.5,
+                          **{switch: False})
+    counts = evo.step(100)
+    changed = {n for n, t in model.state_dict().items() if not torch.equal(t, before[n])}
+    kinds = ("conv_weight",) if switch == "conv" else ("bn_weight", "bn_bias")
+    assert all(counts[k] == 0 for k in kinds)
+    names = {n for n, m in model.named_modules() if isinstance(m, untouched)}
+    assert not any(c.rsplit(".", 1)[0] in names for c in changed)
+    assert changed, "the other kind should still evolve"

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from we.evolution import (KINDS, check_choice, check_keys, check_milestones, check_number,
+from we.evolution import (KINDS, check_bool, check_choice, check_keys, check_milestones, check_number,
                           Units, crossover, filter_importance, gather_units, host_counts,
                           sigmoid, training_stage)
 
@@ -43,14 +43,17 @@ FLAVOURS: dict[str, dict[str, Any]] = {
     "imagenet": {"radio_conv": 0.02, "radio_bn": 0.02, "radio_bias": 0.02, "lab": 0.1, "ln_c": 2,
                  "eta": 8.0, "milestones": (30, 60), "divisors": (1.0, 2.0, 4.0)},
 }
-OFFICIAL_DEFAULTS: dict[str, Any] = {"flavour": "cifar", **FLAVOURS["cifar"]}
+SWITCHES: dict[str, bool] = {"conv": True, "bn": True}  # Table 8's ablation switches (the script has none)
+OFFICIAL_DEFAULTS: dict[str, Any] = {"flavour": "cifar", **FLAVOURS["cifar"], **SWITCHES}
 
 
 def official_hparams(given: Mapping[str, Any]) -> dict[str, Any]:
     """Validated hparams: the flavour's defaults updated with `given`."""
     check_keys(given, OFFICIAL_DEFAULTS, "official")
     flavour = check_choice("flavour", given.get("flavour", "cifar"), tuple(FLAVOURS))
-    h = {"flavour": flavour, **FLAVOURS[flavour], **given}
+    h = {"flavour": flavour, **FLAVOURS[flavour], **SWITCHES, **given}
+    for key in SWITCHES:
+        h[key] = check_bool(key, h[key])
     for key in RATE_KEYS.values():
         h[key] = check_number(key, h[key], 0.0, 1.0)
         if h[key] >= 1.0:
@@ -141,7 +144,7 @@ def pool_scores(layers: Sequence[Units], kind: str, flavour: str) -> Tensor:
 
 
 def evolve_official(model: nn.Module, rates: Mapping[str, float], *, lab: float = 0.1,
-                    ln_c: float = 2, flavour: str = "cifar",
+                    ln_c: float = 2, flavour: str = "cifar", conv: bool = True, bn: bool = True,
                     counters: dict[str, Tensor] | None = None) -> dict[str, int]:
     """One step of the script in place; returns the number of evolved units per kind.
 
@@ -152,7 +155,7 @@ def evolve_official(model: nn.Module, rates: Mapping[str, float], *, lab: float 
     limit = sum(isinstance(m, nn.Conv2d) for m in model.modules()) / ln_c
     counts: dict[str, Tensor | int] = {kind: 0 for kind in KINDS}
     with torch.no_grad():
-        pools = gather_units(model)
+        pools = gather_units(model, conv=conv, bn=bn)
         for kind in OFFICIAL_KINDS:
             layers = pools[kind]
             if not layers:
@@ -194,7 +197,7 @@ class OfficialEvolution:
         """One step at the rates of `epoch`."""
         h = self.hparams
         return evolve_official(self.model, self.rates(epoch), lab=h["lab"], ln_c=h["ln_c"],
-                               flavour=h["flavour"], counters=self.counters)
+                               flavour=h["flavour"], conv=h["conv"], bn=h["bn"], counters=self.counters)
 
     def state_dict(self) -> dict[str, Any]:
         """The counters as plain ints."""
