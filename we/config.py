@@ -25,7 +25,8 @@ class Config:
     # ---- run -------------------------------------------------------------------------------
     out: str = "results/runs/manual"  # run folder: config.yaml, metrics, result.json, last.pt
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (several processes: cuda:LOCAL_RANK each)
+    dist_backend: str = "auto"  # several processes (torchrun, SLURM tasks): auto (nccl on CUDA, gloo on CPU) | nccl | gloo
     # ---- data ------------------------------------------------------------------------------
     dataset: str = "digits"  # digits | cifar10 | cifar100 | imagenet
     data_dir: str = "data"
@@ -134,6 +135,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "we_level": ("element", "filter"),
     "svb_bn_mode": ("bbn", "rel"),
     "progress": ("auto", "bar", "plain"),
+    "dist_backend": ("auto", "nccl", "gloo"),
     "rl_norm": ("l1", "l2"),  # RL
 }
 POSITIVE = ("epochs", "batch_size", "eval_batch_size", "lr", "we_interval", "lr_step", "we_eta",

@@ -20,6 +20,12 @@ the global torch RNG streams as seen by the caller.
   augmentation depends only on (seed, epoch, index): the same with 0 or N workers.
 * device path: a ``torch.Generator`` on the data's device, seeded with ``_epoch_seed(seed, e)``,
   draws the permutation and then, batch by batch, the crop offsets and flips.
+
+Several processes (``world_size > 1``, DistributedDataParallel): ``batch_size`` stays the global
+batch; every rank draws the same permutation and augmentation as the single process and keeps its
+``rank::world_size`` share of each batch, so the ranks' batches together are the single process's
+batch, sample for sample and augmentation for augmentation (the last batch of an epoch is padded
+with the permutation's first entries to a multiple of ``world_size``, as ``DistributedSampler``).
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ __all__ = [
     "dataset_info",
     "build_data",
     "augment_batch",
+    "shard_positions",
     "load_digits_uint8",
 ]
 
@@ -307,22 +314,32 @@ def augment_batch(
     """
     if x_uint8.dim() != 4:
         raise ValueError(f"augment_batch expects an (N, C, H, W) tensor, got shape {tuple(x_uint8.shape)}")
+    offsets, flips = _augment_params(x_uint8.shape[0], generator, x_uint8.device)
+    return _apply_augment(x_uint8, offsets, flips), offsets, flips
+
+
+def _augment_params(n: int, generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop offsets (n, 2) and flips (n,) for ``n`` images, drawn from ``generator`` in this order."""
+    gdev = generator.device
+    offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=generator, device=gdev).to(device)
+    flips = torch.randint(0, 2, (n,), generator=generator, device=gdev).to(device).bool()
+    return offsets, flips
+
+
+def _apply_augment(x_uint8: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Crop each padded image at its offsets and mirror it where ``flips`` is True."""
     n, c, h, w = x_uint8.shape
     dev = x_uint8.device
-    gdev = generator.device
-    offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=generator, device=gdev).to(dev)
-    flips = torch.randint(0, 2, (n,), generator=generator, device=gdev).to(dev).bool()
     padded = F.pad(x_uint8, (PAD, PAD, PAD, PAD))  # zeros
     rows = offsets[:, 0:1] + torch.arange(h, device=dev)  # (N, H)
     cols = offsets[:, 1:2] + torch.arange(w, device=dev)  # (N, W)
     cols = torch.where(flips[:, None], cols.flip(1), cols)
-    out = padded[
+    return padded[
         torch.arange(n, device=dev)[:, None, None, None],
         torch.arange(c, device=dev)[None, :, None, None],
         rows[:, None, :, None],
         cols[:, None, None, :],
     ]
-    return out, offsets, flips
 
 
 def _normalize_uint8(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -353,15 +370,49 @@ def _num_batches(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else math.ceil(n / batch_size)
 
 
+def shard_positions(n: int, batch_size: int, rank: int, world_size: int, drop_last: bool) -> torch.Tensor:
+    """Positions in an epoch's permutation of ``n`` that rank ``rank`` of ``world_size`` trains on, in order.
+
+    As ``DistributedSampler``: the permutation (padded by its own first entries to a multiple of
+    ``world_size``, or cut to whole batches with ``drop_last``) is dealt out ``rank::world_size``.
+    Read in batches of ``batch_size // world_size``, batch ``b`` of every rank together are exactly
+    positions ``b * batch_size ...`` of the permutation: the single process's batch ``b`` (the last
+    one plus the padding).
+    """
+    if drop_last:
+        positions = torch.arange(n // batch_size * batch_size)
+    else:
+        pad = (-n) % world_size
+        positions = torch.cat([torch.arange(n), torch.arange(pad) % max(n, 1)])
+    return positions[rank::world_size]
+
+
+class _ShardSampler(torch.utils.data.Sampler[int]):
+    """This rank's indices of the epoch's permutation ``randperm(n, generator)`` (see ``shard_positions``)."""
+
+    def __init__(self, n: int, generator: torch.Generator, *, batch_size: int, rank: int, world_size: int,
+                 drop_last: bool) -> None:
+        self.n, self.generator = n, generator
+        self.positions = shard_positions(n, batch_size, rank, world_size, drop_last)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __iter__(self) -> Iterator[int]:
+        perm = torch.randperm(self.n, generator=self.generator)  # as RandomSampler with this generator
+        yield from perm[self.positions].tolist()
+
+
 class _LoaderTrain(TrainIterable):
     def __init__(self, dataset: _SeededTransform, *, batch_size: int, workers: int, seed: int,
-                 device: torch.device, drop_last: bool) -> None:
+                 device: torch.device, drop_last: bool, rank: int = 0, world_size: int = 1) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
         self.workers = workers
         self.seed = seed
         self.device = device
         self.drop_last = drop_last
+        self.rank, self.world_size = rank, world_size
         self.pin_memory = device.type == "cuda"
         self.epoch = 0
 
@@ -374,10 +425,18 @@ class _LoaderTrain(TrainIterable):
         # per-sample augmentation seeds derive from g; the sampler and worker seeds use g next
         ds = copy.copy(self.dataset)  # so overlapping iterations never share an aug_base
         ds.aug_base = int(torch.randint(0, 2**62, (), generator=g))
-        loader = torch.utils.data.DataLoader(
-            ds, batch_size=self.batch_size, shuffle=True, generator=g,
-            num_workers=self.workers, pin_memory=self.pin_memory, drop_last=self.drop_last,
-        )
+        if self.world_size == 1:
+            loader = torch.utils.data.DataLoader(
+                ds, batch_size=self.batch_size, shuffle=True, generator=g,
+                num_workers=self.workers, pin_memory=self.pin_memory, drop_last=self.drop_last,
+            )
+        else:  # the same permutation (drawn after the same worker base seed), this rank's shard of it
+            sampler = _ShardSampler(len(ds), g, batch_size=self.batch_size, rank=self.rank,
+                                    world_size=self.world_size, drop_last=self.drop_last)
+            loader = torch.utils.data.DataLoader(
+                ds, batch_size=self.batch_size // self.world_size, sampler=sampler, generator=g,
+                num_workers=self.workers, pin_memory=self.pin_memory,
+            )
         for x, y in loader:
             yield x.to(self.device, non_blocking=self.pin_memory), y.to(self.device, non_blocking=self.pin_memory)
 
@@ -400,11 +459,12 @@ class _LoaderEval:
 
 class _DeviceTrain(TrainIterable):
     def __init__(self, x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, *,
-                 batch_size: int, seed: int, drop_last: bool) -> None:
+                 batch_size: int, seed: int, drop_last: bool, rank: int = 0, world_size: int = 1) -> None:
         self.x, self.y, self.mean, self.std = x, y, mean, std
         self.batch_size = batch_size
         self.seed = seed
         self.drop_last = drop_last
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -415,10 +475,28 @@ class _DeviceTrain(TrainIterable):
         g.manual_seed(_epoch_seed(self.seed, self.epoch))
         n = len(self.y)
         perm = torch.randperm(n, generator=g, device=self.x.device)
+        if self.world_size > 1:
+            yield from self._shard(perm, g)
+            return
         for b in range(len(self)):
             idx = perm[b * self.batch_size:(b + 1) * self.batch_size]
             xb, _, _ = augment_batch(self.x[idx], g)
             yield _normalize_uint8(xb, self.mean, self.std), self.y[idx]
+
+    def _shard(self, perm: torch.Tensor, g: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's rows of each global batch, augmented with the single process's random draws."""
+        w, dev = self.world_size, self.x.device
+        for b in range(len(self)):
+            idx = perm[b * self.batch_size:(b + 1) * self.batch_size]
+            offsets, flips = _augment_params(len(idx), g, dev)
+            pad = (-len(idx)) % w  # only the last batch: padded with the permutation's first entries
+            if pad:
+                idx = torch.cat([idx, perm[torch.arange(pad, device=dev) % len(perm)]])
+                more = _augment_params(pad, g, dev)
+                offsets, flips = torch.cat([offsets, more[0]]), torch.cat([flips, more[1]])
+            mine = slice(self.rank, None, w)
+            xb = _apply_augment(self.x[idx[mine]], offsets[mine], flips[mine])
+            yield _normalize_uint8(xb, self.mean, self.std), self.y[idx[mine]]
 
 
 class _DeviceEval:
@@ -462,6 +540,8 @@ def build_data(
     download: bool = True,
     drop_last: bool = False,
     limit_train: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Data:
     """Build the train/test iterables (see the module docstring).
 
@@ -469,6 +549,10 @@ def build_data(
     ImageNet root (holding ``train/`` and ``val/`` class folders); ignored for digits.
     ``limit_train``: keep only the first N training examples. ``Data.num_train`` is the count
     used; ``Data.info.num_train`` the full split's size.
+    ``rank``, ``world_size``: with ``world_size > 1`` the train iterable yields this rank's share
+    of every batch: ``batch_size`` is the global batch (a multiple of ``world_size``) and each rank
+    gets ``batch_size // world_size`` rows of it (see ``shard_positions``); every rank sees the whole
+    test set.
     """
     _check_choice("dataset", dataset, DATASETS)
     _check_choice("normalization", normalization, NORMALIZATIONS)
@@ -481,6 +565,9 @@ def build_data(
         raise ValueError(f"batch sizes must be positive, got {batch_size} and {eval_batch_size}")
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
+    if world_size < 1 or not 0 <= rank < world_size or batch_size % world_size:
+        raise ValueError(f"batch_size {batch_size} must be a multiple of world_size {world_size} "
+                         f"(and 0 <= rank {rank} < world_size)")
     if limit_train is not None and limit_train <= 0:
         raise ValueError(f"limit_train must be positive or None, got {limit_train}")
     info = dataset_info(dataset, normalization, image_size)
@@ -508,7 +595,7 @@ def build_data(
         train_ds = _SeededTransform(train_raw, _transforms(dataset, info, train=True), n=n_train)
         test_ds = _SeededTransform(test_raw, _transforms(dataset, info, train=False))
         train = _LoaderTrain(train_ds, batch_size=batch_size, workers=workers, seed=seed,
-                             device=device, drop_last=drop_last)
+                             device=device, drop_last=drop_last, rank=rank, world_size=world_size)
         test = _LoaderEval(test_ds, batch_size=eval_batch_size, workers=workers, device=device)
     else:
         def to_dev(data, targets, n):
@@ -521,7 +608,8 @@ def build_data(
         std = torch.tensor(info.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         xtr, ytr = to_dev(train_raw.data, train_raw.targets, n_train)
         xte, yte = to_dev(test_raw.data, test_raw.targets, n_test)
-        train = _DeviceTrain(xtr, ytr, mean, std, batch_size=batch_size, seed=seed, drop_last=drop_last)
+        train = _DeviceTrain(xtr, ytr, mean, std, batch_size=batch_size, seed=seed, drop_last=drop_last,
+                             rank=rank, world_size=world_size)
         test = _DeviceEval(xte, yte, mean, std, batch_size=eval_batch_size)
 
     return Data(train=train, test=test, info=info, num_train=n_train, num_test=n_test)

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import nn
 
+from we.distributed import SINGLE, DistEnv
+
 if TYPE_CHECKING:
     from we.config import Config
 
@@ -26,6 +28,7 @@ class TrainContext:
     device: torch.device
     steps_per_epoch: int
     data: Any = None  # the run's Data (train and test iterables), e.g. to evaluate further networks
+    dist: DistEnv = SINGLE  # the process group (one process: SINGLE); `dist.training_module` wraps in DDP
 
 
 class Method:

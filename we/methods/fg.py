@@ -136,6 +136,7 @@ class FGMethod(Method):
         self.lrs = list(cfg.fg_lrs) if cfg.fg_lrs is not None else default_learning_rates(cfg.lr, cfg.fg_n)
         self.nets: list[nn.Module] = []  # networks 1..n-1 (network 0 is the trainer's model)
         self.fnets: list[nn.Module] = []  # the same, compiled when cfg.compile
+        self.train_fnets: list[nn.Module] = []  # what trains them: fnets, or DDP around them under DDP
         self.optimizers: list[torch.optim.Optimizer] = []
         self.schedulers: list[torch.optim.lr_scheduler.LRScheduler] = []
         self.groups: list[tuple[str, list[str]]] | None = None
@@ -164,6 +165,7 @@ class FGMethod(Method):
             optimizer = build_optimizer(net_cfg, net)
             self.nets.append(net)
             self.fnets.append(torch.compile(net) if cfg.compile else net)
+            self.train_fnets.append(ctx.dist.training_module(net, self.fnets[-1], cfg.compile))
             self.optimizers.append(optimizer)
             self.schedulers.append(build_scheduler(net_cfg, optimizer))
         self._reset_sums(ctx.device)
@@ -174,7 +176,7 @@ class FGMethod(Method):
     def after_batch(self, ctx: TrainContext, inputs: torch.Tensor, targets: torch.Tensor, iteration: int,
                     epoch: int) -> None:
         """Train networks 1..n-1 one step each on the trainer's batch."""
-        for j, (fnet, optimizer) in enumerate(zip(self.fnets, self.optimizers)):
+        for j, (fnet, optimizer) in enumerate(zip(self.train_fnets, self.optimizers)):
             with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
                 out = fnet(inputs)
                 loss = F.cross_entropy(out, targets)
