@@ -1,0 +1,107 @@
+"""A tiny grid on the one-node SLURM cluster: submit with the ci profile, requeue a running task,
+check that it resumed from its checkpoint, then collect the table.
+
+Skips with the reason when no cluster answers (fails instead with WE_REQUIRE_SLURM=1); start one
+with `bash slurm/install-debian.sh && bash slurm/cluster-up.sh`.
+"""
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from slurm_utils import require_slurm  # noqa: E402
+
+from we import grid as G  # noqa: E402
+from we.executors import read_cell_file  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+EPOCHS = 8
+GRID = {
+    "name": "slurm-e2e",
+    "base": {"dataset": "digits", "model": "resnet20", "epochs": EPOCHS, "limit_train": 256, "batch_size": 32,
+             "lr_milestones": [5, 7]},
+    "axes": {"method": ["baseline", "we"]},
+    "seeds": [0],
+}
+
+
+def epochs_logged(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line)["epoch"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def sacct_state(job_id: str) -> str:
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", job_id.split("_")[0]],
+                         capture_output=True, text=True, timeout=10).stdout
+    for line in out.splitlines():
+        jid, _, state = line.partition("|")
+        if jid == job_id:
+            return state.split(" ")[0]
+    return ""
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_grid_on_slurm_survives_a_requeue(tmp_path: Path, capsys):
+    require_slurm()
+    started = time.time()
+    path = tmp_path / "slurm-e2e.yaml"
+    path.write_text(yaml.safe_dump(GRID, sort_keys=False))
+    runs = tmp_path / "runs"
+    assert G.main(["submit", str(path), "--executor", "slurm", "--profile", str(REPO / "slurm" / "ci.yaml"),
+                   "--runs-root", str(runs)]) == 0
+    assert "submitted 2 cells to slurm" in capsys.readouterr().out
+    cells = G.resolve_cells(G.load_grid(path), runs)
+    jobs = {c.key: read_cell_file(c.run_dir)["submitted"][-1]["job_id"] for c in cells}
+    assert all(re.fullmatch(r"\d+_[01]", j) for j in jobs.values()), jobs  # one array, two tasks
+
+    # catch a task that is RUNNING and has checkpointed at least one epoch, with epochs left to go
+    target = None
+    deadline = time.time() + 240
+    while target is None and time.time() < deadline:
+        for cell in cells:
+            logged = len(epochs_logged(cell.run_dir))
+            if 1 <= logged <= EPOCHS - 3 and (cell.run_dir / "last.pt").exists() and \
+                    sacct_state(jobs[cell.key]) == "RUNNING":
+                target = cell
+                break
+        time.sleep(0.3)
+    assert target is not None, "no task was caught running mid-way"
+    subprocess.run(["scontrol", "requeue", jobs[target.key]], check=True, timeout=30)
+    print(f"requeued {jobs[target.key]} ({target.key}) after epoch {len(epochs_logged(target.run_dir))}")
+
+    deadline = time.time() + 420
+    while time.time() < deadline:
+        states = G.assess(cells, runs)
+        if all(s.state not in ("running", "todo") for s in states):
+            break
+        time.sleep(2)
+    assert [s.state for s in states] == ["done", "done"], [(s.cell.key, s.state, s.note) for s in states]
+
+    for cell in cells:
+        assert epochs_logged(cell.run_dir) == list(range(1, EPOCHS + 1))  # each epoch exactly once
+        (log,) = sorted((cell.run_dir / "logs").glob("slurm-*.out"))
+        assert log.is_symlink() and log.exists()
+    log = (target.run_dir / "logs" / f"slurm-{jobs[target.key]}.out").read_text()
+    resumed = [int(n) for n in re.findall(r"resuming after epoch (\d+)", log)]
+    assert resumed and resumed[0] > 0, log[-2000:]
+    record = read_cell_file(target.run_dir)["submitted"]
+    assert len(record) == 1 and record[0]["executor"] == "slurm"
+
+    # a second submit finds nothing to do; collect writes the table with both cells
+    assert G.main(["submit", str(path), "--executor", "slurm", "--profile", str(REPO / "slurm" / "ci.yaml"),
+                   "--runs-root", str(runs)]) == 0
+    assert "submitted 0 cells" in capsys.readouterr().out
+    out_dir = tmp_path / "results"
+    assert G.main(["collect", str(path), "--runs-root", str(runs), "--out-dir", str(out_dir)]) == 0
+    table = (out_dir / "slurm-e2e.md").read_text()
+    assert "| digits | resnet20 | baseline | 1" in table and "| digits | resnet20 | we | 1" in table
+    print(f"slurm e2e took {time.time() - started:.0f} s")
