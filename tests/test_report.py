@@ -308,3 +308,14 @@ def test_partial_metrics_and_running_runs_are_drawn(tmp_path: Path) -> None:
     runs = report.load_runs(root / "g")
     assert [r.status for r in runs] == ["running"]
     _assert_written(report.figure_convergence("g", runs, tmp_path / "figs"), "fig5-convergence-g")
+
+
+def test_grid_file_limits_the_table_to_the_grids_cells(tmp_path: Path, paper_csv: Path) -> None:
+    root = tmp_path / "runs"
+    write_run(root, "g", "cifar10-mobilenetv1-we-s0-aaaa", labels("we", 0), final=70.0, best=71.0)
+    write_run(root, "g", "cifar10-mobilenetv1-we-s0-old1", labels("we", 0), final=10.0, best=11.0)  # stale config
+    mean = lambda: row(report.collect("g", root, tmp_path / "out", paper_csv, figures=False, echo=False)["table"],
+                       "we")["final_top1_mean"]
+    assert mean() == pytest.approx(40.0)  # no grid.json: every folder counts
+    (root / "g" / "grid.json").write_text(json.dumps({"cells": {"cifar10-mobilenetv1-we-s0": "cifar10-mobilenetv1-we-s0-aaaa"}}))
+    assert mean() == pytest.approx(70.0)

@@ -176,11 +176,17 @@ def _run_dirs(grid_dir: Path) -> list[Path]:
 
 
 def load_runs(grid_dir: Path) -> list[Run]:
-    """Every run folder under ``grid_dir`` (any folder holding cell.json, result.json or metrics.jsonl)."""
+    """The grid's run folders: those its grid.json lists when it has one (so folders left by an
+    earlier version of the grid are not mixed in), else every folder under ``grid_dir`` holding
+    cell.json, result.json or metrics.jsonl."""
     grid_dir = Path(grid_dir)
     if not grid_dir.is_dir():
         return []
-    return [_read_run(d) for d in _run_dirs(grid_dir)]
+    try:
+        cells = json.loads((grid_dir / "grid.json").read_text())["cells"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return [_read_run(d) for d in _run_dirs(grid_dir)]
+    return [_read_run(grid_dir / name) for name in sorted(set(cells.values())) if (grid_dir / name).exists()]
 
 
 def _hashable(v: Any) -> Any:
