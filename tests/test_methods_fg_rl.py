@@ -13,7 +13,7 @@ from we.methods import TrainContext
 from we.methods.fg import (FGMethod, default_learning_rates, graft_coefficient, layer_entropy, ring_graft,
                            weight_layers)
 from we.methods.rl import RLMethod, retrospective_loss
-from we.train import main
+from we.train import TIMING_KEYS, main
 
 TINY = ["dataset=digits", "model=resnet20", "limit_train=64", "batch_size=32", "workers=0", "progress=plain",
         "data_path=device", "epochs=2"]
@@ -248,7 +248,7 @@ def _interrupted_then_resumed(tmp_path: Path, args: list[str], monkeypatch) -> t
     b = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
-    timing = ("seconds", "train_seconds", "images_per_s")
+    timing = TIMING_KEYS
     strip = lambda h: [{k: v for k, v in r.items() if k not in timing} for r in h]
     assert strip(a["history"]) == strip(b["history"])
     return ref, a["method"], b["method"]

@@ -13,7 +13,7 @@ import yaml
 
 from we.config import ConfigError, load_config
 from we.methods import METHODS, Method
-from we.train import cli, main
+from we.train import TIMING_KEYS, cli, main
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["dataset=digits", "model=resnet20", "limit_train=128", "batch_size=32", "workers=0", "progress=plain"]
@@ -31,7 +31,7 @@ def test_run_folder_outputs(tmp_path: Path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     for key in ("lr", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5", "seconds",
-                "we_conv_weight", "we_bn_weight", "we_rate"):
+                "we_conv_weight", "we_bn_weight", "we_rate", "method_seconds"):
         assert key in rows[0], key
     assert "we_conv_weight" not in rows[1]  # no evolution after the last epoch
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
@@ -93,7 +93,7 @@ def test_killed_run_resumes_bitwise(tmp_path: Path, method: str):
     b = torch.load(cut / "last.pt", weights_only=False)
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
-    strip = lambda h: [{k: v for k, v in r.items() if k not in ("seconds", "train_seconds", "images_per_s")} for r in h]
+    strip = lambda h: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in h]
     assert strip(a["history"]) == strip(b["history"])
     assert a["method"] == b["method"]
 
@@ -139,3 +139,16 @@ def test_method_hooks_are_called_in_order(tmp_path: Path, monkeypatch):
     assert [s[1] for s in steps] == list(range(4)) and [s[2] for s in steps] == [0, 0, 1, 1]
     rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["recorded"] == 1.0
+
+
+def test_folder_from_before_a_key_was_added_still_resumes(tmp_path: Path):
+    cfg = tiny(tmp_path, "epochs=1")
+    main(cfg)
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del saved["we_level"]  # as if the run predates this key
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert main(cfg)["status"] == "complete"
+    saved["lr"] = 0.5  # a key it did know, with another value, is still refused
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match="lr"):
+        main(cfg)

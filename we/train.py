@@ -3,6 +3,12 @@
 `main(cfg)` trains one model with one method into the run folder `cfg.out` and is idempotent:
 a complete (or diverged) run is returned as it is, an interrupted one resumes from `last.pt`
 and ends bitwise identical (on the CPU) to an uninterrupted run.
+
+Launched as several processes (torchrun, or a SLURM step of several tasks), the run trains with
+DistributedDataParallel (see `we.distributed`): `batch_size` is the global batch, split over the
+ranks; after every weight edit outside the optimizer (a method's epoch-end hook, or a step hook that
+reports statistics) rank 0's parameters, buffers and method state are broadcast, so every rank ends
+every epoch with identical weights; only rank 0 writes the run folder.
 """
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import argparse
 import csv
 import io
 import math
+import os
 import sys
 import time
 import traceback
@@ -25,11 +32,13 @@ from we.checkpoint import (load_checkpoint, provenance, rng_state, save_checkpoi
                            set_rng_state, write_json, write_text)
 from we.config import Config, ConfigError, config_diff, load_config, to_dict
 from we.data import build_data
-from we.methods import TrainContext, create_method
+from we.distributed import SINGLE, DistEnv, setup as setup_distributed, shutdown as shutdown_distributed
+from we.methods import Method, TrainContext, create_method
 
 # Keys that may differ between an interrupted run and its resumption (where it runs, not what).
-RESUME_IGNORES = ("out", "device", "data_dir", "download", "workers", "progress")
+RESUME_IGNORES = ("out", "device", "data_dir", "download", "workers", "progress", "dist_backend")
 TERMINAL = ("complete", "diverged")
+TIMING_KEYS = ("seconds", "train_seconds", "images_per_s", "method_seconds")  # per-epoch columns that vary run to run
 EXIT_CODES = {"complete": 0, "failed": 1, "diverged": 3}
 
 
@@ -87,6 +96,8 @@ def train_one_epoch(ctx: TrainContext, method, data, epoch: int, iteration: int,
         loss.backward()
         opt.step()
         stats = method.after_optimizer_step(ctx, iteration, epoch)
+        if stats:  # a step hook that reports statistics edited the weights (WE every N iterations)
+            ctx.dist.broadcast_module(ctx.model)
         for k, v in (stats or {}).items():
             method_totals[k] = method_totals.get(k, 0) + v
         method.after_batch(ctx, x, y, iteration, epoch)
@@ -98,7 +109,14 @@ def train_one_epoch(ctx: TrainContext, method, data, epoch: int, iteration: int,
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
     seconds = time.perf_counter() - t0
-    return {"train_loss": loss_sum.item() / max(seen, 1), "train_top1": 100.0 * correct.item() / max(seen, 1),
+    if ctx.dist.enabled:  # over every rank's share of the epoch: the global batch's loss and accuracy
+        totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=ctx.device,
+                                                                                dtype=torch.float64)])
+        loss_total, correct_total, seen_total = ctx.dist.all_reduce_sum(totals).tolist()
+        seen = int(seen_total)
+    else:
+        loss_total, correct_total = loss_sum.item(), correct.item()
+    return {"train_loss": loss_total / max(seen, 1), "train_top1": 100.0 * correct_total / max(seen, 1),
             "train_seconds": seconds, "images_per_s": seen / seconds if seconds > 0 else float("nan"),
             "iteration": iteration, "method": method_totals}
 
@@ -167,7 +185,9 @@ def _check_same_run(out: Path, cfg: Config) -> None:
         old = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError:
         raise ConfigError(f"{path}: malformed YAML in an existing run folder") from None
-    diff = config_diff(old, to_dict(cfg), ignore=RESUME_IGNORES)
+    new = to_dict(cfg)
+    # A key the old run did not know (added to Config since) ran with the behaviour it now defaults to.
+    diff = config_diff(old, {k: v for k, v in new.items() if k in old}, ignore=RESUME_IGNORES)
     if diff:
         raise ConfigError(f"{out}: holds a run with a different config (keys: {', '.join(diff)}); use another out")
 
@@ -177,7 +197,20 @@ def log(msg: str) -> None:
 
 
 def main(cfg: Config) -> dict[str, Any]:
-    """Train (or resume, or return) the run described by a resolved config; returns result.json's content."""
+    """Train (or resume, or return) the run described by a resolved config; returns result.json's content.
+
+    Under a distributed launch every rank calls this; it joins (and at the end leaves) the process
+    group, and every rank returns rank 0's result.
+    """
+    dist_env, device, created = setup_distributed(resolve_device(cfg.device), cfg.dist_backend)
+    try:
+        return _main(cfg, device, dist_env)
+    finally:
+        if created:
+            shutdown_distributed()
+
+
+def _main(cfg: Config, device: torch.device, dist_env: DistEnv) -> dict[str, Any]:
     import json
 
     out = Path(cfg.out)
@@ -189,28 +222,47 @@ def main(cfg: Config) -> dict[str, Any]:
             raise RuntimeError(f"{result_path}: unreadable result file") from None
         if previous.get("status") in TERMINAL:
             _check_same_run(out, cfg)
-            log(f"{out}: already {previous['status']}; nothing to do")
+            if dist_env.is_main:
+                log(f"{out}: already {previous['status']}; nothing to do")
             return previous
     _check_same_run(out, cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if cfg.batch_size % dist_env.world_size:
+        raise ConfigError(f"config key 'batch_size': the global batch {cfg.batch_size} must be a multiple of "
+                          f"the {dist_env.world_size} processes")
+    if dist_env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
-    device = resolve_device(cfg.device)
     started = time.perf_counter()
-    result: dict[str, Any] = {"status": "running", "config": to_dict(cfg), "provenance": provenance(device)}
+    result: dict[str, Any] = {"status": "running", "config": to_dict(cfg),
+                              "provenance": provenance(device) if dist_env.is_main else {}}
+    if dist_env.enabled:
+        result["distributed"] = {"world_size": dist_env.world_size, "backend": dist_env.backend}
     try:
-        result.update(_train(cfg, out, device))
+        result.update(_train(cfg, out, device, dist_env))
     except Exception as err:
-        result.update(status="failed", error=f"{type(err).__name__}: {err}",
-                      traceback=traceback.format_exc(limit=8))
-        write_json(result_path, result)
+        if dist_env.is_main:
+            result.update(status="failed", error=f"{type(err).__name__}: {err}",
+                          traceback=traceback.format_exc(limit=8))
+            write_json(result_path, result)
         raise
     result["wall_seconds"] = time.perf_counter() - started
-    write_json(result_path, result)
-    return result
+    if dist_env.is_main:
+        write_json(result_path, result)
+    return dist_env.broadcast_object(result)
 
 
-def _train(cfg: Config, out: Path, device: torch.device) -> dict[str, Any]:
+def _sync_from_rank0(dist_env: DistEnv, model: torch.nn.Module, method: Method) -> None:
+    """Rank 0's parameters, buffers and method state on every rank (after a weight edit outside the optimizer)."""
+    if not dist_env.enabled:
+        return
+    dist_env.broadcast_module(model)
+    state = dist_env.broadcast_object(method.state_dict() if dist_env.is_main else None)
+    if not dist_env.is_main:
+        method.load_state_dict(state)
+
+
+def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SINGLE) -> dict[str, Any]:
     seed_everything(cfg.seed)
     if cfg.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
@@ -219,7 +271,7 @@ def _train(cfg: Config, out: Path, device: torch.device) -> dict[str, Any]:
     data = build_data(cfg.dataset, cfg.data_dir, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
                       normalization=cfg.normalization, image_size=cfg.image_size, data_path=data_path,
                       device=device, workers=cfg.workers, seed=cfg.seed, download=cfg.download,
-                      limit_train=cfg.limit_train or None)
+                      limit_train=cfg.limit_train or None, rank=dist_env.rank, world_size=dist_env.world_size)
     model = models.create(cfg.model, num_classes=data.info.num_classes).to(device)
     method = create_method(cfg)
     method.prepare_model(model, cfg)
@@ -229,7 +281,8 @@ def _train(cfg: Config, out: Path, device: torch.device) -> dict[str, Any]:
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
     ctx = TrainContext(model=model, optimizer=optimizer, cfg=cfg, device=device, steps_per_epoch=len(data.train),
-                       data=data)
+                       data=data, dist=dist_env)
+    say = log if dist_env.is_main else (lambda msg: None)
 
     history: list[dict[str, Any]] = []
     start_epoch, iteration = 0, 0
@@ -242,40 +295,53 @@ def _train(cfg: Config, out: Path, device: torch.device) -> dict[str, Any]:
         method.load_state_dict(state["method"])
         set_rng_state(state["rng"])
         start_epoch, iteration, history = state["epoch"], state["iteration"], state["history"]
-        log(f"{out}: resuming after epoch {start_epoch} of {cfg.epochs}")
+        say(f"{out}: resuming after epoch {start_epoch} of {cfg.epochs}")
+    train_model = dist_env.training_module(model, fmodel, cfg.compile)  # fmodel itself in one process
     method.on_train_start(ctx)
-    log(f"{out}: {cfg.model} on {cfg.dataset} ({data.num_train} train / {data.num_test} test), method "
-        f"{cfg.method}, {cfg.epochs} epochs, data path {data_path}, device {device}")
+    where = f"device {device}" + (f", {dist_env.world_size} processes ({dist_env.backend})"
+                                  if dist_env.enabled else "")
+    say(f"{out}: {cfg.model} on {cfg.dataset} ({data.num_train} train / {data.num_test} test), method "
+        f"{cfg.method}, {cfg.epochs} epochs, data path {data_path}, {where}")
 
     status = "complete"
     for epoch in range(start_epoch, cfg.epochs):
         data.train.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
-        tr = train_one_epoch(ctx, method, data, epoch, iteration, fmodel)
+        tr = train_one_epoch(ctx, method, data, epoch, iteration, train_model)
         iteration = tr.pop("iteration")
         method_stats = tr.pop("method")
-        if not math.isfinite(tr["train_loss"]):
+        if not math.isfinite(tr["train_loss"]):  # the global loss under DDP: every rank stops here
             status = "diverged"
-            log(f"epoch {epoch + 1}: non-finite training loss; stopping (diverged)")
-            history.append({"epoch": epoch + 1, "lr": lr, **tr, "test_loss": float("nan"),
-                            "test_top1": float("nan"), "test_top5": float("nan"), "seconds": time.perf_counter() - t0})
+            say(f"epoch {epoch + 1}: non-finite training loss; stopping (diverged)")
+            history.append(dist_env.broadcast_object(
+                {"epoch": epoch + 1, "lr": lr, **tr, "test_loss": float("nan"), "test_top1": float("nan"),
+                 "test_top5": float("nan"), "seconds": time.perf_counter() - t0}))
             break
+        dist_env.broadcast_module(model)  # rank 0's BatchNorm running statistics: the same evaluation everywhere
         ev = evaluate(ctx, data, fmodel)
+        t_method = time.perf_counter()
         method_stats.update(method.on_epoch_end(ctx, epoch, last=epoch == cfg.epochs - 1))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        method_stats["method_seconds"] = time.perf_counter() - t_method  # the epoch-end hook's cost
+        _sync_from_rank0(dist_env, model, method)
         scheduler.step()
         row = {"epoch": epoch + 1, "lr": lr, **tr, **ev, **method_stats, "seconds": time.perf_counter() - t0}
-        history.append(row)
-        save_checkpoint(out / "last.pt", {
-            "config": to_dict(cfg), "epoch": epoch + 1, "iteration": iteration, "history": history,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "method": method.state_dict(), "rng": rng_state()})
-        write_metrics(out, history)
-        log(f"epoch {epoch + 1}/{cfg.epochs} lr {lr:.4g} train loss {tr['train_loss']:.4f} top1 "
+        history.append(dist_env.broadcast_object(row))  # rank 0's timings and method statistics everywhere
+        if dist_env.is_main:
+            save_checkpoint(out / "last.pt", {
+                "config": to_dict(cfg), "epoch": epoch + 1, "iteration": iteration, "history": history,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "method": method.state_dict(), "rng": rng_state()})
+            write_metrics(out, history)
+        dist_env.barrier()
+        say(f"epoch {epoch + 1}/{cfg.epochs} lr {lr:.4g} train loss {tr['train_loss']:.4f} top1 "
             f"{tr['train_top1']:.2f} | test loss {ev['test_loss']:.4f} top1 {ev['test_top1']:.2f} top5 "
             f"{ev['test_top5']:.2f} | {row['seconds']:.1f}s {tr['images_per_s']:.0f} img/s"
             + "".join(f" {k} {v:g}" for k, v in method_stats.items()))
-    write_metrics(out, history)
+    if dist_env.is_main:
+        write_metrics(out, history)
     summary = {**summarize(history), **method.summarize(history)}
     if status == "diverged":
         summary["diverged_epoch"] = history[-1]["epoch"]
@@ -299,7 +365,8 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     summary = {k: result.get(k) for k in ("status", "final_top1", "best_top1", "epochs_done")}
-    log(f"result: {summary}")
+    if int(os.environ.get("RANK", "0")) == 0:  # rank 0 only under a distributed launch
+        log(f"result: {summary}")
     return EXIT_CODES.get(result["status"], 1)
 
 
