@@ -1,0 +1,211 @@
+"""`make bench`: WE step cost and training throughput for every zoo model on the current device.
+
+For each model: the time of one WE step (paper and official variants, vectorised), of one pass
+that reads every weight once (the floor any step must pay), and of the straightforward per-filter
+loop implementation; and training images/s at the recipe's batch size on synthetic inputs of the
+model's size (throughput does not depend on pixel values). Prints a markdown table and writes it,
+with device, versions and date, to `results/bench/<device>.md` and `.json`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+import models
+from we.checkpoint import REPO_ROOT, provenance
+from we.evolution import WeightEvolution, evolve
+from we.reference import evolve_reference
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timeit(fn: Callable[[], Any], device: torch.device, repeat: int = 5, warmup: int = 1) -> float:
+    """Median wall seconds of `fn` over `repeat` calls after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def read_all_weights(model: torch.nn.Module) -> torch.Tensor:
+    """One pass reading every parameter once (sum of |w|): the lower bound for any WE step."""
+    return torch.stack([p.detach().abs().sum() for p in model.parameters()]).sum()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device).replace(" ", "-")
+    return "cpu"
+
+
+def bench_model(name: str, device: torch.device, batch: int, iters: int, loop: bool) -> dict[str, Any]:
+    """WE step times and training throughput of one zoo model."""
+    info = models.model_info(name)
+    num_classes = 1000 if info.family == "imagenet" else 10
+    torch.manual_seed(0)
+    model = models.create(name, num_classes=num_classes).to(device)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    restore = lambda: model.load_state_dict(state)  # noqa: E731 - each step sees the same weights
+
+    row: dict[str, Any] = {"model": name, "params": sum(p.numel() for p in model.parameters())}
+    restore_ms = 1e3 * timeit(restore, device)  # subtracted: every timed step starts from the same weights
+    timed = lambda fn, repeat=5: max(1e3 * timeit(lambda: (restore(), fn()), device, repeat=repeat) - restore_ms, 0.0)  # noqa: E731
+    row["read_ms"] = 1e3 * timeit(lambda: read_all_weights(model), device)
+    row["we_paper_ms"] = timed(lambda: evolve(model, 0.05, gamma=0.05))
+    official = WeightEvolution(model, variant="official")
+    row["we_official_ms"] = timed(lambda: official.step(100))
+    if loop:
+        row["we_loop_ms"] = timed(lambda: evolve_reference(model, 0.05, gamma=0.05, matching="forward",
+                                                           conv=True, bn=True), repeat=2)
+    row["we_over_read"] = row["we_paper_ms"] / row["read_ms"] if row["read_ms"] > 0 else float("nan")
+
+    size = info.input_size
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, num_classes, (batch,), device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    model.train()
+
+    def train_step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    step_s = timeit(train_step, device, repeat=iters)
+    row["batch"] = batch
+    row["train_img_s"] = batch / step_s
+    epoch_images = 1_281_167 if info.family == "imagenet" else 50_000  # ImageNet / CIFAR training set
+    row["we_epoch_overhead_pct"] = 100.0 * (row["we_paper_ms"] / 1e3) / (epoch_images / row["train_img_s"])
+    return row
+
+
+METHOD_RUNS: dict[str, list[str]] = {  # settings that make each method act within a 3-epoch run
+    "baseline": [], "we": [], "fg1": ["method=fg", "fg_n=1"], "oni": [], "svb": [],
+    "repr": ["repr_s1=1", "repr_s2=1"], "rl": ["rl_warmup=0", "rl_update=1"],
+}
+
+
+def bench_methods(model: str, device: torch.device, epochs: int = 3, limit_train: int = 512,
+                  epoch_images: int = 50_000) -> list[dict[str, Any]]:
+    """Each method through the real trainer on digits: its extra cost per CIFAR-size epoch vs the baseline.
+
+    Per-step cost is the training time per image; per-epoch cost is the epoch-end hook's time
+    (`method_seconds`); both are scaled to an epoch of `epoch_images` images.
+    """
+    import contextlib
+    import io
+    import tempfile
+
+    from we.config import load_config
+    from we.train import main as train_main
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, extra in METHOD_RUNS.items():
+            method = [] if any(e.startswith("method=") for e in extra) else [f"method={label}"]
+            cfg = load_config(None, ["dataset=digits", f"model={model}", f"epochs={epochs}", f"device={device}",
+                                     f"limit_train={limit_train}", "progress=plain", "workers=0",
+                                     f"out={tmp}/{label}", *method, *extra])
+            with contextlib.redirect_stdout(io.StringIO()):
+                train_main(cfg)
+            history = [json.loads(line) for line in Path(tmp, label, "metrics.jsonl").read_text().splitlines()]
+            timed = history[1:] or history  # the first epoch pays one-off warm-up costs
+            per_image = sum(r["train_seconds"] for r in timed) / sum(r["train_seconds"] * r["images_per_s"]
+                                                                        for r in timed)
+            hook = statistics.mean(r.get("method_seconds", 0.0) for r in timed)
+            rows.append({"method": label, "s_per_image": per_image, "epoch_end_s": hook})
+    base = rows[0]["s_per_image"] * epoch_images
+    for r in rows:
+        r["epoch_s"] = r["s_per_image"] * epoch_images + r["epoch_end_s"]
+        r["overhead_pct"] = 100.0 * (r["epoch_s"] - base) / base
+    return rows
+
+
+def methods_markdown(rows: list[dict[str, Any]], model: str, epoch_images: int) -> str:
+    lines = [f"## Method overhead per epoch ({model}, {epoch_images:,}-image epoch, vs baseline)", "",
+             "| method | train ms/image | epoch-end hook (s) | epoch (s) | overhead |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {1e3 * r['s_per_image']:.3f} | {r['epoch_end_s']:.3f} | "
+                     f"{r['epoch_s']:.1f} | {r['overhead_pct']:+.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def to_markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
+    cols = [("model", "model"), ("params", "params"), ("read_ms", "read all weights (ms)"),
+            ("we_paper_ms", "WE paper step (ms)"), ("we_official_ms", "WE official step (ms)"),
+            ("we_loop_ms", "per-filter loop (ms)"), ("we_over_read", "paper step / read"),
+            ("batch", "batch"), ("train_img_s", "train images/s"),
+            ("we_epoch_overhead_pct", "WE step per epoch (%)")]
+    lines = [f"# Bench on {header['device']} ({header['date']})", "",
+             f"torch {header['versions']['torch']}, torchvision {header['versions']['torchvision']}, "
+             f"{header['hardware']['cpu_count']} CPUs, {header['hardware']['torch_threads']} torch threads, "
+             f"commit {header['git_commit']}", "",
+             "| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = []
+        for key, _ in cols:
+            v = r.get(key)
+            cells.append("-" if v is None else f"{v:,.3g}" if isinstance(v, float) and v < 1 else f"{v:,.2f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int)
+                         else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m we.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--models", nargs="*", default=None, help="zoo models (default: all)")
+    p.add_argument("--batch", type=int, default=128, help="CIFAR batch size")
+    p.add_argument("--imagenet-batch", type=int, default=None, help="default 256 on GPU, 16 on CPU")
+    p.add_argument("--iters", type=int, default=3, help="timed training steps per model")
+    p.add_argument("--no-loop", action="store_true", help="skip the per-filter loop implementation")
+    p.add_argument("--methods-model", default=None, help="model for the method-overhead table "
+                   "(default resnet20 on CPU, mobilenetv1 on GPU, as the paper's overhead figures)")
+    p.add_argument("--no-methods", action="store_true", help="skip the method-overhead table")
+    p.add_argument("--out", default=str(REPO_ROOT / "results" / "bench"))
+    args = p.parse_args(argv)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    imagenet_batch = args.imagenet_batch or (256 if device.type == "cuda" else 16)
+    names = args.models or models.list_models()
+    header = {"device": device_name(device), "date": datetime.now(timezone.utc).date().isoformat(),
+              **provenance(device)}
+    rows = []
+    for name in names:
+        batch = imagenet_batch if models.model_info(name).family == "imagenet" else args.batch
+        row = bench_model(name, device, batch, args.iters, loop=not args.no_loop)
+        rows.append(row)
+        print(f"{name}: WE paper {row['we_paper_ms']:.2f} ms, official {row['we_official_ms']:.2f} ms, "
+              f"read {row['read_ms']:.2f} ms, train {row['train_img_s']:.0f} img/s", flush=True)
+    md = to_markdown(rows, header)
+    method_rows: list[dict[str, Any]] = []
+    if not args.no_methods:
+        mmodel = args.methods_model or ("mobilenetv1" if device.type == "cuda" else "resnet20")
+        method_rows = bench_methods(mmodel, device)
+        md += "\n" + methods_markdown(method_rows, mmodel, 50_000)
+    print(md)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{header['device']}.md").write_text(md)
+    (out / f"{header['device']}.json").write_text(json.dumps({"header": header, "rows": rows, "methods": method_rows}, indent=2) + "\n")
+    print(f"wrote {out / (header['device'] + '.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
