@@ -11,7 +11,31 @@ TABLES := 1 2 3 4 5 6 7 8
 FIGURES := 2 3 5 6
 
 .PHONY: help install test demo bench figures reproduce-figures reproduce-all cluster-up cluster-down \
-	# each table has a grid with the paper's semantics and one with the authors' script and recipe
+	$(addprefix reproduce-table,$(TABLES)) $(addprefix table,$(TABLES))
+
+help:
+	@echo "make install | test | demo | bench | reproduce-table1..8 | table1..8 | reproduce-figures | figures | reproduce-all | cluster-up | cluster-down"
+	@echo "variables: EXECUTOR=local|slurm (default local), PROFILE=slurm/NAME.yaml (default slurm/default.yaml), WAIT=1 (block until done)"
+
+install: $(VENV)/.install.stamp
+
+$(VENV)/.install.stamp: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+test: install
+	$(PY) -m pytest -q -ra tests
+
+demo: install
+	$(PY) -m we.grid plan demo
+	$(PY) -m we.grid submit demo --executor local --wait
+	$(PY) -m we.grid collect demo
+
+bench: install
+	$(PY) -m we.bench
+
+# each table has a grid with the paper's semantics and one with the authors' script and recipe
 $(addprefix reproduce-table,$(TABLES)): reproduce-table%: install
 	$(PY) -m we.grid submit table$* $(GRID_FLAGS)
 	$(PY) -m we.grid submit table$*-official $(GRID_FLAGS)

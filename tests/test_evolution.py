@@ -473,3 +473,18 @@ def test_package_exports():
     assert we.selection_rate is selection_rate and we.evolve is evolve
     assert we.WeightEvolution is WeightEvolution
     assert "Weight Evolution" in we.__doc__
+
+
+@pytest.mark.parametrize("variant", ["paper", "official"])
+def test_unsynchronised_step_returns_device_counts_and_same_weights(variant):
+    a = random_net(3)
+    b = copy.deepcopy(a)
+    hp = {"r_hat": 0.5, "gamma": 0.5} if variant == "paper" else {"radio_conv": 0.5, "radio_bn": 0.5, "radio_bias": 0.5}
+    ea, eb = WeightEvolution(a, variant=variant, **hp), WeightEvolution(b, variant=variant, **hp)
+    synced, lazy = ea.step(30), eb.step(30, sync=False)
+    assert all(isinstance(v, int) for v in synced.values())
+    assert any(isinstance(v, torch.Tensor) for v in lazy.values())
+    assert {k: int(v) for k, v in lazy.items()} == synced and sum(synced.values()) > 0
+    for pa, pb in zip(params(a), params(b)):
+        assert torch.equal(pa, pb)
+    assert eb.state_dict()["evolved"] == ea.state_dict()["evolved"]

@@ -295,9 +295,13 @@ def test_plan_prints_states_and_gpu_hours(tmp_path: Path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "digits-resnet20-we-s1" in out and "todo 4" in out and "default table in we/grid.py" in out
     assert not (tmp_path / "runs").exists()
-    # a bench measurement replaces the default throughput
+    # a CPU bench says nothing about GPU-hours ...
     bench = tmp_path / "results" / "bench"
     bench.mkdir(parents=True)
+    (bench / "cpu.json").write_text(json.dumps({"rows": [{"model": "resnet20", "train_img_s": 5.0}]}))
+    assert G.main(["plan", str(path), "--runs-root", str(tmp_path / "runs")]) == 0
+    assert "default table in we/grid.py" in capsys.readouterr().out
+    # ... a GPU bench measurement replaces the default throughput
     (bench / "b.json").write_text(json.dumps({"results": [{"model": "resnet20", "dataset": "digits",
                                                            "method": "baseline", "images_per_s": 1437.0}]}))
     assert G.main(["plan", str(path), "--runs-root", str(tmp_path / "runs")]) == 0

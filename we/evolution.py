@@ -264,8 +264,11 @@ def crossover(weight: Tensor, partner: Tensor, evolved: Tensor, alpha: Alpha = "
 
 def evolve(model: nn.Module, rate: float, *, gamma: float = 0.05, matching: str = "forward",
            conv: bool = True, bn: bool = True, selection: str = "global+local",
-           alpha: Alpha = "adaptive", level: str = "element") -> dict[str, int]:
+           alpha: Alpha = "adaptive", level: str = "element", sync: bool = True) -> dict[str, int]:
     """One weight-evolution step in place; returns the number of evolved units per kind.
+
+    sync=False returns the counts as device tensors instead of ints, so the step never waits
+    for the device (the caller reads them when it synchronises anyway).
 
     selection: "global+local" (WE), "global" (WE-G: W_tbd is inferior, no gamma test) or
     "local" (WE-L: gamma test on every unit, no global pool). alpha: "adaptive" (Eq. 6) or a
@@ -305,7 +308,7 @@ def evolve(model: nn.Module, rate: float, *, gamma: float = 0.05, matching: str 
                 torch._foreach_copy_(tensors, list(new.split(tensors[0].shape[0])))
                 total.append(evolved.sum())
             counts[kind] = torch.stack(total).sum()
-    return host_counts(counts)
+    return host_counts(counts) if sync else counts
 
 
 def same_shape_buckets(layers: Sequence[Units]) -> list[list[int]]:
@@ -391,37 +394,37 @@ class WeightEvolution:
         h = self.hparams
         return selection_rate(epoch, h["r_hat"], h["beta"], h["eta"], h["milestones"])
 
-    def evolve_now(self, epoch: int) -> dict[str, int]:
-        """One step regardless of the interval, at the rate of `epoch`."""
+    def evolve_now(self, epoch: int, sync: bool = True) -> dict[str, int]:
+        """One step regardless of the interval, at the rate of `epoch` (sync: see `evolve`)."""
         if self.official is not None:
-            counts = self.official.step(epoch)
+            counts = self.official.step(epoch, sync=sync)
         else:
             h = self.hparams
             counts = evolve(self.model, self.rate(epoch), gamma=h["gamma"],
                             matching=h["matching"], conv=h["conv"], bn=h["bn"],
-                            selection=h["selection"], alpha=h["alpha"], level=h["level"])
+                            selection=h["selection"], alpha=h["alpha"], level=h["level"], sync=sync)
         self.steps += 1
         for kind, n in counts.items():
             self.evolved[kind] += n
         return counts
 
-    def step(self, epoch: int) -> dict[str, int] | None:
+    def step(self, epoch: int, sync: bool = True) -> dict[str, int] | None:
         """Epoch hook, after epoch `epoch` (0-based); acts when (epoch + 1) % interval == 0."""
         if self.hparams["interval_unit"] != "epoch" or (epoch + 1) % self.hparams["interval"]:
             return None
-        return self.evolve_now(epoch)
+        return self.evolve_now(epoch, sync)
 
-    def step_iteration(self, iteration: int, epoch: int) -> dict[str, int] | None:
+    def step_iteration(self, iteration: int, epoch: int, sync: bool = True) -> dict[str, int] | None:
         """Iteration hook, after global iteration `iteration` (0-based) during `epoch`."""
         if self.hparams["interval_unit"] != "iter" or (iteration + 1) % self.hparams["interval"]:
             return None
-        return self.evolve_now(epoch)
+        return self.evolve_now(epoch, sync)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly: variant, hparams and counters."""
         hparams = {k: list(v) if isinstance(v, tuple) else v for k, v in self.hparams.items()}
         state: dict[str, Any] = {"variant": self.variant, "hparams": hparams,
-                                 "steps": self.steps, "evolved": dict(self.evolved)}
+                                 "steps": self.steps, "evolved": {k: int(v) for k, v in self.evolved.items()}}
         if self.official is not None:
             state["official"] = self.official.state_dict()
         return state

@@ -708,10 +708,11 @@ def _bench_entries(obj: Any) -> Iterable[dict[str, Any]]:
 
 
 def load_throughput(bench_dir: Path = BENCH_DIR) -> Throughput:
-    """Training images/s per model from the newest results/bench/*.json (`make bench`: entries with
+    """Training images/s per model from the newest GPU results/bench/*.json (`make bench`: entries with
     `model` and `train_img_s` or `images_per_s`, optionally `dataset`; baseline entries win over
     others); models it lacks fall back to DEFAULT_IMAGES_PER_S."""
-    files = sorted(Path(bench_dir).glob("*.json"), key=lambda p: p.stat().st_mtime)
+    # GPU-hours: a CPU measurement (results/bench/cpu.json) says nothing about a GPU's throughput
+    files = sorted((p for p in Path(bench_dir).glob("*.json") if p.stem != "cpu"), key=lambda p: p.stat().st_mtime)
     if not files:
         return Throughput({}, "default table in we/grid.py")
     newest = files[-1]

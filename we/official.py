@@ -145,8 +145,9 @@ def pool_scores(layers: Sequence[Units], kind: str, flavour: str) -> Tensor:
 
 def evolve_official(model: nn.Module, rates: Mapping[str, float], *, lab: float = 0.1,
                     ln_c: float = 2, flavour: str = "cifar", conv: bool = True, bn: bool = True,
-                    counters: dict[str, Tensor] | None = None) -> dict[str, int]:
-    """One step of the script in place; returns the number of evolved units per kind.
+                    counters: dict[str, Tensor] | None = None, sync: bool = True) -> dict[str, int]:
+    """One step of the script in place; returns the number of evolved units per kind
+    (as device tensors with sync=False, so that the step never waits for the device).
 
     rates: per kind ("conv_weight", "bn_weight", "bn_bias"). counters: the per-kind counters,
     device tensors updated in place of the dict (a fresh zero counter when missing).
@@ -176,7 +177,7 @@ def evolve_official(model: nn.Module, rates: Mapping[str, float], *, lab: float 
                 total.append(evolved.sum())
             counters[kind] = counter
             counts[kind] = torch.stack(total).sum()
-    return host_counts(counts)
+    return host_counts(counts) if sync else counts
 
 
 class OfficialEvolution:
@@ -193,11 +194,11 @@ class OfficialEvolution:
         return {kind: stage_rate(epoch, h[key], divisors=h["divisors"], eta=h["eta"],
                                  milestones=h["milestones"]) for kind, key in RATE_KEYS.items()}
 
-    def step(self, epoch: int) -> dict[str, int]:
+    def step(self, epoch: int, sync: bool = True) -> dict[str, int]:
         """One step at the rates of `epoch`."""
         h = self.hparams
-        return evolve_official(self.model, self.rates(epoch), lab=h["lab"], ln_c=h["ln_c"],
-                               flavour=h["flavour"], conv=h["conv"], bn=h["bn"], counters=self.counters)
+        return evolve_official(self.model, self.rates(epoch), lab=h["lab"], ln_c=h["ln_c"], flavour=h["flavour"],
+                               conv=h["conv"], bn=h["bn"], counters=self.counters, sync=sync)
 
     def state_dict(self) -> dict[str, Any]:
         """The counters as plain ints."""

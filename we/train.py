@@ -81,7 +81,7 @@ def train_one_epoch(ctx: TrainContext, method, data, epoch: int, iteration: int,
     loss_sum = torch.zeros((), device=ctx.device)
     correct = torch.zeros((), device=ctx.device, dtype=torch.long)
     seen = 0
-    method_totals: dict[str, float] = {}
+    method_totals: dict[str, float | torch.Tensor] = {}  # device tensors until the epoch ends
     t0 = time.perf_counter()
     for x, y in _progress(data.train, cfg, f"epoch {epoch + 1}/{cfg.epochs}"):
         if cfg.channels_last:
@@ -325,6 +325,7 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SIN
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         method_stats["method_seconds"] = time.perf_counter() - t_method  # the epoch-end hook's cost
+        method_stats = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in method_stats.items()}
         _sync_from_rank0(dist_env, model, method)
         scheduler.step()
         row = {"epoch": epoch + 1, "lr": lr, **tr, **ev, **method_stats, "seconds": time.perf_counter() - t0}

@@ -39,12 +39,12 @@ class WEMethod(Method):
             self._pending = None
 
     def after_optimizer_step(self, ctx: TrainContext, iteration: int, epoch: int) -> dict[str, float] | None:
-        return self.evolution.step_iteration(iteration, epoch)
+        return self.evolution.step_iteration(iteration, epoch, sync=False)  # counts stay on the device
 
     def on_epoch_end(self, ctx: TrainContext, epoch: int, last: bool) -> dict[str, float]:
         if last:  # nothing trains after the last epoch: the reported model is the evaluated one
             return {}
-        counts = self.evolution.step(epoch)
+        counts = self.evolution.step(epoch, sync=False)
         if counts is None:
             return {}
         if self.evolution.official is not None:  # the authors' script has one rate per kind
