@@ -343,3 +343,27 @@ def test_slurm_profile_shapes_the_sbatch_request(tmp_path: Path):
     assert "account" not in params and params["setup"][0].startswith("export PYTHONPATH=")
     ci = SlurmExecutor(load_profile(REPO / "slurm" / "ci.yaml")).sbatch_parameters("x")
     assert "gpus_per_node" not in ci and "mem" not in ci and ci["partition"] == "debug"
+
+
+def test_pack_groups_cifar_cells_and_leaves_imagenet_alone():
+    from types import SimpleNamespace
+
+    from we.executors import load_profile, pack_cells
+
+    def cell(key, dataset):
+        return SimpleNamespace(key=key, config={"dataset": dataset}, run_dir=Path(key))
+
+    cells = [cell("c0", "cifar10"), cell("i0", "imagenet"), cell("c1", "cifar100"), cell("c2", "digits"),
+             cell("i1", "imagenet"), cell("c3", "cifar10"), cell("c4", "cifar10")]
+    keys = lambda tasks: [[c.key for c in t] for t in tasks]  # noqa: E731
+    assert keys(pack_cells(cells, 1)) == [[c.key] for c in cells]  # pack 1: one cell per task, as before
+    for k in (2, 3, 4, 10):
+        tasks = pack_cells(cells, k)
+        assert all(1 <= len(t) <= k for t in tasks)
+        assert sorted(c.key for t in tasks for c in t) == sorted(c.key for c in cells)  # each cell once
+        assert all(t == [c] for t in tasks for c in t if c.config["dataset"] == "imagenet")  # never packed
+    assert keys(pack_cells(cells, 2)) == [["i0"], ["c0", "c1"], ["i1"], ["c2", "c3"], ["c4"]]
+    assert keys(pack_cells(cells, 3)) == [["i0"], ["c0", "c1", "c2"], ["i1"], ["c3", "c4"]]
+    assert keys(pack_cells(cells, 4, tasks_per_node=2)) == [[c.key] for c in cells]  # DDP jobs: unpacked
+    assert load_profile(REPO / "slurm" / "default.yaml").pack == 1
+    assert load_profile(REPO / "slurm" / "ci.yaml").pack == 1  # optional key, default 1

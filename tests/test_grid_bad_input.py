@@ -118,6 +118,8 @@ PROFILE_CASES = [
     ("profile-out-of-range", yaml.safe_dump({**PROFILE, "array_parallelism": 0}), "array_parallelism", ">= 1"),
     ("profile-setup-not-strings", yaml.safe_dump({**PROFILE, "setup": [1]}), "setup", "list of strings"),
     ("profile-config-not-neutral", yaml.safe_dump({**PROFILE, "config": {"lr": 0.1}}), "config", "result-neutral"),
+    ("profile-pack-zero", yaml.safe_dump({**PROFILE, "pack": 0}), "pack", "must be >= 1"),
+    ("profile-pack-not-int", yaml.safe_dump({**PROFILE, "pack": 2.5}), "pack", "expected int"),
     ("profile-bad-yaml", "partition: [debug\n", "line", "malformed YAML"),
     ("profile-not-mapping", "- debug\n", "(top level)", "mapping"),
 ]

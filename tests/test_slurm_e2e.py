@@ -105,3 +105,44 @@ def test_grid_on_slurm_survives_a_requeue(tmp_path: Path, capsys):
     table = (out_dir / "slurm-e2e.md").read_text()
     assert "| digits | resnet20 | baseline | 1" in table and "| digits | resnet20 | we | 1" in table
     print(f"slurm e2e took {time.time() - started:.0f} s")
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_packed_cells_share_a_task(tmp_path: Path, capsys):
+    """pack: 2 on the ci profile: four tiny cells go out as two array tasks of two cells each."""
+    require_slurm()
+    started = time.time()
+    grid = {"name": "slurm-pack", "base": {"dataset": "digits", "model": "resnet20", "epochs": 2, "limit_train": 64,
+                                           "batch_size": 32},
+            "axes": {"method": ["baseline", "we"]}, "seeds": [0, 1]}
+    path = tmp_path / "slurm-pack.yaml"
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    profile = yaml.safe_load((REPO / "slurm" / "ci.yaml").read_text())
+    profile_path = tmp_path / "ci-pack.yaml"
+    profile_path.write_text(yaml.safe_dump({**profile, "pack": 2}))
+    runs = tmp_path / "runs"
+    assert G.main(["submit", str(path), "--executor", "slurm", "--profile", str(profile_path),
+                   "--runs-root", str(runs)]) == 0
+    assert "submitted 4 cells to slurm" in capsys.readouterr().out
+    cells = G.resolve_cells(G.load_grid(path), runs)
+    records = {c.key: read_cell_file(c.run_dir)["submitted"][-1] for c in cells}
+    jobs = {key: rec["job_id"] for key, rec in records.items()}
+    base = next(iter(jobs.values())).split("_")[0]
+    assert set(jobs.values()) == {f"{base}_0", f"{base}_1"}, jobs  # one array, two tasks for four cells
+    for key, rec in records.items():  # each cell shares its task with exactly one partner
+        (partner,) = rec["packed_with"]
+        assert jobs[partner] == jobs[key] and records[partner]["packed_with"] == [key]
+
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        states = G.assess(cells, runs)
+        if all(s.state not in ("running", "todo") for s in states):
+            break
+        time.sleep(1)
+    assert [s.state for s in states] == ["done"] * 4, [(s.cell.key, s.state, s.note) for s in states]
+    for cell in cells:
+        assert epochs_logged(cell.run_dir) == [1, 2]
+        log = cell.run_dir / "logs" / f"slurm-{jobs[cell.key]}.cell.log"
+        assert log.exists() and log.read_text().strip(), log
+    print(f"slurm pack e2e took {time.time() - started:.0f} s")
