@@ -152,3 +152,11 @@ def test_folder_from_before_a_key_was_added_still_resumes(tmp_path: Path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     with pytest.raises(ConfigError, match="lr"):
         main(cfg)
+
+
+@pytest.mark.parametrize("method", ["baseline", "we", "fg", "oni", "svb", "repr", "rl"])
+def test_every_method_runs_from_the_command_line(tmp_path: Path, method: str):
+    code = cli(TINY + ["limit_train=64", "epochs=2", f"method={method}", "repr_s1=1", "repr_s2=1",
+                       "rl_warmup=0", "rl_update=1", f"out={tmp_path}"])
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert code == 0 and result["status"] == "complete" and result["config"]["method"] == method

@@ -153,6 +153,125 @@ def methods_markdown(rows: list[dict[str, Any]], model: str, epoch_images: int) 
     return "\n".join(lines) + "\n"
 
 
+def reference_loader(dataset: str, data_dir: str, batch: int) -> torch.utils.data.DataLoader:
+    """The authors' input pipeline: the torchvision dataset, PIL transforms, 2 DataLoader workers."""
+    from torchvision import transforms
+
+    from we.data import DigitsDataset, _load_cifar, dataset_info
+
+    info = dataset_info(dataset)
+    ds = DigitsDataset(train=True) if dataset == "digits" else _load_cifar(dataset, data_dir, True, False)
+    ds.transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                                       transforms.ToTensor(), transforms.Normalize(info.mean, info.std)])
+    return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=2, drop_last=True,
+                                       persistent_workers=True)
+
+
+def _peak_memory_mb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def bench_paths(name: str, device: torch.device, dataset: str, data_dir: str, batch: int, steps: int,
+                compile_model: bool) -> dict[str, Any]:
+    """Training images/s of one CIFAR model through (a) the reference pipeline (torchvision dataset,
+    PIL, 2 workers, fp32, NCHW), (b) the suite's default path on this device, (c) the fast path
+    (device-resident data, channels_last, bf16 autocast [, torch.compile])."""
+    from we.data import build_data
+
+    num_classes = 100 if dataset == "cifar100" else 10
+    default_path = "device" if device.type == "cuda" else "loader"
+    paths = {
+        "reference": dict(data=None, channels_last=False, amp=False, compile=False),
+        "default": dict(data=default_path, channels_last=False, amp=False, compile=False),
+        "fast": dict(data="device", channels_last=True, amp=True, compile=compile_model),
+    }
+    row: dict[str, Any] = {"model": name, "dataset": dataset, "batch": batch}
+    for label, p in paths.items():
+        torch.manual_seed(0)
+        model = models.create(name, num_classes=num_classes).to(device)
+        if p["channels_last"]:
+            model = model.to(memory_format=torch.channels_last)
+        fmodel = torch.compile(model) if p["compile"] else model
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        if p["data"] is None:
+            batches = reference_loader(dataset, data_dir, batch)
+        else:
+            batches = build_data(dataset, data_dir, batch_size=batch, data_path=p["data"], device=device,
+                                 workers=2, download=False, drop_last=True).train
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        model.train()
+        seen, t0, it = 0, None, iter(batches)
+        for step in range(steps + 2):  # two warm-up steps (workers start, cuDNN and compile tune)
+            try:
+                x, y = next(it)
+            except StopIteration:
+                it = iter(batches)
+                x, y = next(it)
+            if step == 2:
+                _sync(device)
+                t0 = time.perf_counter()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if p["channels_last"]:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=p["amp"]):
+                loss = F.cross_entropy(fmodel(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if step >= 2:
+                seen += y.shape[0]
+        _sync(device)
+        row[f"{label}_img_s"] = seen / (time.perf_counter() - t0)
+        row[f"{label}_peak_mb"] = _peak_memory_mb(device)
+        del it, batches
+    row["fast_over_reference"] = row["fast_img_s"] / row["reference_img_s"]
+    row["default_over_reference"] = row["default_img_s"] / row["reference_img_s"]
+    return row
+
+
+def paths_markdown(rows: list[dict[str, Any]], compile_model: bool) -> str:
+    fast = "device data + channels_last + bf16" + (" + compile" if compile_model else "")
+    lines = [f"## Training images/s by input path ({rows[0]['dataset']}, batch {rows[0]['batch']})", "",
+             f"reference: torchvision dataset + PIL + 2 workers, fp32, NCHW; default: the suite's default "
+             f"path here; fast: {fast}.", "",
+             "| model | reference | default | fast | default / reference | fast / reference | peak MB (fast) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        peak = "-" if r["fast_peak_mb"] is None else f"{r['fast_peak_mb']:,.0f}"
+        lines.append(f"| {r['model']} | {r['reference_img_s']:,.0f} | {r['default_img_s']:,.0f} | "
+                     f"{r['fast_img_s']:,.0f} | {r['default_over_reference']:.2f}x | {r['fast_over_reference']:.2f}x | "
+                     f"{peak} |")
+    return "\n".join(lines) + "\n"
+
+
+def grid_costs(rows: list[dict[str, Any]], path_rows: list[dict[str, Any]], device_label: str) -> list[dict[str, Any]]:
+    """Estimated device-hours of every grid in experiments/ from the images/s measured here (the fast
+    path where measured, else the model-only throughput), as `python -m we.grid plan` computes them."""
+    from we.grid import GRID_DIR, Throughput, gpu_hours, load_grid, resolve_cells
+
+    measured = {(r["model"], ""): r["train_img_s"] for r in rows}
+    measured.update({(r["model"], ""): r["fast_img_s"] for r in path_rows})
+    throughput = Throughput(measured, f"make bench on {device_label}")
+    out = []
+    for path in sorted(GRID_DIR.glob("*.yaml")):
+        grid = load_grid(path)
+        cells = resolve_cells(grid) if grid.train else []
+        out.append({"grid": grid.name, "cells": len(cells),
+                    "hours": sum(gpu_hours(c, throughput) for c in cells)})
+    return out
+
+
+def costs_markdown(costs: list[dict[str, Any]], device_label: str) -> str:
+    lines = [f"## Estimated cost of every grid on {device_label} (cells x epochs x measured time per epoch)", "",
+             "| grid | cells | device-hours |", "|---|---|---|"]
+    lines += [f"| {c['grid']} | {c['cells']} | {c['hours']:,.1f} |" for c in costs]
+    lines += [f"| all | {sum(c['cells'] for c in costs)} | {sum(c['hours'] for c in costs):,.1f} |", "",
+              "Cells that several grids share (Table 2's runs in Tables 5-8 and the figures) are counted "
+              "in each grid here; `python -m we.grid submit` trains them once."]
+    return "\n".join(lines) + "\n"
+
+
 def to_markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
     cols = [("model", "model"), ("params", "params"), ("read_ms", "read all weights (ms)"),
             ("we_paper_ms", "WE paper step (ms)"), ("we_official_ms", "WE official step (ms)"),
@@ -185,6 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods-model", default=None, help="model for the method-overhead table "
                    "(default resnet20 on CPU, mobilenetv1 on GPU, as the paper's overhead figures)")
     p.add_argument("--no-methods", action="store_true", help="skip the method-overhead table")
+    p.add_argument("--no-paths", action="store_true", help="skip the input-path throughput table")
+    p.add_argument("--paths-dataset", default=None, help="cifar10 when present in --data-dir, else digits")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per input path (default 20 GPU, 3 CPU)")
+    p.add_argument("--compile", action="store_true", help="torch.compile on the fast path")
     p.add_argument("--out", default=str(REPO_ROOT / "results" / "bench"))
     args = p.parse_args(argv)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
@@ -200,6 +324,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: WE paper {row['we_paper_ms']:.2f} ms, official {row['we_official_ms']:.2f} ms, "
               f"read {row['read_ms']:.2f} ms, train {row['train_img_s']:.0f} img/s", flush=True)
     md = to_markdown(rows, header)
+    path_rows: list[dict[str, Any]] = []
+    if not args.no_paths:
+        dataset = args.paths_dataset or ("cifar10" if (Path(args.data_dir) / "cifar-10-batches-py").is_dir()
+                                         else "digits")
+        steps = args.steps or (20 if device.type == "cuda" else 3)
+        for name in names:
+            if models.model_info(name).family == "cifar":
+                path_rows.append(bench_paths(name, device, dataset, args.data_dir, args.batch, steps, args.compile))
+                r = path_rows[-1]
+                print(f"{name}: reference {r['reference_img_s']:.0f}, default {r['default_img_s']:.0f}, "
+                      f"fast {r['fast_img_s']:.0f} img/s", flush=True)
+        if path_rows:
+            md += "\n" + paths_markdown(path_rows, args.compile)
+    costs = grid_costs(rows, path_rows, header["device"])
+    md += "\n" + costs_markdown(costs, header["device"])
     method_rows: list[dict[str, Any]] = []
     if not args.no_methods:
         mmodel = args.methods_model or ("mobilenetv1" if device.type == "cuda" else "resnet20")
@@ -209,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{header['device']}.md").write_text(md)
-    (out / f"{header['device']}.json").write_text(json.dumps({"header": header, "rows": rows, "methods": method_rows}, indent=2) + "\n")
+    (out / f"{header['device']}.json").write_text(json.dumps({"header": header, "rows": rows, "paths": path_rows,
+                                                            "grid_costs": costs, "methods": method_rows}, indent=2) + "\n")
     print(f"wrote {out / (header['device'] + '.md')}")
     return 0
 
