@@ -9,20 +9,12 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source-path=SCRIPTDIR source=cluster-env.sh
 . "$HERE/cluster-env.sh"
+# shellcheck source-path=SCRIPTDIR source=daemons.sh
+. "$HERE/daemons.sh"
 STATE="$WE_SLURM_STATE"
 T0=$(date +%s%N)
 took() { echo "$(( ($(date +%s%N) - T0) / 1000000 )) ms"; }
 failed=0
-
-alive() { # alive PIDFILE NAME: the pid file names a live, non-zombie process called NAME
-  local pid stat
-  pid=$(cat "$1" 2>/dev/null) || return 1
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$2" ]] || return 1
-  stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
-  stat=${stat##*) }                      # drop "pid (comm) "; the state letter comes next
-  [[ "${stat%% *}" != Z ]]               # a zombie counts as stopped
-}
 
 wait_gone() { # wait_gone PIDFILE NAME SECONDS: true once the process is gone (or a zombie)
   local end=$((SECONDS + $3))

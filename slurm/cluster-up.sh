@@ -10,6 +10,8 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source-path=SCRIPTDIR source=cluster-env.sh
 . "$HERE/cluster-env.sh"
+# shellcheck source-path=SCRIPTDIR source=daemons.sh
+. "$HERE/daemons.sh"
 STATE="$WE_SLURM_STATE"
 DB="$STATE/mariadb"                    # MariaDB datadir (owned by mysql; its log and pid too)
 MYSOCK=/run/mysqld/mysqld.sock         # default socket: slurmdbd's client finds it there
@@ -27,16 +29,6 @@ die() { # die REASON [LOG]: one-line reason, then the tail of the relevant log
     tail -n 20 "$2" >&2
   fi
   exit 1
-}
-
-alive() { # alive PIDFILE NAME: the pid file names a live, non-zombie process called NAME
-  local pid stat
-  pid=$(cat "$1" 2>/dev/null) || return 1
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$2" ]] || return 1
-  stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
-  stat=${stat##*) }                      # drop "pid (comm) "; the state letter comes next
-  [[ "${stat%% *}" != Z ]]
 }
 
 # Readiness probes: every client call is capped at 5 s.
