@@ -251,6 +251,8 @@ def crossover(weight: Tensor, partner: Tensor, evolved: Tensor, alpha: Alpha = "
         l1 = magnitude.sum((1, 2), keepdim=True)
         new = mix(w, w[partner], alpha, l1, l1[partner])
         return torch.where(keep, w, new).view_as(weight)
+    if w.shape[-1] == 1:  # 1x1 convs and scalars: each slice is a single gene (q = p = 0)
+        return torch.where(keep, w, mix(w, w[partner], alpha, magnitude, magnitude[partner])).view_as(weight)
     q = magnitude.argmin(-1, keepdim=True)  # inferior gene of every slice
     p = magnitude.argmax(-1, keepdim=True)  # dominant gene of every slice, read through `partner`
     w_q, w_p = w.gather(-1, q), w.gather(-1, p)[partner]
