@@ -38,6 +38,16 @@ def epochs_logged(run_dir: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in path.read_text().splitlines() if line.strip()]
 
 
+def settle(cells, runs: Path, timeout_s: float, poll_s: float) -> list:
+    """The cells' states once none is running or still to run, or when `timeout_s` has passed."""
+    deadline = time.time() + timeout_s
+    while True:
+        states = G.assess(cells, runs)
+        if all(s.state not in ("running", "todo") for s in states) or time.time() >= deadline:
+            return states
+        time.sleep(poll_s)
+
+
 def sacct_state(job_id: str) -> str:
     out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", job_id.split("_")[0]],
                          capture_output=True, text=True, timeout=10).stdout
@@ -78,12 +88,7 @@ def test_grid_on_slurm_survives_a_requeue(tmp_path: Path, capsys):
     subprocess.run(["scontrol", "requeue", jobs[target.key]], check=True, timeout=30)
     print(f"requeued {jobs[target.key]} ({target.key}) after epoch {len(epochs_logged(target.run_dir))}")
 
-    deadline = time.time() + 420
-    while time.time() < deadline:
-        states = G.assess(cells, runs)
-        if all(s.state not in ("running", "todo") for s in states):
-            break
-        time.sleep(2)
+    states = settle(cells, runs, timeout_s=420, poll_s=2)
     assert [s.state for s in states] == ["done", "done"], [(s.cell.key, s.state, s.note) for s in states]
 
     for cell in cells:
@@ -134,12 +139,7 @@ def test_packed_cells_share_a_task(tmp_path: Path, capsys):
         (partner,) = rec["packed_with"]
         assert jobs[partner] == jobs[key] and records[partner]["packed_with"] == [key]
 
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        states = G.assess(cells, runs)
-        if all(s.state not in ("running", "todo") for s in states):
-            break
-        time.sleep(1)
+    states = settle(cells, runs, timeout_s=120, poll_s=1)
     assert [s.state for s in states] == ["done"] * 4, [(s.cell.key, s.state, s.note) for s in states]
     for cell in cells:
         assert epochs_logged(cell.run_dir) == [1, 2]
