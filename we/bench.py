@@ -51,6 +51,16 @@ def read_all_weights(model: torch.nn.Module) -> torch.Tensor:
     return torch.stack([p.detach().abs().sum() for p in model.parameters()]).sum()
 
 
+def sgd_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+             amp: bool = False) -> None:
+    """One training step: cross-entropy forward (bf16 autocast if `amp`), backward, optimizer step."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device).replace(" ", "-")
@@ -84,12 +94,7 @@ def bench_model(name: str, device: torch.device, batch: int, iters: int, loop: b
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     model.train()
 
-    def train_step() -> None:
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    step_s = timeit(train_step, device, repeat=iters)
+    step_s = timeit(lambda: sgd_step(model, opt, x, y), device, repeat=iters)
     row["batch"] = batch
     row["train_img_s"] = batch / step_s
     epoch_images = 1_281_167 if info.family == "imagenet" else 50_000  # ImageNet / CIFAR training set
@@ -214,11 +219,7 @@ def bench_paths(name: str, device: torch.device, dataset: str, data_dir: str, ba
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if p["channels_last"]:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=p["amp"]):
-                loss = F.cross_entropy(fmodel(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            sgd_step(fmodel, opt, x, y, amp=p["amp"])
             if step >= 2:
                 seen += y.shape[0]
         _sync(device)
