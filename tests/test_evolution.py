@@ -54,14 +54,16 @@ def assert_values(actual, expected):
 
 
 def random_net(seed: int) -> nn.Module:
-    """Plain 3x3 conv with bias, BN, depth-wise, group conv with bias, 1x1 conv, BN, Linear;
-    units scaled by 10 ** U(-3, 0) so that every rule has work to do."""
+    """Plain 3x3 conv with bias, BN, depth-wise, group conv with bias, 1x1 conv, BN, two
+    same-shaped 3x3 convs with bias (one crossover class), Linear; units scaled by
+    10 ** U(-3, 0) so that every rule has work to do."""
     g = torch.Generator().manual_seed(seed)
     net = nn.Sequential(
         nn.Conv2d(3, 8, 3, bias=True), nn.BatchNorm2d(8), nn.ReLU(),
         nn.Conv2d(8, 8, 3, groups=8, bias=False), nn.BatchNorm2d(8),
         nn.Conv2d(8, 12, 3, groups=4, bias=True), nn.BatchNorm2d(12),
         nn.Conv2d(12, 16, 1, bias=False), nn.BatchNorm2d(16),
+        nn.Conv2d(16, 16, 3, bias=True), nn.BatchNorm2d(16), nn.Conv2d(16, 16, 3, bias=True),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
     with torch.no_grad():
         for p in net.parameters():
@@ -374,10 +376,18 @@ def test_only_inferior_units_change_and_one_element_per_slice():
     assert changed_total == counts["conv_weight"]
 
 
+@pytest.fixture(params=["host rows", "whole classes"])
+def crossover_path(request, monkeypatch):
+    """Both crossover strategies: evolved rows listed on the host (CPU) or whole classes (GPU)."""
+    if request.param == "whole classes":
+        monkeypatch.setattr(we.evolution, "rows_on_host", lambda tensor: False)
+    return request.param
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 @pytest.mark.parametrize("rate, gamma, matching", [
     (0.05, 0.05, "forward"), (0.3, 0.2, "reverse"), (0.6, 0.3, "forward"), (1.0, 0.5, "reverse")])
-def test_equals_reference_on_random_nets(seed, rate, gamma, matching):
+def test_equals_reference_on_random_nets(seed, rate, gamma, matching, crossover_path):
     net = random_net(seed)
     oracle = copy.deepcopy(net)
     counts = evolve(net, rate, gamma=gamma, matching=matching)
@@ -389,7 +399,7 @@ def test_equals_reference_on_random_nets(seed, rate, gamma, matching):
 @pytest.mark.parametrize("kwargs", [
     {"selection": "global"}, {"selection": "local"}, {"alpha": 0.3}, {"level": "filter"},
     {"conv": False}, {"bn": False}])
-def test_ablations_equal_reference(kwargs):
+def test_ablations_equal_reference(kwargs, crossover_path):
     for seed in (4, 5):
         net = random_net(seed)
         oracle = copy.deepcopy(net)
@@ -488,3 +498,17 @@ def test_unsynchronised_step_returns_device_counts_and_same_weights(variant):
     for pa, pb in zip(params(a), params(b)):
         assert torch.equal(pa, pb)
     assert eb.state_dict()["evolved"] == ea.state_dict()["evolved"]
+
+
+def test_channels_last_and_float64_weights_evolve_like_the_reference(crossover_path):
+    net = random_net(6)
+    oracle = copy.deepcopy(net)
+    net = net.to(memory_format=torch.channels_last)
+    counts = evolve(net, 0.4, gamma=0.2)
+    assert counts == evolve_reference(oracle, 0.4, gamma=0.2) and sum(counts.values()) > 0
+    for a, b in zip(net.parameters(), oracle.parameters()):
+        torch.testing.assert_close(a, b)
+    net, oracle = random_net(7).double(), random_net(7).double()  # float64: the two-sort order
+    assert evolve(net, 0.4, gamma=0.2) == evolve_reference(oracle, 0.4, gamma=0.2)
+    for a, b in zip(net.parameters(), oracle.parameters()):
+        torch.testing.assert_close(a, b)

@@ -3,12 +3,14 @@
 A step gathers four pools of units over the whole network (Conv2d filters, Conv2d bias
 scalars, BatchNorm2d weight scalars, BatchNorm2d bias scalars), selects the inferior units
 globally (Sec. 3.1.1) and locally (Eq. 4), matches them with dominant units of the same layer
-or group (Sec. 3.2.1) and crosses them over (Eqs. 5-6). All work is vectorised per layer and
-stays on the model's device; a step synchronises with the host once, to return its counts.
+or group (Sec. 3.2.1) and crosses them over (Eqs. 5-6). Selection and matching run on all
+pools and layers at once (one sort per step); crossover touches only the evolved units on the
+CPU, and whole classes of same-shaped units elsewhere, so a step never waits for an accelerator.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -124,8 +126,48 @@ class Units:
 
     name: str
     tensor: Tensor
-    importance: Tensor
+    importance: Tensor  # a view into the pool's importance
     groups: int  # local-selection groups: contiguous blocks of tensor.shape[0] // groups units
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where every unit of a pool sits: its layer, its local group and its crossover class.
+
+    It depends only on the layers' shapes and groups, so it is built once per model and device.
+    Groups are contiguous in the pool and a sort by (group, importance) keeps each group at the
+    same positions, so `group_start` and `group_size` serve the pool order and the sorted order.
+    """
+
+    sizes: tuple[int, ...]  # units per layer
+    offsets: tuple[int, ...]  # pool index of each layer's first unit
+    layer: Tensor  # (P,) layer of each unit
+    layer_start: Tensor  # (P,) pool index of the first unit of that layer
+    group: Tensor  # (P,) local group of each unit, numbered over the whole pool
+    group_start: Tensor  # (P,) pool index of the first unit of that group
+    group_size: Tensor  # (P,) units in that group
+    group_end: Tensor  # (P,) pool index of the last unit of that group
+    divisor: Tensor  # (P,) weight.shape[1] of each conv filter (Eq. 1), 1 for scalars
+    classes: tuple[tuple[int, ...], ...]  # layers whose units share one shape, in module order
+    class_units: tuple[Tensor, ...]  # pool index of each unit of a class, in stacking order
+    class_row: Tensor  # (P,) row of each unit in its class stack
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One kind's units over the whole network, layers in module order."""
+
+    names: list[str]
+    tensors: list[Tensor]  # one per layer, detached (in-place writes reach the parameters)
+    groups: list[int]
+    importance: Tensor  # (P,) every unit's importance, layers concatenated
+    layout: Layout
+
+    @property
+    def layers(self) -> list[Units]:
+        """The pool layer by layer."""
+        return [Units(*unit) for unit in zip(self.names, self.tensors,
+                                              self.importance.split(self.layout.sizes), self.groups)]
 
 
 def filter_importance(weight: Tensor, average: bool = True) -> Tensor:
@@ -139,22 +181,98 @@ def local_groups(conv: nn.Conv2d) -> int:
     return conv.groups if 1 < conv.groups < conv.in_channels else 1
 
 
-def gather_units(model: nn.Module, conv: bool = True, bn: bool = True) -> dict[str, list[Units]]:
+_LAYOUTS: dict[tuple[Any, ...], Layout] = {}
+
+
+def pool_layout(tensors: Sequence[Tensor], groups: Sequence[int]) -> Layout:
+    """The layout of a pool made of `tensors` (one unit per row) with their local groups (cached)."""
+    device, dtype = tensors[0].device, tensors[0].dtype
+    key = (device, dtype, tuple(tuple(t.shape) for t in tensors), tuple(groups))
+    if key in _LAYOUTS:
+        return _LAYOUTS[key]
+
+    def repeat(values: Iterable[int], counts: Sequence[int]) -> Tensor:
+        return torch.repeat_interleave(torch.tensor(list(values)), torch.tensor(counts)).to(device)
+
+    sizes = [t.shape[0] for t in tensors]
+    offsets = [0, *itertools.accumulate(sizes)][:-1]
+    per_group = [n // g for n, g in zip(sizes, groups) for _ in range(g)]
+    group_first = [0, *itertools.accumulate(per_group)][:-1]
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_shape.setdefault(tuple(t.shape[1:]), []).append(i)
+    classes = tuple(tuple(layers) for layers in by_shape.values())
+    class_units = [torch.cat([torch.arange(offsets[i], offsets[i] + sizes[i]) for i in layers])
+                   for layers in classes]
+    class_row = torch.empty(sum(sizes), dtype=torch.long)
+    for units in class_units:
+        class_row[units] = torch.arange(units.numel())
+    layout = Layout(
+        sizes=tuple(sizes), offsets=tuple(offsets),
+        layer=repeat(range(len(sizes)), sizes), layer_start=repeat(offsets, sizes),
+        group=repeat(range(len(per_group)), per_group), group_start=repeat(group_first, per_group),
+        group_size=repeat(per_group, per_group),
+        group_end=repeat((f + n - 1 for f, n in zip(group_first, per_group)), per_group),
+        divisor=repeat((t.shape[1] if t.dim() > 1 else 1 for t in tensors), sizes).to(dtype),
+        classes=classes, class_units=tuple(u.to(device) for u in class_units),
+        class_row=class_row.to(device))
+    if len(_LAYOUTS) >= 64:
+        _LAYOUTS.clear()
+    _LAYOUTS[key] = layout
+    return layout
+
+
+def pool_importance(tensors: Sequence[Tensor], layout: Layout) -> Tensor:
+    """Every unit's importance: Eq. 1 for conv filters, |v| for scalars, layers concatenated."""
+    if tensors[0].dim() == 1:
+        return torch.cat(tensors).abs()
+    return torch.cat([filter_importance(t, average=False) for t in tensors]).div_(layout.divisor)
+
+
+_BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+
+
+def group_order(importance: Tensor, layout: Layout) -> Tensor:
+    """Pool indices sorted by (local group, importance, pool index); each group keeps its positions.
+
+    Importances are >= 0 and the bits of a non-negative float order like the float, so for
+    floats of up to 32 bits one integer key (group, bits) takes a single stable sort.
+    """
+    bits = _BITS.get(importance.dtype)
+    if bits is not None:
+        return torch.argsort((layout.group << 32) | importance.contiguous().view(bits).long(), stable=True)
+    order = torch.argsort(importance, stable=True)
+    return order[torch.argsort(layout.group[order], stable=True)]
+
+
+def join_pools(pools: Sequence[Pool]) -> Pool:
+    """Several kinds as one pool: their groups stay apart, and units of one shape share a class."""
+    if len(pools) == 1:
+        return pools[0]
+    tensors = [t for pool in pools for t in pool.tensors]
+    groups = [g for pool in pools for g in pool.groups]
+    return Pool([n for pool in pools for n in pool.names], tensors, groups,
+                torch.cat([pool.importance for pool in pools]), pool_layout(tensors, groups))
+
+
+def gather_units(model: nn.Module, conv: bool = True, bn: bool = True) -> dict[str, Pool]:
     """The four pools of a model, layers in module order; Linear layers are never included."""
-    pools: dict[str, list[Units]] = {kind: [] for kind in KINDS}
+    found: dict[str, list[tuple[str, Tensor, int]]] = {kind: [] for kind in KINDS}
     for name, module in model.named_modules():
         if conv and isinstance(module, nn.Conv2d):
             groups = local_groups(module)
-            pools["conv_weight"].append(Units(f"{name}.weight", module.weight,
-                                              filter_importance(module.weight), groups))
+            found["conv_weight"].append((f"{name}.weight", module.weight.detach(), groups))
             if module.bias is not None:
-                pools["conv_bias"].append(Units(f"{name}.bias", module.bias,
-                                                module.bias.detach().abs(), groups))
+                found["conv_bias"].append((f"{name}.bias", module.bias.detach(), groups))
         elif bn and isinstance(module, nn.BatchNorm2d) and module.weight is not None:
-            pools["bn_weight"].append(Units(f"{name}.weight", module.weight,
-                                            module.weight.detach().abs(), 1))
-            pools["bn_bias"].append(Units(f"{name}.bias", module.bias,
-                                          module.bias.detach().abs(), 1))
+            found["bn_weight"].append((f"{name}.weight", module.weight.detach(), 1))
+            found["bn_bias"].append((f"{name}.bias", module.bias.detach(), 1))
+    pools = {}
+    for kind, layers in found.items():
+        if layers:
+            names, tensors, groups = (list(column) for column in zip(*layers))
+            layout = pool_layout(tensors, groups)
+            pools[kind] = Pool(names, tensors, groups, pool_importance(tensors, layout), layout)
     return pools
 
 
@@ -162,59 +280,61 @@ def gather_units(model: nn.Module, conv: bool = True, bn: bool = True) -> dict[s
 # Selection (Sec. 3.1)
 # ---------------------------------------------------------------------------------------------
 
-def select_global(importances: Sequence[Tensor], rate: float) -> list[Tensor]:
-    """W_tbd: masks of the floor(rate * pool size) least important units of the pool (stable)."""
-    pool = torch.cat([imp.reshape(-1) for imp in importances])
-    n_tbd = math.floor(rate * pool.numel())  # Sec. 3.1.1, Algorithm 1 line 4
-    tbd = torch.zeros_like(pool, dtype=torch.bool)
-    tbd[torch.argsort(pool, stable=True)[:n_tbd]] = True
-    return list(tbd.split([imp.numel() for imp in importances]))
+def select_global(importance: Tensor, rate: float) -> Tensor:
+    """W_tbd: mask of the floor(rate * pool size) least important units (ties: first in the pool)."""
+    n_tbd = math.floor(rate * importance.numel())  # Sec. 3.1.1, Algorithm 1 line 4
+    if n_tbd == 0:
+        return torch.zeros_like(importance, dtype=torch.bool)
+    kth = importance.kthvalue(n_tbd).values  # the largest importance in W_tbd
+    below, tied = importance < kth, importance == kth
+    return below | (tied & (tied.long().cumsum(0) <= n_tbd - below.sum()))
 
 
-def select_local(importance: Tensor, candidates: Tensor, groups: int,
+def select_local(importance: Tensor, order: Tensor, candidates: Tensor, layout: Layout,
                  gamma: float | None) -> Tensor:
-    """Inferior units: candidates with importance / (group max) < gamma; all if gamma is None."""
+    """Inferior units: candidates with importance / (group max) < gamma; all if gamma is None.
+
+    `order` is `group_order(importance, layout)`: each group's last unit there is its strongest.
+    """
     if gamma is None:
         return candidates
-    imp = importance.reshape(groups, -1)
-    relative = imp / imp.amax(dim=1, keepdim=True)  # Eq. 4 (0/0 = nan is never inferior)
-    return candidates & (relative < gamma).reshape(-1)
+    group_max = importance.index_select(0, order.index_select(0, layout.group_end))
+    return candidates & (importance / group_max < gamma)  # Eq. 4 (0/0 = nan is never inferior)
 
 
 # ---------------------------------------------------------------------------------------------
 # Matching (Sec. 3.2.1)
 # ---------------------------------------------------------------------------------------------
 
-def _match(importance: Tensor, inferior: Tensor, groups: int, reverse: bool) -> tuple[Tensor, Tensor]:
-    """Pair the c = min(k, n - k) weakest inferior units of each group with its c strongest."""
-    imp = importance.reshape(groups, -1)
-    n = imp.shape[1]
-    order = torch.argsort(imp, dim=1, stable=True)  # ascending importance, ties by index
-    inf_sorted = inferior.reshape(groups, n).gather(1, order)
-    k = inf_sorted.sum(1, keepdim=True)
+def _match(order: Tensor, inferior: Tensor, layout: Layout, reverse: bool) -> tuple[Tensor, Tensor]:
+    """Pair, in every local group, the c = min(k, n - k) weakest inferior units with its c strongest."""
+    start, n = layout.group_start, layout.group_size
+    inf_sorted = inferior.index_select(0, order)
+    seen = inf_sorted.long().cumsum(0)
+    before = seen.index_select(0, start) - inf_sorted.index_select(0, start).long()  # in earlier groups
+    k = seen.index_select(0, layout.group_end) - before
     c = torch.minimum(k, n - k)
-    rank = inf_sorted.cumsum(1) - 1  # rank among the inferior units, weakest first
+    rank = seen - before - 1  # rank among the group's inferior units, weakest first
     chosen = inf_sorted & (rank < c)
-    partner_pos = (n - 1 - rank) if reverse else (n - c + rank)
-    partner_sorted = order.gather(1, partner_pos.clamp(0, n - 1))
-    partner = torch.empty_like(order).scatter_(1, order, torch.where(chosen, partner_sorted, order))
-    evolved = torch.zeros_like(chosen).scatter_(1, order, chosen)
-    offsets = torch.arange(groups, device=imp.device).unsqueeze(1) * n
-    return (partner + offsets).reshape(-1), evolved.reshape(-1)
+    partner_pos = (layout.group_end - rank) if reverse else (layout.group_end + 1 - c + rank)
+    partner_sorted = order.index_select(0, partner_pos.clamp_(0, order.numel() - 1))
+    partner = torch.empty_like(order).scatter_(0, order, torch.where(chosen, partner_sorted, order))
+    evolved = torch.zeros_like(chosen).scatter_(0, order, chosen)
+    return partner, evolved
 
 
-def match_forward(importance: Tensor, inferior: Tensor, groups: int = 1) -> tuple[Tensor, Tensor]:
+def match_forward(order: Tensor, inferior: Tensor, layout: Layout) -> tuple[Tensor, Tensor]:
     """Forward matching: i-th weakest inferior <-> i-th of the c strongest, ascending.
 
-    Returns (partner, evolved): the dominant unit of every evolved unit (itself otherwise) and
-    the mask of evolved units, both indexed like `importance`.
+    `order` is the pool's `group_order`. Returns (partner, evolved): the dominant unit of every
+    evolved unit (itself otherwise) and the mask of evolved units, in pool order.
     """
-    return _match(importance, inferior, groups, reverse=False)
+    return _match(order, inferior, layout, reverse=False)
 
 
-def match_reverse(importance: Tensor, inferior: Tensor, groups: int = 1) -> tuple[Tensor, Tensor]:
+def match_reverse(order: Tensor, inferior: Tensor, layout: Layout) -> tuple[Tensor, Tensor]:
     """Reverse matching (as in filter grafting): i-th weakest inferior <-> i-th strongest."""
-    return _match(importance, inferior, groups, reverse=True)
+    return _match(order, inferior, layout, reverse=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,36 +348,95 @@ def mix(inf: Tensor, dom: Tensor, alpha: Alpha, inf_size: Tensor, dom_size: Tens
     no change, where both are 0).
     """
     if alpha == "adaptive":
-        total = inf_size + dom_size
-        a = torch.where(total > 0, inf_size / torch.where(total > 0, total, 1), 1)
+        weight = (dom_size / (inf_size + dom_size)).nan_to_num_(0.0)  # 1 - alpha (Eq. 6); 0 / 0 -> 0
     else:
-        a = alpha
-    return a * inf + (1 - a) * dom  # Eq. 5
+        weight = 1.0 - alpha
+    return torch.lerp(inf, dom, weight)  # Eq. 5: inf + (1 - alpha) * (dom - inf)
 
 
-def crossover(weight: Tensor, partner: Tensor, evolved: Tensor, alpha: Alpha = "adaptive",
-              level: str = "element") -> Tensor:
-    """The evolved copy of `weight` (one unit per row); reads only the given snapshot.
+def unit_slices(tensor: Tensor) -> Tensor:
+    """`tensor` as (units, slices, genes): a conv filter has one slice per input channel."""
+    return tensor.reshape(tensor.shape[0], tensor.shape[1] if tensor.dim() > 1 else 1, -1)
 
-    element: in every slice (input channel) of an evolved unit, its weakest element q takes
-    alpha * w_q + (1 - alpha) * (strongest element p of the partner's slice) (Eqs. 5-6).
-    filter: the whole unit becomes alpha * inf + (1 - alpha) * dom, alpha from L1 norms.
-    Scalars are units with one slice of one element.
+
+def crossover(inf: Tensor, dom: Tensor, alpha: Alpha = "adaptive", level: str = "element") -> Tensor:
+    """Evolved copies of the inferior units `inf`, unit i crossed with unit i of `dom`.
+
+    Both are (units, slices, genes) (see unit_slices). element: in every slice, the weakest gene
+    q of the inferior unit takes alpha * w_q + (1 - alpha) * w_p, p the strongest gene of the
+    partner's slice (Eqs. 5-6). filter: the whole unit becomes alpha * inf + (1 - alpha) * dom,
+    alpha from L1 norms.
     """
-    w = weight.detach().reshape(weight.shape[0], weight.shape[1] if weight.dim() > 1 else 1, -1)
-    keep = ~evolved.view(-1, 1, 1)
-    magnitude = w.abs()
     if level == "filter":
-        l1 = magnitude.sum((1, 2), keepdim=True)
-        new = mix(w, w[partner], alpha, l1, l1[partner])
-        return torch.where(keep, w, new).view_as(weight)
-    if w.shape[-1] == 1:  # 1x1 convs and scalars: each slice is a single gene (q = p = 0)
-        return torch.where(keep, w, mix(w, w[partner], alpha, magnitude, magnitude[partner])).view_as(weight)
-    q = magnitude.argmin(-1, keepdim=True)  # inferior gene of every slice
-    p = magnitude.argmax(-1, keepdim=True)  # dominant gene of every slice, read through `partner`
-    w_q, w_p = w.gather(-1, q), w.gather(-1, p)[partner]
-    new_q = torch.where(keep, w_q, mix(w_q, w_p, alpha, w_q.abs(), w_p.abs()))
-    return w.scatter(-1, q, new_q).view_as(weight)
+        return mix(inf, dom, alpha, inf.abs().sum((1, 2), keepdim=True), dom.abs().sum((1, 2), keepdim=True))
+    if inf.shape[-1] == 1:  # 1x1 convs and scalars: each slice is a single gene (q = p = 0)
+        return mix(inf, dom, alpha, inf.abs(), dom.abs())
+    q = inf.abs().argmin(-1, keepdim=True)  # inferior gene of every slice
+    p = dom.abs().argmax(-1, keepdim=True)  # dominant gene of the partner's slice
+    w_q, w_p = inf.gather(-1, q), dom.gather(-1, p)
+    return inf.scatter(-1, q, mix(w_q, w_p, alpha, w_q.abs(), w_p.abs()))
+
+
+def rows_on_host(tensor: Tensor) -> bool:
+    """Whether layers like `tensor` cross over only their evolved rows, listed on the host.
+
+    Listing them is free on the CPU and would wait for any other device; there, a class of
+    same-shaped layers is crossed over whole instead (same result, more arithmetic, no
+    synchronisation). Scalars always go whole: a few small tensors cost less than one gather
+    per layer.
+    """
+    return tensor.device.type == "cpu" and tensor.dim() > 1
+
+
+def cross_pool(pool: Pool, partner: Tensor, evolved: Tensor, alpha: Alpha, level: str) -> None:
+    """Write the crossover of every evolved unit into its layer; all reads see one snapshot."""
+    host = []
+    for layers, units in zip(pool.layout.classes, pool.layout.class_units):
+        if rows_on_host(pool.tensors[layers[0]]):
+            host += layers
+        else:
+            cross_class(pool, layers, units, partner, evolved, alpha, level)
+    if host:
+        cross_rows(pool, host, partner, evolved, alpha, level)
+
+
+def cross_class(pool: Pool, layers: Sequence[int], units: Tensor, partner: Tensor, evolved: Tensor,
+                alpha: Alpha, level: str) -> None:
+    """Crossover of a whole class of same-shaped layers, kept where a unit is not evolved."""
+    layout, tensors = pool.layout, [pool.tensors[i] for i in layers]
+    sizes = [layout.sizes[i] for i in layers]
+    scalars = tensors[0].dim() == 1
+    stack = torch.cat(tensors).view(-1, 1, 1) if scalars else torch.cat([unit_slices(t) for t in tensors])
+    dom = stack.index_select(0, layout.class_row.index_select(0, partner.index_select(0, units)))
+    keep = ~evolved.index_select(0, units).view(-1, 1, 1)
+    new = torch.where(keep, stack, crossover(stack, dom, alpha, level))
+    parts = new.view(-1).split(sizes) if scalars else [p.view(t.shape) for p, t in zip(new.split(sizes), tensors)]
+    torch._foreach_copy_(tensors, list(parts))
+
+
+def cross_rows(pool: Pool, layers: Sequence[int], partner: Tensor, evolved: Tensor, alpha: Alpha,
+               level: str) -> None:
+    """Crossover of the evolved rows of `layers` only: their rows and partners' rows are listed
+    on the host, gathered, crossed over and written back. At the element level every slice is
+    independent, so layers with the same genes per slice are crossed over together."""
+    layout, tensors = pool.layout, pool.tensors
+    rows = evolved.nonzero().squeeze(1)
+    start = layout.layer_start.index_select(0, rows)
+    own, dominant = rows - start, partner.index_select(0, rows) - start
+    ends = torch.bincount(layout.layer.index_select(0, rows), minlength=len(tensors)).cumsum(0).tolist()
+    batches: dict[tuple[int, ...], list[int]] = {}
+    for i in layers:
+        if ends[i] > (ends[i - 1] if i else 0):
+            shape = tensors[i].shape
+            batches.setdefault((math.prod(shape[2:]),) if level == "element" else tuple(shape[1:]), []).append(i)
+    for key, hit in batches.items():
+        span = [(ends[i - 1] if i else 0, ends[i]) for i in hit]
+        as_units = (lambda t: t.reshape(-1, 1, key[0])) if level == "element" else unit_slices
+        inf = torch.cat([as_units(tensors[i].index_select(0, own[b:e])) for i, (b, e) in zip(hit, span)])
+        dom = torch.cat([as_units(tensors[i].index_select(0, dominant[b:e])) for i, (b, e) in zip(hit, span)])
+        counts = [(e - b) * (tensors[i].shape[1] if level == "element" else 1) for i, (b, e) in zip(hit, span)]
+        for i, (b, e), part in zip(hit, span, crossover(inf, dom, alpha, level).split(counts)):
+            tensors[i].index_copy_(0, own[b:e], part.view(-1, *tensors[i].shape[1:]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,37 +467,25 @@ def evolve(model: nn.Module, rate: float, *, gamma: float = 0.05, matching: str 
 
     counts: dict[str, Tensor | int] = {kind: 0 for kind in KINDS}
     with torch.no_grad():
-        for kind, layers in gather_units(model, conv=conv, bn=bn).items():
-            if not layers:
-                continue
-            if selection == "local":
-                candidates = [torch.ones_like(u.importance, dtype=torch.bool) for u in layers]
-            elif math.floor(rate * sum(u.importance.numel() for u in layers)) == 0:
-                continue
-            else:
-                candidates = select_global([u.importance for u in layers], rate)
-            total = []
-            for bucket in same_shape_buckets(layers):
-                # Layers of one shape and grouping are stacked: their groups stay independent.
-                importance = torch.cat([layers[i].importance for i in bucket])
-                groups = sum(layers[i].groups for i in bucket)
-                inferior = select_local(importance, torch.cat([candidates[i] for i in bucket]), groups,
-                                        None if selection == "global" else gamma)
-                partner, evolved = match(importance, inferior, groups)
-                tensors = [layers[i].tensor for i in bucket]
-                new = crossover(torch.cat(tensors), partner, evolved, alpha, level)
-                torch._foreach_copy_(tensors, list(new.split(tensors[0].shape[0])))
-                total.append(evolved.sum())
-            counts[kind] = torch.stack(total).sum()
+        pools = gather_units(model, conv=conv, bn=bn)
+        if selection != "local":  # kinds whose W_tbd is empty keep all their units
+            pools = {k: p for k, p in pools.items() if math.floor(rate * p.importance.numel()) > 0}
+        if not pools:
+            return host_counts(counts) if sync else counts
+        # The four pools run as one: selection and matching never cross a kind's groups.
+        joint = join_pools(list(pools.values()))
+        if selection == "local":
+            candidates = torch.ones_like(joint.importance, dtype=torch.bool)
+        else:
+            candidates = torch.cat([select_global(p.importance, rate) for p in pools.values()])
+        order = group_order(joint.importance, joint.layout)  # shared by Eq. 4 and matching
+        inferior = select_local(joint.importance, order, candidates, joint.layout,
+                                None if selection == "global" else gamma)
+        partner, evolved = match(order, inferior, joint.layout)
+        cross_pool(joint, partner, evolved, alpha, level)
+        sizes = [p.importance.numel() for p in pools.values()]
+        counts.update(zip(pools, torch.stack([e.sum() for e in evolved.split(sizes)])))
     return host_counts(counts) if sync else counts
-
-
-def same_shape_buckets(layers: Sequence[Units]) -> list[list[int]]:
-    """Indices of layers grouped by (tensor shape, local groups), in module order."""
-    buckets: dict[tuple[tuple[int, ...], int], list[int]] = {}
-    for i, units in enumerate(layers):
-        buckets.setdefault((tuple(units.tensor.shape), units.groups), []).append(i)
-    return list(buckets.values())
 
 
 def host_counts(counts: Mapping[str, Tensor | int]) -> dict[str, int]:

@@ -30,8 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from we.evolution import (KINDS, check_bool, check_choice, check_keys, check_milestones, check_number,
-                          Units, crossover, filter_importance, gather_units, host_counts,
-                          sigmoid, training_stage)
+                          Pool, crossover, filter_importance, gather_units, host_counts,
+                          sigmoid, training_stage, unit_slices)
 
 OFFICIAL_KINDS: tuple[str, ...] = ("conv_weight", "bn_weight", "bn_bias")
 RATE_KEYS: dict[str, str] = {"conv_weight": "radio_conv", "bn_weight": "radio_bn",
@@ -134,13 +134,13 @@ def crossover_signed(weight: Tensor, partner: Tensor, evolved: Tensor) -> Tensor
     return torch.where(replace, new, w).view_as(weight)
 
 
-def pool_scores(layers: Sequence[Units], kind: str, flavour: str) -> Tensor:
+def pool_scores(pool: Pool, kind: str, flavour: str) -> Tensor:
     """The values the script sorts for a kind's threshold."""
     if flavour == "imagenet" and kind == "conv_weight":
-        return torch.cat([filter_importance(u.tensor, average=False) for u in layers])
+        return torch.cat([filter_importance(t, average=False) for t in pool.tensors])
     if flavour == "imagenet" and kind == "bn_weight":
-        return torch.cat([u.tensor.detach().reshape(-1) for u in layers])
-    return torch.cat([u.importance for u in layers])
+        return torch.cat(pool.tensors)
+    return pool.importance
 
 
 def evolve_official(model: nn.Module, rates: Mapping[str, float], *, lab: float = 0.1,
@@ -158,10 +158,10 @@ def evolve_official(model: nn.Module, rates: Mapping[str, float], *, lab: float 
     with torch.no_grad():
         pools = gather_units(model, conv=conv, bn=bn)
         for kind in OFFICIAL_KINDS:
-            layers = pools[kind]
-            if not layers:
+            if kind not in pools:
                 continue
-            th = threshold(pool_scores(layers, kind, flavour), rates[kind])
+            layers = pools[kind].layers
+            th = threshold(pool_scores(pools[kind], kind, flavour), rates[kind])
             counter = counters.get(kind)
             if counter is None:
                 counter = torch.zeros((), dtype=torch.long, device=layers[0].tensor.device)
@@ -173,7 +173,9 @@ def evolve_official(model: nn.Module, rates: Mapping[str, float], *, lab: float 
                 if kind == "conv_weight" and w.shape[2] != 1:
                     units.tensor.copy_(crossover_signed(w, partner, evolved))
                 else:
-                    units.tensor.copy_(crossover(w, partner, evolved, "adaptive", "filter"))
+                    units_ = unit_slices(w.detach())
+                    blended = crossover(units_, units_[partner], "adaptive", "filter")
+                    units.tensor.copy_(torch.where(evolved.view(-1, 1, 1), blended, units_).view_as(w))
                 total.append(evolved.sum())
             counters[kind] = counter
             counts[kind] = torch.stack(total).sum()
