@@ -46,6 +46,46 @@ def timeit(fn: Callable[[], Any], device: torch.device, repeat: int = 5, warmup:
     return statistics.median(times)
 
 
+def timeit_after(setup: Callable[[], Any], fns: dict[str, Callable[[], Any]], device: torch.device,
+                 repeat: int = 15, warmup: int = 1) -> dict[str, float]:
+    """Median wall seconds of each of `fns`, each call right after `setup()` (not timed).
+
+    The functions take turns, so that slow phases of a shared machine hit them alike.
+    """
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(warmup + repeat):
+        for name, fn in fns.items():
+            setup()
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def spread_units(model: torch.nn.Module, seed: int = 0) -> None:
+    """Give every conv filter and BN scalar a scale of 10 ** U(-2, 0) (BN values drawn from N(0, 1)).
+
+    At initialisation no unit is inferior (BN weights are all 1), so a WE step would do no work;
+    after this, W_tbd is almost all inferior and each pool evolves about its floor(rate * P)
+    units: the most work a step does at that rate.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if not isinstance(module, (torch.nn.Conv2d, torch.nn.BatchNorm2d)):
+                continue
+            for p in (module.weight, module.bias):
+                if p is None:
+                    continue
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    p.copy_(torch.randn(p.shape, generator=g))
+                scale = 10 ** (-2 * torch.rand(p.shape[0], generator=g))
+                p.mul_(scale.view(-1, *[1] * (p.dim() - 1)).to(p.device, p.dtype))
+
+
 def read_all_weights(model: torch.nn.Module) -> torch.Tensor:
     """One pass reading every parameter once (sum of |w|): the lower bound for any WE step."""
     return torch.stack([p.detach().abs().sum() for p in model.parameters()]).sum()
@@ -72,20 +112,24 @@ def bench_model(name: str, device: torch.device, batch: int, iters: int, loop: b
     info = models.model_info(name)
     num_classes = 1000 if info.family == "imagenet" else 10
     torch.manual_seed(0)
-    model = models.create(name, num_classes=num_classes).to(device)
+    model = models.create(name, num_classes=num_classes)
+    spread_units(model)
+    model.to(device)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     restore = lambda: model.load_state_dict(state)  # noqa: E731 - each step sees the same weights
 
     row: dict[str, Any] = {"model": name, "params": sum(p.numel() for p in model.parameters())}
-    restore_ms = 1e3 * timeit(restore, device)  # subtracted: every timed step starts from the same weights
-    timed = lambda fn, repeat=5: max(1e3 * timeit(lambda: (restore(), fn()), device, repeat=repeat) - restore_ms, 0.0)  # noqa: E731
-    row["read_ms"] = 1e3 * timeit(lambda: read_all_weights(model), device)
-    row["we_paper_ms"] = timed(lambda: evolve(model, 0.05, gamma=0.05))
     official = WeightEvolution(model, variant="official")
-    row["we_official_ms"] = timed(lambda: official.step(100))
-    if loop:
-        row["we_loop_ms"] = timed(lambda: evolve_reference(model, 0.05, gamma=0.05, matching="forward",
-                                                           conv=True, bn=True), repeat=2)
+    # Every timed call starts from the same weights, restored untimed just before it.
+    steps = {"read_ms": lambda: read_all_weights(model), "we_paper_ms": lambda: evolve(model, 0.05, gamma=0.05),
+             "we_official_ms": lambda: official.step(100)}
+    row.update({k: 1e3 * v for k, v in timeit_after(restore, steps, device).items()})
+    if loop:  # seconds per call: fewer calls
+        loop_step = {"we_loop_ms": lambda: evolve_reference(model, 0.05, gamma=0.05, matching="forward",
+                                                            conv=True, bn=True)}
+        row.update({k: 1e3 * v for k, v in timeit_after(restore, loop_step, device, repeat=2, warmup=0).items()})
+    restore()
+    row["evolved"] = sum(evolve(model, 0.05, gamma=0.05).values())
     row["we_over_read"] = row["we_paper_ms"] / row["read_ms"] if row["read_ms"] > 0 else float("nan")
 
     size = info.input_size
@@ -275,7 +319,8 @@ def costs_markdown(costs: list[dict[str, Any]], device_label: str) -> str:
 
 def to_markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
     cols = [("model", "model"), ("params", "params"), ("read_ms", "read all weights (ms)"),
-            ("we_paper_ms", "WE paper step (ms)"), ("we_official_ms", "WE official step (ms)"),
+            ("evolved", "units evolved"), ("we_paper_ms", "WE paper step (ms)"),
+            ("we_official_ms", "WE official step (ms)"),
             ("we_loop_ms", "per-filter loop (ms)"), ("we_over_read", "paper step / read"),
             ("batch", "batch"), ("train_img_s", "train images/s"),
             ("we_epoch_overhead_pct", "WE step per epoch (%)")]

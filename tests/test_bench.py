@@ -1,0 +1,50 @@
+"""`make bench` pieces: the weights it times WE on, its timing helper, and one model's row."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+import models
+from we.bench import bench_model, spread_units, timeit_after, to_markdown
+from we.evolution import evolve, gather_units
+
+
+def test_spread_units_gives_every_pool_its_full_w_tbd_to_evolve():
+    model = models.create("resnet20", num_classes=10)
+    assert sum(evolve(model, 0.05).values()) == 0  # at initialisation a step has nothing to do
+    spread_units(model)
+    sizes = {kind: pool.importance.numel() for kind, pool in gather_units(model).items()}
+    counts = evolve(model, 0.05)
+    for kind, size in sizes.items():
+        assert counts[kind] >= 0.9 * math.floor(0.05 * size), kind
+
+
+def test_spread_units_is_seeded():
+    a, b = (models.create("resnet20", num_classes=10) for _ in range(2))
+    b.load_state_dict(a.state_dict())
+    spread_units(a, seed=3)
+    spread_units(b, seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
+def test_timeit_after_runs_setup_untimed_before_every_call():
+    calls: list[str] = []
+    times = timeit_after(lambda: calls.append("setup"), {"a": lambda: calls.append("a"),
+                                                          "b": lambda: calls.append("b")},
+                         torch.device("cpu"), repeat=3, warmup=1)
+    assert calls == ["setup", "a", "setup", "b"] * 4
+    assert set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
+
+
+def test_bench_model_row_times_a_step_that_does_work():
+    row = bench_model("resnet20", torch.device("cpu"), batch=4, iters=1, loop=False)
+    assert row["evolved"] > 0
+    assert row["read_ms"] > 0 and row["we_paper_ms"] > 0 and row["we_official_ms"] > 0
+    assert row["we_over_read"] == row["we_paper_ms"] / row["read_ms"]
+    assert "we_loop_ms" not in row and row["train_img_s"] > 0
+    header = {"device": "cpu", "date": "2026-01-01", "versions": {"torch": "x", "torchvision": "y"},
+              "hardware": {"cpu_count": 2, "torch_threads": 2}, "git_commit": "abc"}
+    table = to_markdown([row], header)
+    assert "| resnet20 | 269,722 |" in table and "units evolved" in table
