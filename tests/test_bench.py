@@ -48,3 +48,14 @@ def test_bench_model_row_times_a_step_that_does_work():
               "hardware": {"cpu_count": 2, "torch_threads": 2}, "git_commit": "abc"}
     table = to_markdown([row], header)
     assert "| resnet20 | 269,722 |" in table and "units evolved" in table
+
+
+def test_bench_paths_times_all_three_input_paths_in_rounds(tmp_path):
+    from we.bench import bench_paths
+
+    row = bench_paths("resnet20", torch.device("cpu"), "digits", str(tmp_path), batch=8, steps=1,
+                      compile_model=False, rounds=2)
+    for label in ("reference", "default", "fast"):
+        assert row[f"{label}_img_s"] > 0
+    assert row["fast_over_reference"] == row["fast_img_s"] / row["reference_img_s"]
+    assert row["fast_peak_mb"] is None  # peak memory is read on CUDA only

@@ -512,3 +512,16 @@ def test_channels_last_and_float64_weights_evolve_like_the_reference(crossover_p
     assert evolve(net, 0.4, gamma=0.2) == evolve_reference(oracle, 0.4, gamma=0.2)
     for a, b in zip(net.parameters(), oracle.parameters()):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("variant, kwargs", [
+    ("paper", {}), ("paper", {"selection": "local"}), ("paper", {"selection": "global", "level": "filter"}),
+    ("paper", {"matching": "reverse", "alpha": 0.3}), ("official", {})])
+def test_step_off_the_cpu_never_reads_device_data(variant, kwargs):
+    # Meta tensors have shapes but no data: any host read (.item(), .tolist(), nonzero, bool(t))
+    # raises. A whole unsynchronised step running on them is a step that never waits for a GPU.
+    import models
+
+    model = models.create("resnet20", num_classes=10).to("meta")
+    counts = WeightEvolution(model, variant=variant, **kwargs).step(30, sync=False)
+    assert all(v.device.type == "meta" for k, v in counts.items() if k != "conv_bias")
