@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from we.evolution import WeightEvolution
-from we.official import (OfficialEvolution, evolve_official, inferior_count, stage_rate,
+from we.evolution import pool_layout
+from we.official import (OfficialEvolution, evolve_official, inferior_counts, stage_rate,
                          threshold)
 
 CONV_ONLY = {"conv_weight": 0.5, "bn_weight": 0.0, "bn_bias": 0.0}
@@ -184,17 +185,50 @@ def test_counter_resets_when_a_layer_has_inferior_filters():
     assert int(counters["conv_weight"]) == 0
 
 
-def test_inferior_count_logic_directly():
+def test_inferior_counts_logic_directly():
     scores = torch.tensor([1.0, 0.5])
+    one_layer = pool_layout([scores], [1])
     th = torch.tensor(1.0)
-    zero = torch.tensor(0)
-    count, counter = inferior_count(scores, th, 0.1, zero, limit=2.0)
-    assert (int(count), int(counter)) == (0, 1)
-    count, counter = inferior_count(scores, th, 0.1, counter, limit=2.0)
-    assert (int(count), int(counter)) == (1, 0)
+    count, counter = inferior_counts(scores, one_layer, th, 0.1, torch.tensor(0), limit=2.0)
+    assert (count.tolist(), int(counter)) == ([0], 1)
+    count, counter = inferior_counts(scores, one_layer, th, 0.1, counter, limit=2.0)
+    assert (count.tolist(), int(counter)) == ([1], 0)
     # high == N: counter unchanged
-    count, counter = inferior_count(scores, torch.tensor(0.1), 0.1, torch.tensor(5), limit=9.0)
-    assert (int(count), int(counter)) == (0, 5)
+    count, counter = inferior_counts(scores, one_layer, torch.tensor(0.1), 0.1, torch.tensor(5), limit=9.0)
+    assert (count.tolist(), int(counter)) == ([0], 5)
+
+
+def sequential_counts(high, low, sizes, counter, limit):
+    """The script's loop over layers, on plain ints."""
+    out = []
+    for h, lo, n in zip(high, low, sizes):
+        real = 0
+        if h != n:
+            if lo == 0:
+                counter += 1
+                if counter >= limit:
+                    real, counter = 1, 0
+            else:
+                real, counter = lo, 0
+        out.append(min(real, n - h))
+    return out, counter
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_inferior_counts_scan_equals_the_layer_loop(seed):
+    # Many layers of 4 units: each is high == N, has inferior units, or has none (a bump);
+    # carried counters beyond the limit and limits below 1 included.
+    g = torch.Generator().manual_seed(seed)
+    kinds = torch.randint(0, 3, (40,), generator=g).tolist() if seed else [0] * 40  # seed 0: all high
+    layers = [torch.tensor({0: [2.0, 2.0, 2.0, 2.0], 1: [1.0, 0.05, 0.5, 0.5], 2: [1.0, 0.5, 0.5, 0.6]}[k])
+              for k in kinds]
+    scores = torch.cat(layers)
+    layout = pool_layout(layers, [1] * len(layers))
+    low = [1 if k == 1 else 0 for k in kinds]
+    for start, limit in ((0, 3.0), (2, 2.5), (7, 4.0), (0, 0.5), (1, 1.0)):
+        count, counter = inferior_counts(scores, layout, torch.tensor(1.5), 0.1, torch.tensor(start), limit)
+        high_counts = [4 if k == 0 else 0 for k in kinds]  # th = 1.5: only the all-2 layers are high
+        assert (count.tolist(), int(counter)) == sequential_counts(high_counts, low, [4] * 40, start, limit)
 
 
 def test_counters_are_separate_per_kind():

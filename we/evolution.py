@@ -10,6 +10,7 @@ CPU, and whole classes of same-shaped units elsewhere, so a step never waits for
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -143,6 +144,7 @@ class Layout:
     offsets: tuple[int, ...]  # pool index of each layer's first unit
     layer: Tensor  # (P,) layer of each unit
     layer_start: Tensor  # (P,) pool index of the first unit of that layer
+    layer_size: Tensor  # (P,) units in that layer
     group: Tensor  # (P,) local group of each unit, numbered over the whole pool
     group_start: Tensor  # (P,) pool index of the first unit of that group
     group_size: Tensor  # (P,) units in that group
@@ -209,7 +211,7 @@ def pool_layout(tensors: Sequence[Tensor], groups: Sequence[int]) -> Layout:
         class_row[units] = torch.arange(units.numel())
     layout = Layout(
         sizes=tuple(sizes), offsets=tuple(offsets),
-        layer=repeat(range(len(sizes)), sizes), layer_start=repeat(offsets, sizes),
+        layer=repeat(range(len(sizes)), sizes), layer_start=repeat(offsets, sizes), layer_size=repeat(sizes, sizes),
         group=repeat(range(len(per_group)), per_group), group_start=repeat(group_first, per_group),
         group_size=repeat(per_group, per_group),
         group_end=repeat((f + n - 1 for f, n in zip(group_first, per_group)), per_group),
@@ -232,17 +234,19 @@ def pool_importance(tensors: Sequence[Tensor], layout: Layout) -> Tensor:
 _BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 
 
-def group_order(importance: Tensor, layout: Layout) -> Tensor:
-    """Pool indices sorted by (local group, importance, pool index); each group keeps its positions.
+def segment_order(importance: Tensor, segment: Tensor, descending: bool = False) -> Tensor:
+    """Pool indices sorted by (segment, importance ascending or descending, pool index).
 
-    Importances are >= 0 and the bits of a non-negative float order like the float, so for
-    floats of up to 32 bits one integer key (group, bits) takes a single stable sort.
+    Segments (local groups, layers) are contiguous, so each keeps its positions. Importances are
+    >= 0 and the bits of a non-negative float order like the float, so for floats of up to 32
+    bits one integer key (segment, bits) takes a single stable sort.
     """
     bits = _BITS.get(importance.dtype)
     if bits is not None:
-        return torch.argsort((layout.group << 32) | importance.contiguous().view(bits).long(), stable=True)
-    order = torch.argsort(importance, stable=True)
-    return order[torch.argsort(layout.group[order], stable=True)]
+        key = importance.contiguous().view(bits).long()
+        return torch.argsort((segment << 32) | ((0x7FFFFFFF - key) if descending else key), stable=True)
+    order = torch.argsort(importance, descending=descending, stable=True)
+    return order[torch.argsort(segment[order], stable=True)]
 
 
 def join_pools(pools: Sequence[Pool]) -> Pool:
@@ -294,7 +298,7 @@ def select_local(importance: Tensor, order: Tensor, candidates: Tensor, layout: 
                  gamma: float | None) -> Tensor:
     """Inferior units: candidates with importance / (group max) < gamma; all if gamma is None.
 
-    `order` is `group_order(importance, layout)`: each group's last unit there is its strongest.
+    `order` is `segment_order(importance, layout.group)`: a group's last unit there is its strongest.
     """
     if gamma is None:
         return candidates
@@ -326,7 +330,7 @@ def _match(order: Tensor, inferior: Tensor, layout: Layout, reverse: bool) -> tu
 def match_forward(order: Tensor, inferior: Tensor, layout: Layout) -> tuple[Tensor, Tensor]:
     """Forward matching: i-th weakest inferior <-> i-th of the c strongest, ascending.
 
-    `order` is the pool's `group_order`. Returns (partner, evolved): the dominant unit of every
+    `order` is `segment_order(importance, layout.group)`. Returns (partner, evolved): the dominant unit of every
     evolved unit (itself otherwise) and the mask of evolved units, in pool order.
     """
     return _match(order, inferior, layout, reverse=False)
@@ -388,20 +392,30 @@ def rows_on_host(tensor: Tensor) -> bool:
     return tensor.device.type == "cpu" and tensor.dim() > 1
 
 
-def cross_pool(pool: Pool, partner: Tensor, evolved: Tensor, alpha: Alpha, level: str) -> None:
+Cross = Callable[[Tensor, Tensor], Tensor]  # (inferior units, their partners) -> evolved units
+Rule = Callable[[torch.Size], tuple[Cross, bool]]  # a layer's shape -> its crossover, slice by slice?
+
+
+def paper_rule(alpha: Alpha, level: str) -> Rule:
+    """The paper's crossover for every layer: `crossover` at `level`, slice by slice at "element"."""
+    cross = functools.partial(crossover, alpha=alpha, level=level)
+    return lambda shape: (cross, level == "element")
+
+
+def cross_pool(pool: Pool, partner: Tensor, evolved: Tensor, rule: Rule) -> None:
     """Write the crossover of every evolved unit into its layer; all reads see one snapshot."""
     host = []
     for layers, units in zip(pool.layout.classes, pool.layout.class_units):
         if rows_on_host(pool.tensors[layers[0]]):
             host += layers
         else:
-            cross_class(pool, layers, units, partner, evolved, alpha, level)
+            cross_class(pool, layers, units, partner, evolved, rule(pool.tensors[layers[0]].shape)[0])
     if host:
-        cross_rows(pool, host, partner, evolved, alpha, level)
+        cross_rows(pool, host, partner, evolved, rule)
 
 
 def cross_class(pool: Pool, layers: Sequence[int], units: Tensor, partner: Tensor, evolved: Tensor,
-                alpha: Alpha, level: str) -> None:
+                cross: Cross) -> None:
     """Crossover of a whole class of same-shaped layers, kept where a unit is not evolved."""
     layout, tensors = pool.layout, [pool.tensors[i] for i in layers]
     sizes = [layout.sizes[i] for i in layers]
@@ -409,33 +423,34 @@ def cross_class(pool: Pool, layers: Sequence[int], units: Tensor, partner: Tenso
     stack = torch.cat(tensors).view(-1, 1, 1) if scalars else torch.cat([unit_slices(t) for t in tensors])
     dom = stack.index_select(0, layout.class_row.index_select(0, partner.index_select(0, units)))
     keep = ~evolved.index_select(0, units).view(-1, 1, 1)
-    new = torch.where(keep, stack, crossover(stack, dom, alpha, level))
+    new = torch.where(keep, stack, cross(stack, dom))
     parts = new.view(-1).split(sizes) if scalars else [p.view(t.shape) for p, t in zip(new.split(sizes), tensors)]
     torch._foreach_copy_(tensors, list(parts))
 
 
-def cross_rows(pool: Pool, layers: Sequence[int], partner: Tensor, evolved: Tensor, alpha: Alpha,
-               level: str) -> None:
+def cross_rows(pool: Pool, layers: Sequence[int], partner: Tensor, evolved: Tensor, rule: Rule) -> None:
     """Crossover of the evolved rows of `layers` only: their rows and partners' rows are listed
-    on the host, gathered, crossed over and written back. At the element level every slice is
-    independent, so layers with the same genes per slice are crossed over together."""
+    on the host, gathered, crossed over and written back. A crossover that works slice by slice
+    takes layers with the same genes per slice together."""
     layout, tensors = pool.layout, pool.tensors
     rows = evolved.nonzero().squeeze(1)
     start = layout.layer_start.index_select(0, rows)
     own, dominant = rows - start, partner.index_select(0, rows) - start
     ends = torch.bincount(layout.layer.index_select(0, rows), minlength=len(tensors)).cumsum(0).tolist()
-    batches: dict[tuple[int, ...], list[int]] = {}
+    batches: dict[tuple[Any, ...], list[int]] = {}
     for i in layers:
         if ends[i] > (ends[i - 1] if i else 0):
             shape = tensors[i].shape
-            batches.setdefault((math.prod(shape[2:]),) if level == "element" else tuple(shape[1:]), []).append(i)
-    for key, hit in batches.items():
+            cross, per_slice = rule(shape)
+            batches.setdefault((cross, per_slice, math.prod(shape[2:]) if per_slice else tuple(shape[1:])),
+                               []).append(i)
+    for (cross, per_slice, genes), hit in batches.items():
         span = [(ends[i - 1] if i else 0, ends[i]) for i in hit]
-        as_units = (lambda t: t.reshape(-1, 1, key[0])) if level == "element" else unit_slices
+        as_units = (lambda t: t.reshape(-1, 1, genes)) if per_slice else unit_slices
         inf = torch.cat([as_units(tensors[i].index_select(0, own[b:e])) for i, (b, e) in zip(hit, span)])
         dom = torch.cat([as_units(tensors[i].index_select(0, dominant[b:e])) for i, (b, e) in zip(hit, span)])
-        counts = [(e - b) * (tensors[i].shape[1] if level == "element" else 1) for i, (b, e) in zip(hit, span)]
-        for i, (b, e), part in zip(hit, span, crossover(inf, dom, alpha, level).split(counts)):
+        counts = [(e - b) * (tensors[i].shape[1] if per_slice else 1) for i, (b, e) in zip(hit, span)]
+        for i, (b, e), part in zip(hit, span, cross(inf, dom).split(counts)):
             tensors[i].index_copy_(0, own[b:e], part.view(-1, *tensors[i].shape[1:]))
 
 
@@ -478,11 +493,11 @@ def evolve(model: nn.Module, rate: float, *, gamma: float = 0.05, matching: str 
             candidates = torch.ones_like(joint.importance, dtype=torch.bool)
         else:
             candidates = torch.cat([select_global(p.importance, rate) for p in pools.values()])
-        order = group_order(joint.importance, joint.layout)  # shared by Eq. 4 and matching
+        order = segment_order(joint.importance, joint.layout.group)  # shared by Eq. 4 and matching
         inferior = select_local(joint.importance, order, candidates, joint.layout,
                                 None if selection == "global" else gamma)
         partner, evolved = match(order, inferior, joint.layout)
-        cross_pool(joint, partner, evolved, alpha, level)
+        cross_pool(joint, partner, evolved, paper_rule(alpha, level))
         sizes = [p.importance.numel() for p in pools.values()]
         counts.update(zip(pools, torch.stack([e.sum() for e in evolved.split(sizes)])))
     return host_counts(counts) if sync else counts

@@ -23,15 +23,17 @@ is left unchanged. Likewise a whole-unit blend whose L1 norms are both 0 leaves 
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from we.evolution import (KINDS, check_bool, check_choice, check_keys, check_milestones, check_number,
-                          Pool, crossover, filter_importance, gather_units, host_counts,
-                          sigmoid, training_stage, unit_slices)
+from we.evolution import (KINDS, Cross, Layout, Pool, check_bool, check_choice, check_keys,
+                          check_milestones, check_number, cross_pool, crossover, filter_importance,
+                          gather_units, host_counts, join_pools, segment_order, sigmoid, training_stage)
 
 OFFICIAL_KINDS: tuple[str, ...] = ("conv_weight", "bn_weight", "bn_bias")
 RATE_KEYS: dict[str, str] = {"conv_weight": "radio_conv", "bn_weight": "radio_bn",
@@ -80,58 +82,77 @@ def stage_rate(epoch: int, base: float, *, divisors: Sequence[float] = (1.0, 2.5
 def threshold(pool: Tensor, rate: float) -> Tensor:
     """th = sorted(pool)[int(len(pool) * rate)] (index clamped to the last element)."""
     index = min(int(pool.numel() * rate), pool.numel() - 1)
-    return torch.sort(pool).values[index]
+    return pool.kthvalue(index + 1).values
 
 
-def inferior_count(scores: Tensor, th: Tensor, lab: float, counter: Tensor,
-                   limit: float) -> tuple[Tensor, Tensor]:
-    """(count, counter) of one layer: the script's high/count logic and its shared counter."""
-    n = scores.numel()
-    high = (scores >= th).sum()
-    low = (scores <= scores.max() * lab).sum()
-    below = high != n
-    bumped = counter + 1
-    forced = below & (low == 0) & (bumped >= limit)
-    count = torch.where(below, torch.where(forced, 1, low), 0)
-    counter = torch.where(below & (low == 0), torch.where(forced, 0, bumped),
-                          torch.where(below, 0, counter))
-    return torch.minimum(count, n - high), counter
+def inferior_counts(scores: Tensor, layout: Layout, th: Tensor, lab: float, counter: Tensor,
+                    limit: float) -> tuple[Tensor, Tensor]:
+    """(count of every layer, counter after the last): the script's high/count logic, layer after
+    layer in module order, with its counter shared by the layers (a scan, done without a loop).
 
-
-def pair_descending(scores: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
-    """(partner, evolved): the k-th of the descending order feeds the k-th of the last `count`.
-
-    Pairs exist for k < min(count, N - count); ties in the order are broken by index.
+    Per layer: high = #(scores >= th); below = high < N; low = #(scores <= lab * max). A layer
+    below with low > 0 counts low and resets the counter; one below with low == 0 bumps it and
+    counts 1 when the bumped value reaches `limit` (then 0); other layers leave it. Capped at N - high.
     """
-    n = scores.numel()
-    order = torch.argsort(scores, descending=True, stable=True)
-    k = torch.arange(n, device=scores.device)
+    n_layers, layer = len(layout.sizes), layout.layer
+    sizes = torch.tensor(layout.sizes, device=scores.device)
+    zeros = torch.zeros(n_layers, dtype=torch.long, device=scores.device)
+    high = zeros.index_add(0, layer, (scores >= th).long())
+    top = scores.new_zeros(n_layers).scatter_reduce_(0, layer, scores, "amax", include_self=False)
+    low = zeros.index_add(0, layer, (scores <= top.index_select(0, layer) * lab).long())
+    below = high != sizes
+    bump, reset = below & (low == 0), below & (low > 0)
+    # Between resets the counter runs from `start` (the carried counter before the first reset,
+    # 0 after one) through the bumps; the first bump that reaches the period m is forced, then
+    # every m-th.
+    period = max(1, math.ceil(limit))
+    bumps = bump.long().cumsum(0)
+    j = bumps - torch.where(reset, bumps, 0).cummax(0).values  # bumps since the last reset
+    start = torch.where(reset.long().cumsum(0) > 0, 0, counter)
+    first = (period - start).clamp(min=1)
+    forced = bump & (j >= first) & ((j - first) % period == 0)
+    after = torch.where(j < first, start + j, (j - first) % period)  # the counter after each layer
+    count = torch.where(below, torch.where(forced, 1, low), 0)
+    return torch.minimum(count, sizes - high), after[-1] if n_layers else counter
+
+
+def pair_descending(scores: Tensor, count: Tensor, layout: Layout) -> tuple[Tensor, Tensor]:
+    """(partner, evolved): in every layer, the k-th of the descending order feeds the k-th of its
+    last `count` units (count: one per layer), for k < min(count, N - count); ties by index."""
+    order = segment_order(scores, layout.layer, descending=True)
+    n, start = layout.layer_size, layout.layer_start
+    count = count.index_select(0, layout.layer)
     cut = n - count
-    tail_rank = k - cut  # rank inside the inferior tail
+    tail_rank = torch.arange(order.numel(), device=order.device) - start - cut  # rank inside the tail
     chosen = (tail_rank >= 0) & (tail_rank < torch.minimum(count, cut))
-    partner_sorted = order[tail_rank.clamp(0, n - 1)]
+    partner_sorted = order.index_select(0, (start + tail_rank).clamp_(0, order.numel() - 1))
     partner = torch.empty_like(order).scatter_(0, order, torch.where(chosen, partner_sorted, order))
     evolved = torch.zeros_like(chosen).scatter_(0, order, chosen)
     return partner, evolved
 
 
-def crossover_signed(weight: Tensor, partner: Tensor, evolved: Tensor) -> Tensor:
-    """The script's slice-wise crossover of a conv (kernel height > 1), as a new tensor.
+def crossover_signed(inf: Tensor, dom: Tensor) -> Tensor:
+    """The script's slice-wise crossover of a conv (kernel height > 1) on (units, slices, genes).
 
-    Per slice h: l = partner's element of largest |.|, s = own element of smallest |.| (first
-    in flattened order); alpha = s / (s + l) signed; every element equal to s becomes
+    Per slice: l = partner's element of largest |.|, s = own element of smallest |.| (first in
+    flattened order); alpha = s / (s + l) signed; every element equal to s becomes
     l * alpha + s * (1 - alpha) = 2ls / (l + s). Slices with l + s == 0 are left unchanged.
     """
-    w = weight.detach().reshape(weight.shape[0], weight.shape[1], -1)
-    dom = w[partner]
-    s = w.gather(-1, w.abs().argmin(-1, keepdim=True))
+    s = inf.gather(-1, inf.abs().argmin(-1, keepdim=True))
     l = dom.gather(-1, dom.abs().argmax(-1, keepdim=True))
     total = s + l
     finite = total != 0
     alpha = s / torch.where(finite, total, 1)
-    new = l * alpha + s * (1 - alpha)
-    replace = evolved.view(-1, 1, 1) & finite & (w == s)
-    return torch.where(replace, new, w).view_as(weight)
+    return torch.where(finite & (inf == s), l * alpha + s * (1 - alpha), inf)
+
+
+_BLEND = functools.partial(crossover, alpha="adaptive", level="filter")
+
+
+def official_rule(shape: torch.Size) -> tuple[Cross, bool]:
+    """The script's crossover of a layer: signed slice by slice for convs of kernel height > 1,
+    else a whole-unit blend with L1 alpha."""
+    return (crossover_signed, True) if len(shape) == 4 and shape[2] != 1 else (_BLEND, False)
 
 
 def pool_scores(pool: Pool, kind: str, flavour: str) -> Tensor:
@@ -157,28 +178,23 @@ def evolve_official(model: nn.Module, rates: Mapping[str, float], *, lab: float 
     counts: dict[str, Tensor | int] = {kind: 0 for kind in KINDS}
     with torch.no_grad():
         pools = gather_units(model, conv=conv, bn=bn)
-        for kind in OFFICIAL_KINDS:
-            if kind not in pools:
-                continue
-            layers = pools[kind].layers
-            th = threshold(pool_scores(pools[kind], kind, flavour), rates[kind])
+        kinds = [kind for kind in OFFICIAL_KINDS if kind in pools]
+        if not kinds:
+            return host_counts(counts) if sync else counts
+        per_layer = []
+        for kind in kinds:
+            pool = pools[kind]
+            th = threshold(pool_scores(pool, kind, flavour), rates[kind])
             counter = counters.get(kind)
             if counter is None:
-                counter = torch.zeros((), dtype=torch.long, device=layers[0].tensor.device)
-            total = []
-            for units in layers:
-                count, counter = inferior_count(units.importance, th, lab, counter, limit)
-                partner, evolved = pair_descending(units.importance, count)
-                w = units.tensor
-                if kind == "conv_weight" and w.shape[2] != 1:
-                    units.tensor.copy_(crossover_signed(w, partner, evolved))
-                else:
-                    units_ = unit_slices(w.detach())
-                    blended = crossover(units_, units_[partner], "adaptive", "filter")
-                    units.tensor.copy_(torch.where(evolved.view(-1, 1, 1), blended, units_).view_as(w))
-                total.append(evolved.sum())
-            counters[kind] = counter
-            counts[kind] = torch.stack(total).sum()
+                counter = torch.zeros((), dtype=torch.long, device=pool.importance.device)
+            count, counters[kind] = inferior_counts(pool.importance, pool.layout, th, lab, counter, limit)
+            per_layer.append(count)
+        joint = join_pools([pools[kind] for kind in kinds])  # pairs and crossovers of all kinds at once
+        partner, evolved = pair_descending(joint.importance, torch.cat(per_layer), joint.layout)
+        cross_pool(joint, partner, evolved, official_rule)
+        sizes = [pools[kind].importance.numel() for kind in kinds]
+        counts.update(zip(kinds, torch.stack([e.sum() for e in evolved.split(sizes)])))
     return host_counts(counts) if sync else counts
 
 
@@ -214,4 +230,4 @@ class OfficialEvolution:
 
 
 __all__ = ["OFFICIAL_DEFAULTS", "FLAVOURS", "OfficialEvolution", "evolve_official", "stage_rate",
-           "threshold", "inferior_count", "pair_descending", "crossover_signed", "pool_scores"]
+           "threshold", "inferior_counts", "pair_descending", "crossover_signed", "official_rule", "pool_scores"]
