@@ -131,6 +131,7 @@ def bench_model(name: str, device: torch.device, batch: int, iters: int, loop: b
     restore()
     row["evolved"] = sum(evolve(model, 0.05, gamma=0.05).values())
     row["we_over_read"] = row["we_paper_ms"] / row["read_ms"] if row["read_ms"] > 0 else float("nan")
+    row["official_over_read"] = row["we_official_ms"] / row["read_ms"] if row["read_ms"] > 0 else float("nan")
 
     size = info.input_size
     x = torch.randn(batch, 3, size, size, device=device)
@@ -337,6 +338,7 @@ def to_markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
             ("evolved", "units evolved"), ("we_paper_ms", "WE paper step (ms)"),
             ("we_official_ms", "WE official step (ms)"),
             ("we_loop_ms", "per-filter loop (ms)"), ("we_over_read", "paper step / read"),
+            ("official_over_read", "official step / read"),
             ("batch", "batch"), ("train_img_s", "train images/s"),
             ("we_epoch_overhead_pct", "WE step per epoch (%)")]
     lines = [f"# Bench on {header['device']} ({header['date']})", "",
