@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 
+import pytest
 import torch
 
 import models
@@ -59,3 +61,17 @@ def test_bench_paths_times_all_three_input_paths_in_rounds(tmp_path):
         assert row[f"{label}_img_s"] > 0
     assert row["fast_over_reference"] == row["fast_img_s"] / row["reference_img_s"]
     assert row["fast_peak_mb"] is None  # peak memory is read on CUDA only
+
+
+def test_accuracy_check_trains_both_paths_per_seed_and_writes_its_own_report(tmp_path):
+    from we.bench import main
+
+    assert main(["--device", "cpu", "--accuracy-only", "--accuracy-epochs", "1", "--accuracy-seeds", "2",
+                 "--accuracy-model", "resnet20", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cpu-accuracy.json", "cpu-accuracy.md"]
+    acc = json.loads((tmp_path / "cpu-accuracy.json").read_text())["accuracy"]
+    assert list(acc["top1"]) == ["loader, fp32, NCHW", "device, bf16, channels_last"]
+    assert all(len(v) == 2 and all(0 <= t <= 100 for t in v) for v in acc["top1"].values())
+    fast, loader = acc["top1"]["device, bf16, channels_last"], acc["top1"]["loader, fp32, NCHW"]
+    assert acc["difference"] == pytest.approx(sum(fast) / 2 - sum(loader) / 2)
+    assert "Fast minus loader" in (tmp_path / "cpu-accuracy.md").read_text()

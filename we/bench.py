@@ -191,6 +191,53 @@ def bench_methods(model: str, device: torch.device, epochs: int = 4, limit_train
     return rows
 
 
+ACCURACY_PATHS: dict[str, list[str]] = {  # the trainer's overrides of each input path
+    "loader, fp32, NCHW": ["data_path=loader", "channels_last=false", "amp=false"],
+    "device, bf16, channels_last": ["data_path=device", "channels_last=true", "amp=true"],
+}
+
+
+def bench_accuracy(model: str, device: torch.device, dataset: str, data_dir: str, epochs: int,
+                   seeds: int) -> dict[str, Any]:
+    """Final top-1 of a short schedule through the trainer on the loader path in fp32 and on the
+    fast path, `seeds` seeds each (learning rate x0.1 at half and three quarters of the epochs)."""
+    import contextlib
+    import io
+    import tempfile
+
+    from we.config import load_config
+    from we.report import welch_p
+    from we.train import main as train_main
+
+    top1: dict[str, list[float]] = {label: [] for label in ACCURACY_PATHS}
+    milestones = ",".join(str(m) for m in dict.fromkeys((epochs // 2, 3 * epochs // 4)) if m > 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(seeds):
+            for i, (label, extra) in enumerate(ACCURACY_PATHS.items()):
+                cfg = load_config(None, [f"dataset={dataset}", f"data_dir={data_dir}", f"model={model}",
+                                         f"epochs={epochs}", f"device={device}", f"seed={seed}",
+                                         "schedule=multistep", f"lr_milestones=[{milestones}]",
+                                         "progress=plain", f"out={tmp}/{seed}-{i}", *extra])
+                with contextlib.redirect_stdout(io.StringIO()):
+                    train_main(cfg)
+                top1[label].append(json.loads(Path(tmp, f"{seed}-{i}", "result.json").read_text())["final_top1"])
+    reference, fast = top1.values()
+    return {"model": model, "dataset": dataset, "epochs": epochs, "top1": top1,
+            "difference": statistics.mean(fast) - statistics.mean(reference), "welch_p": welch_p(fast, reference)}
+
+
+def accuracy_markdown(acc: dict[str, Any]) -> str:
+    lines = [f"## Final top-1 by input path ({acc['model']}, {acc['dataset']}, {acc['epochs']} epochs, "
+             f"{len(next(iter(acc['top1'].values())))} seeds)", "",
+             "| path | top-1 mean ± std | per seed |", "|---|---|---|"]
+    for label, values in acc["top1"].items():
+        std = statistics.stdev(values) if len(values) > 1 else float("nan")
+        lines.append(f"| {label} | {statistics.mean(values):.2f} ± {std:.2f} | "
+                     f"{', '.join(f'{v:.2f}' for v in values)} |")
+    lines += ["", f"Fast minus loader: {acc['difference']:+.2f} points (Welch p = {acc['welch_p']:.2f})."]
+    return "\n".join(lines) + "\n"
+
+
 def methods_markdown(rows: list[dict[str, Any]], model: str, epoch_images: int) -> str:
     noise = abs(rows[-1]["step_pct"]) if rows and rows[-1]["method"].endswith("(repeat)") else float("nan")
     lines = [f"## Method overhead per epoch ({model}, {epoch_images:,}-image epoch, vs baseline)", "",
@@ -372,13 +419,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default="data")
     p.add_argument("--steps", type=int, default=None, help="timed steps per input path (default 20 GPU, 3 CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile on the fast path")
+    p.add_argument("--accuracy-epochs", type=int, default=0, help="also train --accuracy-model this many "
+                   "epochs on the loader path (fp32) and on the fast path, to compare final top-1 (0: skip)")
+    p.add_argument("--accuracy-seeds", type=int, default=3)
+    p.add_argument("--accuracy-model", default="resnet56")
+    p.add_argument("--accuracy-only", action="store_true", help="only the accuracy check, written to "
+                   "results/bench/<device>-accuracy.md and .json")
     p.add_argument("--out", default=str(REPO_ROOT / "results" / "bench"))
     args = p.parse_args(argv)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if args.accuracy_only and args.accuracy_epochs < 1:
+        p.error("--accuracy-only needs --accuracy-epochs >= 1")
     imagenet_batch = args.imagenet_batch or (256 if device.type == "cuda" else 16)
     names = args.models or models.list_models()
     header = {"device": device_name(device), "date": datetime.now(timezone.utc).date().isoformat(),
               **provenance(device)}
+    dataset = args.paths_dataset or ("cifar10" if (Path(args.data_dir) / "cifar-10-batches-py").is_dir()
+                                     else "digits")
+    if args.accuracy_only:
+        accuracy_report(args, device, dataset, header)
+        return 0
     rows = []
     for name in names:
         batch = imagenet_batch if models.model_info(name).family == "imagenet" else args.batch
@@ -389,8 +449,6 @@ def main(argv: list[str] | None = None) -> int:
     md = to_markdown(rows, header)
     path_rows: list[dict[str, Any]] = []
     if not args.no_paths:
-        dataset = args.paths_dataset or ("cifar10" if (Path(args.data_dir) / "cifar-10-batches-py").is_dir()
-                                         else "digits")
         steps = args.steps or (20 if device.type == "cuda" else 3)
         for name in names:
             if models.model_info(name).family == "cifar":
@@ -408,13 +466,28 @@ def main(argv: list[str] | None = None) -> int:
         method_rows = bench_methods(mmodel, device)
         md += "\n" + methods_markdown(method_rows, mmodel, 50_000)
     print(md)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{header['device']}.md").write_text(md)
-    (out / f"{header['device']}.json").write_text(json.dumps({"header": header, "rows": rows, "paths": path_rows,
-                                                            "grid_costs": costs, "methods": method_rows}, indent=2) + "\n")
-    print(f"wrote {out / (header['device'] + '.md')}")
+    write_report(Path(args.out), header["device"], md, {"header": header, "rows": rows, "paths": path_rows,
+                                                        "grid_costs": costs, "methods": method_rows})
+    if args.accuracy_epochs:
+        accuracy_report(args, device, dataset, header)
     return 0
+
+
+def write_report(out: Path, name: str, md: str, data: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text(md)
+    (out / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote {out / (name + '.md')}")
+
+
+def accuracy_report(args: argparse.Namespace, device: torch.device, dataset: str, header: dict[str, Any]) -> None:
+    """The accuracy check, in its own report: `<device>-accuracy.md` and `.json`."""
+    acc = bench_accuracy(args.accuracy_model, device, dataset, args.data_dir, args.accuracy_epochs,
+                         args.accuracy_seeds)
+    md = (f"# Accuracy by input path on {header['device']} ({header['date']})\n\n"
+          f"torch {header['versions']['torch']}, commit {header['git_commit']}\n\n" + accuracy_markdown(acc))
+    print(md)
+    write_report(Path(args.out), f"{header['device']}-accuracy", md, {"header": header, "accuracy": acc})
 
 
 if __name__ == "__main__":
