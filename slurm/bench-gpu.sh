@@ -3,8 +3,8 @@
 # (reference / default / fast), method overheads (MobileNetV1) and the cost of every grid. Writes
 # results/bench/<gpu-name>.md and .json; then the accuracy check (ResNet-56, 15 epochs, 3 seeds, loader
 # fp32 vs the fast path) to results/bench/<gpu-name>-accuracy.md and .json. Left out to stay within
-# the time: the per-filter loop (one host sync per filter on a GPU) and torch.compile on the fast path (minutes per model); pass
-# --compile to add it. Run it on a GPU node directly or through SLURM:
+# the time: the per-filter loop (one host sync per filter on a GPU) and torch.compile on the fast
+# path (minutes per model); pass --compile to add it. Run it on a GPU node directly or through SLURM:
 #   sbatch --gres=gpu:1 --time=15 slurm/bench-gpu.sh
 # PYTHON picks the interpreter (default: the project's .venv, else python3 on PATH); CIFAR-10 is read
 # from DATA_DIR when present there (default data/), else the offline digits set stands in.
