@@ -517,11 +517,39 @@ def test_channels_last_and_float64_weights_evolve_like_the_reference(crossover_p
 @pytest.mark.parametrize("variant, kwargs", [
     ("paper", {}), ("paper", {"selection": "local"}), ("paper", {"selection": "global", "level": "filter"}),
     ("paper", {"matching": "reverse", "alpha": 0.3}), ("official", {})])
-def test_step_off_the_cpu_never_reads_device_data(variant, kwargs):
+def test_step_off_the_cpu_never_reads_device_data_nor_copies_to_it(variant, kwargs, monkeypatch):
     # Meta tensors have shapes but no data: any host read (.item(), .tolist(), nonzero, bool(t))
     # raises. A whole unsynchronised step running on them is a step that never waits for a GPU.
+    # Copies from host memory (torch.tensor(list, device=...)) would wait too: after a first step
+    # (which builds the cached layouts), a step must not move any CPU tensor to the device.
     import models
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class HostToDevice(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            host_in = any(isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dim() > 0
+                          for t in tree_leaves((args, kwargs)))
+            if host_in and any(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in tree_leaves(out)):
+                self.ops.append(str(func))
+            return out
 
     model = models.create("resnet20", num_classes=10).to("meta")
-    counts = WeightEvolution(model, variant=variant, **kwargs).step(30, sync=False)
+    evolution = WeightEvolution(model, variant=variant, **kwargs)
+    evolution.step(30, sync=False)
+    made_on_device: list[str] = []  # torch.tensor(data, device=...) copies below the dispatcher
+    for name in ("tensor", "as_tensor"):
+        def guarded(*args, _make=getattr(torch, name), _name=name, **kw):
+            if kw.get("device") is not None and torch.device(kw["device"]).type != "cpu":
+                made_on_device.append(_name)
+            return _make(*args, **kw)
+        monkeypatch.setattr(torch, name, guarded)
+    with HostToDevice() as spy:
+        counts = evolution.step(31, sync=False)
     assert all(v.device.type == "meta" for k, v in counts.items() if k != "conv_bias")
+    assert spy.ops == [] and made_on_device == []

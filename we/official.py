@@ -94,8 +94,7 @@ def inferior_counts(scores: Tensor, layout: Layout, th: Tensor, lab: float, coun
     below with low > 0 counts low and resets the counter; one below with low == 0 bumps it and
     counts 1 when the bumped value reaches `limit` (then 0); other layers leave it. Capped at N - high.
     """
-    n_layers, layer = len(layout.sizes), layout.layer
-    sizes = torch.tensor(layout.sizes, device=scores.device)
+    n_layers, layer, sizes = len(layout.sizes), layout.layer, layout.layer_sizes
     zeros = torch.zeros(n_layers, dtype=torch.long, device=scores.device)
     high = zeros.index_add(0, layer, (scores >= th).long())
     top = scores.new_zeros(n_layers).scatter_reduce_(0, layer, scores, "amax", include_self=False)
