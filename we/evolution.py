@@ -322,7 +322,13 @@ def _match(order: Tensor, inferior: Tensor, layout: Layout, reverse: bool) -> tu
     rank = seen - before - 1  # rank among the group's inferior units, weakest first
     chosen = inf_sorted & (rank < c)
     partner_pos = (layout.group_end - rank) if reverse else (layout.group_end + 1 - c + rank)
-    partner_sorted = order.index_select(0, partner_pos.clamp_(0, order.numel() - 1))
+    return unsort_pairs(order, chosen, partner_pos)
+
+
+def unsort_pairs(order: Tensor, chosen: Tensor, partner_pos: Tensor) -> tuple[Tensor, Tensor]:
+    """(partner, evolved) in pool order from pairs found in sorted order: position i of `order`
+    evolves where `chosen[i]`, with the unit at sorted position `partner_pos[i]`."""
+    partner_sorted = order.index_select(0, partner_pos.clamp(0, order.numel() - 1))
     partner = torch.empty_like(order).scatter_(0, order, torch.where(chosen, partner_sorted, order))
     evolved = torch.zeros_like(chosen).scatter_(0, order, chosen)
     return partner, evolved
@@ -437,16 +443,17 @@ def cross_rows(pool: Pool, layers: Sequence[int], partner: Tensor, evolved: Tens
     rows = evolved.nonzero().squeeze(1)
     start = layout.layer_start.index_select(0, rows)
     own, dominant = rows - start, partner.index_select(0, rows) - start
-    ends = torch.bincount(layout.layer.index_select(0, rows), minlength=len(tensors)).cumsum(0).tolist()
+    # layer i's evolved rows are own[bounds[i]:bounds[i + 1]]
+    bounds = [0, *torch.bincount(layout.layer.index_select(0, rows), minlength=len(tensors)).cumsum(0).tolist()]
     batches: dict[tuple[Any, ...], list[int]] = {}
     for i in layers:
-        if ends[i] > (ends[i - 1] if i else 0):
+        if bounds[i + 1] > bounds[i]:
             shape = tensors[i].shape
             cross, per_slice = rule(shape)
             batches.setdefault((cross, per_slice, math.prod(shape[2:]) if per_slice else tuple(shape[1:])),
                                []).append(i)
     for (cross, per_slice, genes), hit in batches.items():
-        span = [(ends[i - 1] if i else 0, ends[i]) for i in hit]
+        span = [(bounds[i], bounds[i + 1]) for i in hit]
         as_units = (lambda t: t.reshape(-1, 1, genes)) if per_slice else unit_slices
         inf = torch.cat([as_units(tensors[i].index_select(0, own[b:e])) for i, (b, e) in zip(hit, span)])
         dom = torch.cat([as_units(tensors[i].index_select(0, dominant[b:e])) for i, (b, e) in zip(hit, span)])
@@ -499,9 +506,14 @@ def evolve(model: nn.Module, rate: float, *, gamma: float = 0.05, matching: str 
                                 None if selection == "global" else gamma)
         partner, evolved = match(order, inferior, joint.layout)
         cross_pool(joint, partner, evolved, paper_rule(alpha, level))
-        sizes = [p.importance.numel() for p in pools.values()]
-        counts.update(zip(pools, torch.stack([e.sum() for e in evolved.split(sizes)])))
+        counts.update(kind_counts(pools, evolved))
     return host_counts(counts) if sync else counts
+
+
+def kind_counts(pools: Mapping[str, Pool], evolved: Tensor) -> dict[str, Tensor]:
+    """Evolved units per kind, `evolved` being the mask over the pools joined in their order."""
+    parts = evolved.split([pool.importance.numel() for pool in pools.values()])
+    return dict(zip(pools, torch.stack([part.sum() for part in parts])))
 
 
 def host_counts(counts: Mapping[str, Tensor | int]) -> dict[str, int]:

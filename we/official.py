@@ -33,7 +33,8 @@ from torch import Tensor, nn
 
 from we.evolution import (KINDS, Cross, Layout, Pool, check_bool, check_choice, check_keys,
                           check_milestones, check_number, cross_pool, crossover, filter_importance,
-                          gather_units, host_counts, join_pools, segment_order, sigmoid, training_stage)
+                          gather_units, host_counts, join_pools, kind_counts, segment_order, sigmoid,
+                          training_stage, unsort_pairs)
 
 OFFICIAL_KINDS: tuple[str, ...] = ("conv_weight", "bn_weight", "bn_bias")
 RATE_KEYS: dict[str, str] = {"conv_weight": "radio_conv", "bn_weight": "radio_bn",
@@ -124,10 +125,7 @@ def pair_descending(scores: Tensor, count: Tensor, layout: Layout) -> tuple[Tens
     cut = n - count
     tail_rank = torch.arange(order.numel(), device=order.device) - start - cut  # rank inside the tail
     chosen = (tail_rank >= 0) & (tail_rank < torch.minimum(count, cut))
-    partner_sorted = order.index_select(0, (start + tail_rank).clamp_(0, order.numel() - 1))
-    partner = torch.empty_like(order).scatter_(0, order, torch.where(chosen, partner_sorted, order))
-    evolved = torch.zeros_like(chosen).scatter_(0, order, chosen)
-    return partner, evolved
+    return unsort_pairs(order, chosen, start + tail_rank)
 
 
 def crossover_signed(inf: Tensor, dom: Tensor) -> Tensor:
@@ -192,8 +190,7 @@ def evolve_official(model: nn.Module, rates: Mapping[str, float], *, lab: float 
         joint = join_pools([pools[kind] for kind in kinds])  # pairs and crossovers of all kinds at once
         partner, evolved = pair_descending(joint.importance, torch.cat(per_layer), joint.layout)
         cross_pool(joint, partner, evolved, official_rule)
-        sizes = [pools[kind].importance.numel() for kind in kinds]
-        counts.update(zip(kinds, torch.stack([e.sum() for e in evolved.split(sizes)])))
+        counts.update(kind_counts({kind: pools[kind] for kind in kinds}, evolved))
     return host_counts(counts) if sync else counts
 
 
