@@ -415,11 +415,9 @@ class _LoaderTrain(TrainIterable):
                  device: torch.device, drop_last: bool, rank: int = 0, world_size: int = 1) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
-        self.workers = workers
         self.seed = seed
         self.device = device
         self.drop_last = drop_last
-        self.rank, self.world_size = rank, world_size
         self.pin_memory = device.type == "cuda"
         self.epoch = 0
         positions = None if world_size == 1 else \
