@@ -154,6 +154,18 @@ METHOD_RUNS: dict[str, list[str]] = {  # settings that make each method act with
 }
 
 
+def train_quietly(overrides: list[str]) -> None:
+    """One run of the real trainer with these config overrides, its progress output dropped."""
+    import contextlib
+    import io
+
+    from we.config import load_config
+    from we.train import main as train_main
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        train_main(load_config(None, overrides))
+
+
 def bench_methods(model: str, device: torch.device, epochs: int = 4, limit_train: int = 1024,
                   epoch_images: int = 50_000) -> list[dict[str, Any]]:
     """Each method through the real trainer on digits: its extra cost per CIFAR-size epoch vs the baseline.
@@ -162,22 +174,15 @@ def bench_methods(model: str, device: torch.device, epochs: int = 4, limit_train
     one-off costs); epoch-end cost: the epoch-end hook's mean time (`method_seconds`); both are
     scaled to an epoch of `epoch_images` images.
     """
-    import contextlib
-    import io
     import tempfile
-
-    from we.config import load_config
-    from we.train import main as train_main
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, extra) in enumerate(METHOD_RUNS.items()):
             method = [] if any(e.startswith("method=") for e in extra) else [f"method={label}"]
-            cfg = load_config(None, ["dataset=digits", f"model={model}", f"epochs={epochs}", f"device={device}",
-                                     f"limit_train={limit_train}", "progress=plain", "workers=0",
-                                     f"out={tmp}/{i}", *method, *extra])
-            with contextlib.redirect_stdout(io.StringIO()):
-                train_main(cfg)
+            train_quietly(["dataset=digits", f"model={model}", f"epochs={epochs}", f"device={device}",
+                           f"limit_train={limit_train}", "progress=plain", "workers=0", f"out={tmp}/{i}",
+                           *method, *extra])
             history = [json.loads(line) for line in Path(tmp, str(i), "metrics.jsonl").read_text().splitlines()]
             timed = history[1:] or history
             per_image = min(1.0 / r["images_per_s"] for r in timed)
@@ -203,13 +208,9 @@ def bench_accuracy(model: str, device: torch.device, dataset: str, data_dir: str
     fast path, `seeds` seeds each (learning rate x0.1 at half and three quarters of the epochs;
     on digits the demo's batch 64 and lr 0.05, as the recipe's 128 and 0.1 are unstable on its
     1,437 images)."""
-    import contextlib
-    import io
     import tempfile
 
-    from we.config import load_config
     from we.report import welch_p
-    from we.train import main as train_main
 
     top1: dict[str, list[float]] = {label: [] for label in ACCURACY_PATHS}
     milestones = ",".join(str(m) for m in dict.fromkeys((epochs // 2, 3 * epochs // 4)) if m > 0)
@@ -217,12 +218,10 @@ def bench_accuracy(model: str, device: torch.device, dataset: str, data_dir: str
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(seeds):
             for i, (label, extra) in enumerate(ACCURACY_PATHS.items()):
-                cfg = load_config(None, [f"dataset={dataset}", f"data_dir={data_dir}", f"model={model}",
-                                         f"epochs={epochs}", f"device={device}", f"seed={seed}",
-                                         "schedule=multistep", f"lr_milestones=[{milestones}]",
-                                         "progress=plain", f"out={tmp}/{seed}-{i}", *small, *extra])
-                with contextlib.redirect_stdout(io.StringIO()):
-                    train_main(cfg)
+                train_quietly([f"dataset={dataset}", f"data_dir={data_dir}", f"model={model}",
+                               f"epochs={epochs}", f"device={device}", f"seed={seed}", "schedule=multistep",
+                               f"lr_milestones=[{milestones}]", "progress=plain", f"out={tmp}/{seed}-{i}",
+                               *small, *extra])
                 top1[label].append(json.loads(Path(tmp, f"{seed}-{i}", "result.json").read_text())["final_top1"])
     reference, fast = top1.values()
     return {"model": model, "dataset": dataset, "epochs": epochs, "top1": top1,
