@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import register_model
+from models.registry import register_model
 
 
 def init_cifar(model: nn.Module) -> None:

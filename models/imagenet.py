@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import register_model
+from models.registry import register_model
 
 
 @register_model("imagenet")

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import register_model
-from .cifar_resnet import init_cifar
+from models.registry import register_model
+from models.cifar_resnet import init_cifar
 
 
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from we.config import load_config  # noqa: E402
+from we.train.config import load_config  # noqa: E402
 from we.methods import METHODS  # noqa: E402
 from we.train import main  # noqa: E402
 

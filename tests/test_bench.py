@@ -10,7 +10,8 @@ import torch
 
 import models
 from we.bench import bench_model, spread_units, timeit_after, to_markdown
-from we.evolution import evolve, gather_units
+from we.core.paper import evolve
+from we.core.units import gather_units
 
 
 def test_spread_units_gives_every_pool_its_full_w_tbd_to_evolve():

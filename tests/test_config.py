@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from we.config import RECIPES, Config, ConfigError, config_diff, load_config, make_config, parse_overrides, to_dict
+from we.train.config import RECIPES, Config, ConfigError, config_diff, load_config, make_config, parse_overrides, to_dict
 
 
 def test_paper_recipe_resolves_every_none():

@@ -1,4 +1,4 @@
-"""Tests for we/data.py (datasets, both pipelines, augmentation, determinism)."""
+"""Tests for we/train/datasets.py and we/train/pipeline.py (datasets, both pipelines, augmentation, determinism)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import torchvision
 import torchvision.transforms.functional as TF
 from scipy import stats
 
-from we import data as D
-from we.data import DATASETS, DatasetInfo, augment_batch, build_data, dataset_info
+from we.train import datasets as D
+from we.train.datasets import DATASETS, DatasetInfo, dataset_info
+from we.train.pipeline import augment_batch, build_data
 
 # --------------------------------------------------------------------------------------------
 # helpers

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from we import distributed
-from we.config import ConfigError
-from we.data import build_data, shard_positions
-from we.train import TIMING_KEYS
+from we.train import distributed
+from we.train.config import ConfigError
+from we.train.pipeline import build_data, shard_positions
+from we.train.trainer import TIMING_KEYS
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER = REPO / "tests" / "ddp_worker.py"

@@ -1,5 +1,5 @@
 """Paper semantics of weight evolution: each rule on hand-built tensors, then properties and
-equality with the loop oracle (we.reference) on random small networks."""
+equality with the loop oracle (we.core.reference) on random small networks."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ import torch
 from torch import nn
 
 import we
-from we.evolution import WeightEvolution, evolve, selection_rate
-from we.reference import evolve_reference
+import we.core.crossover
+from we.core.evolution import WeightEvolution
+from we.core.paper import evolve
+from we.core.rate import selection_rate
+from we.core.reference import evolve_reference
 
 KINDS = ("conv_weight", "conv_bias", "bn_weight", "bn_bias")
 
@@ -380,7 +383,7 @@ def test_only_inferior_units_change_and_one_element_per_slice():
 def crossover_path(request, monkeypatch):
     """Both crossover strategies: evolved rows listed on the host (CPU) or whole classes (GPU)."""
     if request.param == "whole classes":
-        monkeypatch.setattr(we.evolution, "rows_on_host", lambda tensor: False)
+        monkeypatch.setattr(we.core.crossover, "rows_on_host", lambda tensor: False)
     return request.param
 
 

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import yaml
 
-from we import grid as G
-from we.executors import read_cell_file
+from we.grid.cli import main, wait
+from we.grid.identity import resolve_cells
+from we.grid.records import read_cell_file
+from we.grid.schema import load_grid
+from we.grid.state import assess
 
 BASE = {"dataset": "digits", "model": "resnet20", "batch_size": 32, "workers": 0, "progress": "plain"}
 
@@ -31,19 +34,19 @@ def epochs_logged(run_dir: Path) -> list[int]:
 def test_tiny_grid_with_wait_then_nothing_to_do(tmp_path: Path, capsys):
     path = write_grid(tmp_path, "tinylocal", {"epochs": 2, "limit_train": 64}, ["baseline", "we"], [0])
     runs = tmp_path / "runs"
-    assert G.main(["submit", str(path), "--runs-root", str(runs), "--wait", "--concurrency", "2"]) == 0
+    assert main(["submit", str(path), "--runs-root", str(runs), "--wait", "--concurrency", "2"]) == 0
     out = capsys.readouterr().out
     assert "submitted 2 cells to local" in out and "done 2" in out
-    cells = G.resolve_cells(G.load_grid(path), runs)
+    cells = resolve_cells(load_grid(path), runs)
     for cell in cells:
         result = json.loads((cell.run_dir / "result.json").read_text())
         assert result["status"] == "complete" and epochs_logged(cell.run_dir) == [1, 2]
         (rec,) = read_cell_file(cell.run_dir)["submitted"]
         assert rec["executor"] == "local" and rec["exit_code"] == 0 and Path(rec["log"]).exists()
         assert Path(rec["log"]).parent == cell.run_dir / "logs"
-    assert G.main(["submit", str(path), "--runs-root", str(runs), "--wait"]) == 0
+    assert main(["submit", str(path), "--runs-root", str(runs), "--wait"]) == 0
     assert "submitted 0 cells" in capsys.readouterr().out
-    assert G.main(["status", str(path), "--runs-root", str(runs)]) == 0
+    assert main(["status", str(path), "--runs-root", str(runs)]) == 0
     assert "done 2" in capsys.readouterr().out
 
 
@@ -51,10 +54,10 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path: Path, capsys):
     epochs = 6
     path = write_grid(tmp_path, "killme", {"epochs": epochs, "limit_train": 192}, ["we"], [0])
     runs = tmp_path / "runs"
-    assert G.main(["submit", str(path), "--runs-root", str(runs)]) == 0  # returns at once
-    (cell,) = G.resolve_cells(G.load_grid(path), runs)
+    assert main(["submit", str(path), "--runs-root", str(runs)]) == 0  # returns at once
+    (cell,) = resolve_cells(load_grid(path), runs)
     (rec,) = read_cell_file(cell.run_dir)["submitted"]
-    assert G.assess([cell], runs)[0].state == "running"
+    assert assess([cell], runs)[0].state == "running"
     deadline = time.time() + 240
     while time.time() < deadline and not (1 <= len(epochs_logged(cell.run_dir)) < epochs - 1):
         time.sleep(0.2)
@@ -62,13 +65,13 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path: Path, capsys):
     assert 1 <= done_before < epochs, "the run did not reach a mid-way checkpoint in time"
     os.killpg(rec["pid"], signal.SIGKILL)  # the runner and its cell process share a session
     deadline = time.time() + 30
-    while time.time() < deadline and G.assess([cell], runs)[0].state == "running":
+    while time.time() < deadline and assess([cell], runs)[0].state == "running":
         time.sleep(0.2)
-    assert G.assess([cell], runs)[0].state == "failed"
+    assert assess([cell], runs)[0].state == "failed"
     capsys.readouterr()
-    assert G.main(["submit", str(path), "--runs-root", str(runs), "--wait"]) == 0
+    assert main(["submit", str(path), "--runs-root", str(runs), "--wait"]) == 0
     assert "submitted 1 cells" in capsys.readouterr().out
-    assert G.assess([cell], runs)[0].state == "done"
+    assert assess([cell], runs)[0].state == "done"
     assert epochs_logged(cell.run_dir) == list(range(1, epochs + 1))  # every epoch exactly once
     records = read_cell_file(cell.run_dir)["submitted"]
     assert len(records) == 2 and records[-1]["exit_code"] == 0
@@ -86,12 +89,12 @@ def test_runners_share_the_concurrency_slots(tmp_path: Path):
     (runs / ".local-slots").mkdir(parents=True)
     busy.acquire()
     try:
-        assert G.main(["submit", str(path), "--runs-root", str(runs), "--concurrency", "1"]) == 0
-        (cell,) = G.resolve_cells(G.load_grid(path), runs)
+        assert main(["submit", str(path), "--runs-root", str(runs), "--concurrency", "1"]) == 0
+        (cell,) = resolve_cells(load_grid(path), runs)
         time.sleep(3)
         (rec,) = read_cell_file(cell.run_dir)["submitted"]
-        assert "started" not in rec and G.assess([cell], runs)[0].state == "running"  # queued
+        assert "started" not in rec and assess([cell], runs)[0].state == "running"  # queued
     finally:
         busy.release()
-    states = G.wait(G.load_grid(path), [cell], runs, poll_s=0.5)
+    states = wait(load_grid(path), [cell], runs, poll_s=0.5)
     assert [s.state for s in states] == ["done"]

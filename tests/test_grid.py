@@ -11,8 +11,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from we import grid as G
-from we.executors import InputError, process_start_ticks
+from we.errors import InputError
+from we.grid.cli import main, submit
+from we.grid.cost import DEFAULT_IMAGES_PER_S
+from we.grid.identity import Cell, config_hash, expand, parse_sets, resolve_cells, result_neutral_keys
+from we.grid.local import process_start_ticks
+from we.grid.profiles import load_profile
+from we.grid.schema import load_grid
+from we.grid.slurm import SlurmExecutor, pack_cells
+from we.grid.state import assess, write_cell
+from we.train.config import RESULT_NEUTRAL_KEYS, Config, to_dict
 
 REPO = Path(__file__).resolve().parent.parent
 PAPER = REPO / "results" / "paper" / "reported-results.csv"
@@ -53,7 +61,7 @@ class RecordingExecutor:
                  "log": str(Path(c.run_dir) / "logs" / "x.log")} for i, c in enumerate(cells)]
 
 
-def finish(cell: G.Cell, status: str = "complete", **extra) -> None:
+def finish(cell: Cell, status: str = "complete", **extra) -> None:
     cell.run_dir.mkdir(parents=True, exist_ok=True)
     (cell.run_dir / "result.json").write_text(json.dumps({"status": status, "final_top1": 50.0, **extra}))
     (cell.run_dir / "config.yaml").write_text(yaml.safe_dump(cell.config))
@@ -64,8 +72,8 @@ def finish(cell: G.Cell, status: str = "complete", **extra) -> None:
 @pytest.mark.parametrize("variant", ["", "-official"])
 @pytest.mark.parametrize("table", TABLES)
 def test_table_cells_match_reported_results(table: int, variant: str):
-    grid = G.load_grid(f"table{table}{variant}")
-    specs = G.expand(grid)
+    grid = load_grid(f"table{table}{variant}")
+    specs = expand(grid)
     got = {(s.labels["dataset"], s.labels["model"], s.labels["method"]) for s in specs}
     want = paper_rows()[table]
     assert got == want
@@ -74,7 +82,7 @@ def test_table_cells_match_reported_results(table: int, variant: str):
 
 
 def test_table1_has_exactly_the_papers_gaps():
-    labels = {(s.labels["dataset"], s.labels["model"], s.labels["method"]) for s in G.expand(G.load_grid("table1"))}
+    labels = {(s.labels["dataset"], s.labels["model"], s.labels["method"]) for s in expand(load_grid("table1"))}
     assert ("cifar10", "resnet56", "repr") not in labels and ("cifar100", "resnet56", "repr") not in labels
     assert ("cifar10", "densenet40", "rl") not in labels
     assert not any(d == "cifar100" and m == "rl" for d, _, m in labels)
@@ -82,37 +90,37 @@ def test_table1_has_exactly_the_papers_gaps():
 
 
 def test_figure_and_demo_grids():
-    assert G.expand(G.load_grid("figure3")) == []  # plot-only
-    assert len(G.expand(G.load_grid("figure2"))) == 1
-    fig6 = G.expand(G.load_grid("figure6"))
+    assert expand(load_grid("figure3")) == []  # plot-only
+    assert len(expand(load_grid("figure2"))) == 1
+    fig6 = expand(load_grid("figure6"))
     assert len(fig6) == 2 * 13 * 5
     assert {s.values["we_alpha"] for s in fig6 if s.labels["method"].startswith("we_alpha_")} == \
         {i / 10 for i in range(11)}
-    fig5 = {(s.labels["dataset"], s.labels["model"], s.labels["method"]) for s in G.expand(G.load_grid("figure5"))}
+    fig5 = {(s.labels["dataset"], s.labels["model"], s.labels["method"]) for s in expand(load_grid("figure5"))}
     assert fig5 == paper_rows()[2]
-    demo = G.expand(G.load_grid("demo"))
+    demo = expand(load_grid("demo"))
     assert sorted({s.labels["method"] for s in demo}) == ["baseline", "we", "we_official"] and len(demo) == 6
 
 
 def test_every_grid_resolves(tmp_path: Path):
     for path in sorted((REPO / "experiments").glob("*.yaml")):
-        grid = G.load_grid(path)
-        cells = G.resolve_cells(grid, tmp_path)
-        assert len(cells) == len(G.expand(grid)), path
+        grid = load_grid(path)
+        cells = resolve_cells(grid, tmp_path)
+        assert len(cells) == len(expand(grid)), path
         assert not (tmp_path / grid.name).exists()  # resolving writes nothing
 
 
 def test_method_presets_set_the_ablation_switches(tmp_path: Path):
-    cells = {c.labels["method"]: c.config for c in G.resolve_cells(G.load_grid("table8"), tmp_path)}
+    cells = {c.labels["method"]: c.config for c in resolve_cells(load_grid("table8"), tmp_path)}
     assert cells["we_without_bn"]["we_bn"] is False and cells["we_without_bn"]["we_conv"] is True
     assert cells["we_without_conv"]["we_conv"] is False and cells["baseline"]["method"] == "baseline"
-    t5 = {c.labels["method"]: c.config for c in G.resolve_cells(G.load_grid("table5"), tmp_path)}
+    t5 = {c.labels["method"]: c.config for c in resolve_cells(load_grid("table5"), tmp_path)}
     assert t5["we_global_only"]["we_selection"] == "global" and t5["we_local_only"]["we_selection"] == "local"
-    t2 = {(c.labels["method"]): c.config for c in G.resolve_cells(G.load_grid("table2"), tmp_path)}
+    t2 = {(c.labels["method"]): c.config for c in resolve_cells(load_grid("table2"), tmp_path)}
     assert t2["fg4"]["method"] == "fg" and t2["fg4"]["fg_n"] == 4
-    t4 = G.resolve_cells(G.load_grid("table4"), tmp_path)
+    t4 = resolve_cells(load_grid("table4"), tmp_path)
     assert {c.config["image_size"] for c in t4} == {128} and {c.config["model"] for c in t4} == {"mobilenetv2_050"}
-    official = {c.labels["method"]: c.config for c in G.resolve_cells(G.load_grid("table6-official"), tmp_path)}
+    official = {c.labels["method"]: c.config for c in resolve_cells(load_grid("table6-official"), tmp_path)}
     assert official["we"]["we_variant"] == "official" and official["we"]["recipe"] == "official"
     assert official["we_reverse_matching"]["we_variant"] == "paper"
 
@@ -120,7 +128,7 @@ def test_method_presets_set_the_ablation_switches(tmp_path: Path):
 def test_unimplemented_method_fails_with_one_line(tmp_path: Path):
     path = write_grid(tmp_path, axes={"method": ["baseline", {"label": "nsx", "overrides": {"method": "nosuch"}}]})
     with pytest.raises(InputError) as err:
-        G.resolve_cells(G.load_grid(path), tmp_path)
+        resolve_cells(load_grid(path), tmp_path)
     msg = str(err.value)
     assert "method 'nsx'" in msg and "is not implemented yet" in msg and "tiny.yaml" in msg and "\n" not in msg
     assert "cell digits-resnet20-nsx-s0" in msg
@@ -129,35 +137,33 @@ def test_unimplemented_method_fails_with_one_line(tmp_path: Path):
 # ---- run identity -------------------------------------------------------------------------------
 
 def test_run_folder_is_key_plus_config_hash(tmp_path: Path):
-    grid = G.load_grid(write_grid(tmp_path))
-    a = G.resolve_cells(grid, tmp_path / "runs")
-    b = G.resolve_cells(grid, tmp_path / "runs")
+    grid = load_grid(write_grid(tmp_path))
+    a = resolve_cells(grid, tmp_path / "runs")
+    b = resolve_cells(grid, tmp_path / "runs")
     assert [c.run_dir for c in a] == [c.run_dir for c in b]
     assert a[0].run_dir.parent == (tmp_path / "runs" / "tiny").absolute()
     assert a[0].run_dir.name == f"digits-resnet20-baseline-s0-{a[0].config_hash}"
     assert a[0].config["out"] == str(a[0].run_dir)
     assert len({c.run_dir for c in a}) == 4
     # a result-neutral key keeps the folder; a key that changes results gives a new one
-    neutral = G.resolve_cells(grid, tmp_path / "runs", G.parse_sets(["device=cpu", "workers=3", "data_dir=/x"]))
+    neutral = resolve_cells(grid, tmp_path / "runs", parse_sets(["device=cpu", "workers=3", "data_dir=/x"]))
     assert [c.run_dir for c in neutral] == [c.run_dir for c in a]
-    changed = G.resolve_cells(grid, tmp_path / "runs", G.parse_sets(["epochs=2"]))
+    changed = resolve_cells(grid, tmp_path / "runs", parse_sets(["epochs=2"]))
     assert not {c.run_dir for c in changed} & {c.run_dir for c in a}
-    base_changed = G.resolve_cells(G.load_grid(write_grid(tmp_path, base={**TINY_BASE, "lr": 0.05})), tmp_path / "runs")
+    base_changed = resolve_cells(load_grid(write_grid(tmp_path, base={**TINY_BASE, "lr": 0.05})), tmp_path / "runs")
     assert not {c.run_dir for c in base_changed} & {c.run_dir for c in a}
 
 
 def test_hash_ignores_only_the_trainer_resume_keys():
-    from we.train import RESUME_IGNORES
-
-    assert G.result_neutral_keys() == tuple(RESUME_IGNORES)
+    assert result_neutral_keys() == tuple(RESULT_NEUTRAL_KEYS)
     cfg = {"a": 1, "out": "x", "device": "cpu"}
-    assert G.config_hash(cfg) == G.config_hash({"a": 1, "out": "y", "device": "cuda"})
-    assert G.config_hash(cfg) != G.config_hash({"a": 2, "out": "x", "device": "cpu"})
+    assert config_hash(cfg) == config_hash({"a": 1, "out": "y", "device": "cuda"})
+    assert config_hash(cfg) != config_hash({"a": 2, "out": "x", "device": "cpu"})
 
 
 def test_keys_of_other_methods_do_not_split_runs(tmp_path: Path):
-    paper = {c.key: c for c in G.resolve_cells(G.load_grid("table3"), tmp_path)}
-    official = {c.key: c for c in G.resolve_cells(G.load_grid("table3-official"), tmp_path)}
+    paper = {c.key: c for c in resolve_cells(load_grid("table3"), tmp_path)}
+    official = {c.key: c for c in resolve_cells(load_grid("table3-official"), tmp_path)}
     assert official["imagenet-resnet34-baseline-s0"].config["we_variant"] == "official"
     for key in ("imagenet-resnet34-baseline-s0", "imagenet-resnet34-fg1-s0", "imagenet-resnet34-oni-s2"):
         assert paper[key].config_hash == official[key].config_hash  # one run serves both readings
@@ -165,56 +171,54 @@ def test_keys_of_other_methods_do_not_split_runs(tmp_path: Path):
 
 
 def test_a_new_config_key_at_its_default_keeps_every_folder():
-    from we.config import Config, to_dict
-
     cfg = {**to_dict(Config()), "method": "we", "epochs": 3, "lr": 0.05}
     older = {k: v for k, v in cfg.items() if k != "we_level"}  # as written before `we_level` existed
-    assert G.config_hash(older) == G.config_hash(cfg)
-    assert G.config_hash({**cfg, "we_level": "filter"}) != G.config_hash(cfg)
+    assert config_hash(older) == config_hash(cfg)
+    assert config_hash({**cfg, "we_level": "filter"}) != config_hash(cfg)
 
 
 # ---- states -------------------------------------------------------------------------------------
 
 def test_state_detection(tmp_path: Path):
-    grid = G.load_grid(write_grid(tmp_path, axes={"method": ["baseline", "we", "we_global_only"]},
-                                  seeds=[0, 1]))
-    cells = G.resolve_cells(grid, tmp_path / "runs")
+    grid = load_grid(write_grid(tmp_path, axes={"method": ["baseline", "we", "we_global_only"]},
+                                seeds=[0, 1]))
+    cells = resolve_cells(grid, tmp_path / "runs")
     done, diverged, failed_result, dead_job, live_job, todo = cells
     finish(done)
     finish(diverged, "diverged", diverged_epoch=1)
     finish(failed_result, "failed", error="RuntimeError: boom")
     ex = RecordingExecutor()
-    G.write_cell(live_job, record=ex.submit([live_job], None)[0])
+    write_cell(live_job, record=ex.submit([live_job], None)[0])
     dead = RecordingExecutor(pid=2 ** 22 + 7).submit([dead_job], None)[0]  # no such process
-    G.write_cell(dead_job, record=dead)
-    states = {s.cell.key: s.state for s in G.assess(cells, tmp_path / "runs")}
+    write_cell(dead_job, record=dead)
+    states = {s.cell.key: s.state for s in assess(cells, tmp_path / "runs")}
     assert [states[c.key] for c in cells] == ["done", "diverged", "failed", "failed", "running", "todo"]
     # a job record that ended while the result says complete is done
-    G.write_cell(done, record=dead)
-    assert G.assess([done], tmp_path / "runs")[0].state == "done"
+    write_cell(done, record=dead)
+    assert assess([done], tmp_path / "runs")[0].state == "done"
     # an exit recorded by the local runner ends the job even while its runner lives
     rec = ex.submit([live_job], None)[0]
     rec["exit_code"] = 1
-    G.write_cell(live_job, record=rec)
-    assert G.assess([live_job], tmp_path / "runs")[0].state == "failed"
+    write_cell(live_job, record=rec)
+    assert assess([live_job], tmp_path / "runs")[0].state == "failed"
 
 
 def test_a_folder_holding_another_config_is_stale(tmp_path: Path):
-    grid = G.load_grid(write_grid(tmp_path, axes={"method": ["baseline"]}, seeds=[0]))
-    (cell,) = G.resolve_cells(grid, tmp_path / "runs")
+    grid = load_grid(write_grid(tmp_path, axes={"method": ["baseline"]}, seeds=[0]))
+    (cell,) = resolve_cells(grid, tmp_path / "runs")
     finish(cell)
-    G.write_cell(G.Cell(cell.grid, cell.key, cell.labels, {**cell.config, "lr": 0.5}, cell.config_hash, cell.run_dir))
-    state = G.assess([cell], tmp_path / "runs")[0]
+    write_cell(Cell(cell.grid, cell.key, cell.labels, {**cell.config, "lr": 0.5}, cell.config_hash, cell.run_dir))
+    state = assess([cell], tmp_path / "runs")[0]
     assert state.state == "stale" and "lr" in state.note
-    assert G.submit(grid, [cell], RecordingExecutor(), tmp_path / "runs").submitted == []
+    assert submit(grid, [cell], RecordingExecutor(), tmp_path / "runs").submitted == []
 
 
 def test_submit_is_idempotent(tmp_path: Path, capsys):
-    grid = G.load_grid(write_grid(tmp_path))
+    grid = load_grid(write_grid(tmp_path))
     runs = tmp_path / "runs"
-    cells = G.resolve_cells(grid, runs)
+    cells = resolve_cells(grid, runs)
     ex = RecordingExecutor()
-    first = G.submit(grid, cells, ex, runs)
+    first = submit(grid, cells, ex, runs)
     assert len(first.submitted) == 4
     for cell in cells:
         data = json.loads((cell.run_dir / "cell.json").read_text())
@@ -223,7 +227,7 @@ def test_submit_is_idempotent(tmp_path: Path, capsys):
                                   "seed": cell.labels["seed"]}
         assert [r["executor"] for r in data["submitted"]] == ["local"]
     assert json.loads((runs / "tiny" / "grid.json").read_text())["cells"] == {c.key: c.run_dir.name for c in cells}
-    second = G.submit(grid, cells, ex, runs)  # all running: nothing to do
+    second = submit(grid, cells, ex, runs)  # all running: nothing to do
     assert second.submitted == [] and ex.calls[-1:] == [[c.key for c in cells]]
     finish(cells[0])
     finish(cells[1], "failed", error="x")
@@ -231,16 +235,16 @@ def test_submit_is_idempotent(tmp_path: Path, capsys):
         rec = json.loads((cell.run_dir / "cell.json").read_text())
         rec["submitted"][-1]["exit_code"] = 1
         (cell.run_dir / "cell.json").write_text(json.dumps(rec))
-    third = G.submit(grid, cells, ex, runs)  # the complete cell stays; the failed ones go again
+    third = submit(grid, cells, ex, runs)  # the complete cell stays; the failed ones go again
     assert sorted(c.key for c, _ in third.submitted) == sorted(c.key for c in cells[1:])
     assert len(json.loads((cells[0].run_dir / "cell.json").read_text())["submitted"]) == 1
     assert "submitted 3 cells" in capsys.readouterr().out
 
 
 def _submit_in_child(grid_path: str, runs: str, queue) -> None:
-    grid = G.load_grid(grid_path)
-    cells = G.resolve_cells(grid, Path(runs))
-    report = G.submit(grid, cells, RecordingExecutor(delay_s=1.0, pid=os.getppid()), Path(runs))
+    grid = load_grid(grid_path)
+    cells = resolve_cells(grid, Path(runs))
+    report = submit(grid, cells, RecordingExecutor(delay_s=1.0, pid=os.getppid()), Path(runs))
     queue.put(len(report.submitted))
 
 
@@ -255,35 +259,35 @@ def test_lock_prevents_double_submission(tmp_path: Path):
         p.join(60)
     counts = sorted(queue.get(timeout=5) for _ in procs)
     assert counts == [0, 4]
-    for cell in G.resolve_cells(G.load_grid(path), tmp_path / "runs"):
+    for cell in resolve_cells(load_grid(path), tmp_path / "runs"):
         assert len(json.loads((cell.run_dir / "cell.json").read_text())["submitted"]) == 1
 
 
 def test_a_finished_twin_in_another_grid_is_reused(tmp_path: Path):
     runs = tmp_path / "runs"
-    first = G.load_grid(write_grid(tmp_path, "first"))
-    a = G.resolve_cells(first, runs)
+    first = load_grid(write_grid(tmp_path, "first"))
+    a = resolve_cells(first, runs)
     finish(a[0])
     (a[0].run_dir / "metrics.jsonl").write_text('{"epoch": 1}\n')
-    second = G.load_grid(write_grid(tmp_path, "second", axes={"method": ["baseline"]}, seeds=[0]))
-    b = G.resolve_cells(second, runs)
+    second = load_grid(write_grid(tmp_path, "second", axes={"method": ["baseline"]}, seeds=[0]))
+    b = resolve_cells(second, runs)
     assert b[0].config_hash == a[0].config_hash and b[0].run_dir != a[0].run_dir
-    state = G.assess(b, runs)[0]
+    state = assess(b, runs)[0]
     assert state.state == "done" and state.reuse_from == a[0].run_dir
-    assert G.assess(b, runs, reuse=False)[0].state == "todo"
-    report = G.submit(second, b, RecordingExecutor(), runs)
+    assert assess(b, runs, reuse=False)[0].state == "todo"
+    report = submit(second, b, RecordingExecutor(), runs)
     assert report.submitted == [] and len(report.reused) == 1
     assert (b[0].run_dir / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
     cell = json.loads((b[0].run_dir / "cell.json").read_text())
     assert cell["grid"] == "second" and cell["reused_from"] == str(a[0].run_dir)
-    assert G.assess(b, runs)[0].state == "done"
+    assert assess(b, runs)[0].state == "done"
 
 
 def test_official_variant_refuses_switches_it_lacks(tmp_path: Path):
     path = write_grid(tmp_path, base={**TINY_BASE, "we_variant": "official"},
                       axes={"method": ["baseline", "we_global_only"]})
     with pytest.raises(InputError, match=r"axes\.method\[1\]: we_selection='global' has no effect"):
-        G.resolve_cells(G.load_grid(path), tmp_path)
+        resolve_cells(load_grid(path), tmp_path)
 
 
 # ---- plan / CLI ---------------------------------------------------------------------------------
@@ -291,20 +295,20 @@ def test_official_variant_refuses_switches_it_lacks(tmp_path: Path):
 def test_plan_prints_states_and_gpu_hours(tmp_path: Path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = write_grid(tmp_path, base={**TINY_BASE, "limit_train": 0, "epochs": 10})
-    assert G.main(["plan", str(path), "--runs-root", str(tmp_path / "runs")]) == 0
+    assert main(["plan", str(path), "--runs-root", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
-    assert "digits-resnet20-we-s1" in out and "todo 4" in out and "default table in we/grid.py" in out
+    assert "digits-resnet20-we-s1" in out and "todo 4" in out and "default table in we/grid/cost.py" in out
     assert not (tmp_path / "runs").exists()
     # a CPU bench says nothing about GPU-hours ...
     bench = tmp_path / "results" / "bench"
     bench.mkdir(parents=True)
     (bench / "cpu.json").write_text(json.dumps({"rows": [{"model": "resnet20", "train_img_s": 5.0}]}))
-    assert G.main(["plan", str(path), "--runs-root", str(tmp_path / "runs")]) == 0
-    assert "default table in we/grid.py" in capsys.readouterr().out
+    assert main(["plan", str(path), "--runs-root", str(tmp_path / "runs")]) == 0
+    assert "default table in we/grid/cost.py" in capsys.readouterr().out
     # ... a GPU bench measurement replaces the default throughput
     (bench / "b.json").write_text(json.dumps({"results": [{"model": "resnet20", "dataset": "digits",
                                                            "method": "baseline", "images_per_s": 1437.0}]}))
-    assert G.main(["plan", str(path), "--runs-root", str(tmp_path / "runs")]) == 0
+    assert main(["plan", str(path), "--runs-root", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
     assert "results/bench/b.json" in out
     # 10 epochs x 1437 images at 1437 images/s = 10 s per cell, 4 cells
@@ -314,28 +318,26 @@ def test_plan_prints_states_and_gpu_hours(tmp_path: Path, capsys, monkeypatch):
 def test_throughput_table_covers_every_model():
     import models
 
-    assert set(models.list_models()) <= set(G.DEFAULT_IMAGES_PER_S)
+    assert set(models.list_models()) <= set(DEFAULT_IMAGES_PER_S)
 
 
 def test_status_lists_failed_cells_with_log_lines(tmp_path: Path, capsys):
     runs = tmp_path / "runs"
-    grid = G.load_grid(write_grid(tmp_path, axes={"method": ["baseline"]}, seeds=[0]))
-    (cell,) = G.resolve_cells(grid, runs)
+    grid = load_grid(write_grid(tmp_path, axes={"method": ["baseline"]}, seeds=[0]))
+    (cell,) = resolve_cells(grid, runs)
     rec = RecordingExecutor().submit([cell], None)[0]
     rec["exit_code"] = 1
-    G.write_cell(cell, record=rec)
+    write_cell(cell, record=rec)
     finish(cell, "failed", error="RuntimeError: out of memory")
     (cell.run_dir / "logs").mkdir()
     Path(rec["log"]).write_text("line 1\nTraceback\nRuntimeError: out of memory\n")
-    assert G.main(["status", str(tmp_path / "tiny.yaml"), "--runs-root", str(runs)]) == 1
+    assert main(["status", str(tmp_path / "tiny.yaml"), "--runs-root", str(runs)]) == 1
     out = capsys.readouterr().out
     assert "failed 1" in out and "RuntimeError: out of memory" in out and "[x.log] Traceback" in out
 
 
 def test_slurm_profile_shapes_the_sbatch_request(tmp_path: Path):
-    from we.executors import SlurmExecutor, load_profile
-
-    profile = load_profile(REPO / "slurm" / "default.yaml").with_resources(G.load_grid("table3").resources)
+    profile = load_profile(REPO / "slurm" / "default.yaml").with_resources(load_grid("table3").resources)
     params = SlurmExecutor(profile).sbatch_parameters("we-table3")
     assert params["gpus_per_node"] == 2 and params["ntasks_per_node"] == 2 and params["cpus_per_task"] == 8
     assert params["mem"] == "65536M"
@@ -348,7 +350,6 @@ def test_slurm_profile_shapes_the_sbatch_request(tmp_path: Path):
 def test_pack_groups_cifar_cells_and_leaves_imagenet_alone():
     from types import SimpleNamespace
 
-    from we.executors import load_profile, pack_cells
 
     def cell(key, dataset):
         return SimpleNamespace(key=key, config={"dataset": dataset}, run_dir=Path(key))

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from we.grid import main
+from we.grid.cli import main
 
 VALID = {
     "name": "bad",

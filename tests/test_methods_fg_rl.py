@@ -7,13 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-import we.train
-from we.config import ConfigError, load_config
+import we.train.trainer
+from we.train.config import ConfigError, load_config
 from we.methods import TrainContext
 from we.methods.fg import (FGMethod, default_learning_rates, graft_coefficient, layer_entropy, ring_graft,
                            weight_layers)
 from we.methods.rl import RLMethod, retrospective_loss
-from we.train import TIMING_KEYS, main
+from we.train import main
+from we.train.trainer import TIMING_KEYS
 
 TINY = ["dataset=digits", "model=resnet20", "limit_train=64", "batch_size=32", "workers=0", "progress=plain",
         "data_path=device", "epochs=2"]
@@ -233,16 +234,16 @@ def test_rl_warmup_and_refresh_schedule():
 def _interrupted_then_resumed(tmp_path: Path, args: list[str], monkeypatch) -> tuple[dict, dict, dict]:
     """An uninterrupted run, and one stopped after epoch 1 (inside the loop) then resumed."""
     ref = main(load_config(None, TINY + args + [f"out={tmp_path / 'ref'}"]))
-    real = we.train.write_metrics
+    real = we.train.trainer.write_metrics
 
     def stop(*a, **k):
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(we.train, "write_metrics", stop)  # called right after epoch 1's checkpoint
+    monkeypatch.setattr(we.train.trainer, "write_metrics", stop)  # called right after epoch 1's checkpoint
     with pytest.raises(RuntimeError, match="interrupted"):
         main(load_config(None, TINY + args + [f"out={tmp_path / 'cut'}"]))
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["epoch"] == 1
-    monkeypatch.setattr(we.train, "write_metrics", real)
+    monkeypatch.setattr(we.train.trainer, "write_metrics", real)
     main(load_config(None, TINY + args + [f"out={tmp_path / 'cut'}"]))
     a = torch.load(tmp_path / "ref" / "last.pt", weights_only=False)
     b = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)

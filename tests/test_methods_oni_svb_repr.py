@@ -8,11 +8,12 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-import we.train
-from we.config import ConfigError, load_config
+import we.train.optim
+import we.train.trainer
+from we.train.config import ConfigError, load_config
 from we.methods import METHODS, TrainContext, create_method
 from we.methods.oni import apply_oni, oni_weight
-from we.methods.repr import RePrMethod, find_prunable_layers, orthogonal_filters, rank_filters
+from we.methods.rep_r import RePrMethod, find_prunable_layers, orthogonal_filters, rank_filters
 from we.methods.svb import bound_bn_scales, bound_singular_values, svb_step
 from we.train import main
 
@@ -101,7 +102,7 @@ def test_oni_prepare_model_puts_scale_in_optimizer_and_state_dict():
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert len(method.layers) == len(convs) == 19
     assert sum(p.numel() for p in model.parameters()) == n_before + sum(c.out_channels for c in convs)
-    optimizer = we.train.build_optimizer(cfg, model)
+    optimizer = we.train.optim.build_optimizer(cfg, model)
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert id(model.conv1.parametrizations.weight[0].scale) in held
     assert "conv1.parametrizations.weight.0.scale" in model.state_dict()
@@ -311,7 +312,7 @@ def test_trainer_runs_and_resumes_bitwise(tmp_path: Path, monkeypatch, one_threa
     ref = main(load_config(None, TINY + overrides + [f"out={tmp_path / 'ref'}"]))
     assert ref["status"] == "complete"
 
-    real_save = we.train.save_checkpoint
+    real_save = we.train.trainer.save_checkpoint
 
     def save_then_stop(path, state):
         real_save(path, state)
@@ -319,10 +320,10 @@ def test_trainer_runs_and_resumes_bitwise(tmp_path: Path, monkeypatch, one_threa
             raise KeyboardInterrupt("stopped after epoch 1")
 
     cut = load_config(None, TINY + overrides + [f"out={tmp_path / 'cut'}"])
-    monkeypatch.setattr(we.train, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(we.train.trainer, "save_checkpoint", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         main(cut)
-    monkeypatch.setattr(we.train, "save_checkpoint", real_save)
+    monkeypatch.setattr(we.train.trainer, "save_checkpoint", real_save)
     mid = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
     assert mid["epoch"] == 1
     if name == "repr":

@@ -1,4 +1,4 @@
-"""Authors'-script semantics (we.official): each rule on hand-built tensors, the shared counter,
+"""Authors'-script semantics (we.core.official): each rule on hand-built tensors, the shared counter,
 and equality with a line-by-line loop transcription of the script on random networks."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from we.evolution import WeightEvolution
-from we.evolution import pool_layout
-from we.official import (OfficialEvolution, evolve_official, inferior_counts, stage_rate,
-                         threshold)
+from we.core.evolution import WeightEvolution
+from we.core.official import (OfficialEvolution, evolve_official, inferior_counts, stage_rate,
+                              threshold)
+from we.core.units import pool_layout
 
 CONV_ONLY = {"conv_weight": 0.5, "bn_weight": 0.0, "bn_bias": 0.0}
 

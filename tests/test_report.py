@@ -14,6 +14,7 @@ from PIL import Image
 from scipy import stats
 
 from we import report
+from we.report.tables import PAPER_CSV
 
 PAPER = """table,dataset,model,method,top1,top5
 2,cifar10,mobilenetv1,baseline,91.00,
@@ -207,7 +208,7 @@ def test_paper_match_prefers_grid_table_then_any(tmp_path: Path, paper_csv: Path
 
 
 def test_default_paper_csv_is_the_repository_copy(table2: Path, tmp_path: Path) -> None:
-    assert report.PAPER_CSV.exists()
+    assert PAPER_CSV.exists()
     df = report.collect("table2", table2, tmp_path / "out", figures=False, echo=False)["table"]
     assert row(df, "svb").paper_top1 == 91.02
 

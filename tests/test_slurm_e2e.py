@@ -17,8 +17,11 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from slurm_utils import require_slurm  # noqa: E402
 
-from we import grid as G  # noqa: E402
-from we.executors import read_cell_file  # noqa: E402
+from we.grid.__main__ import main  # noqa: E402  (python -m we.grid, with collect)
+from we.grid.identity import resolve_cells  # noqa: E402
+from we.grid.records import read_cell_file  # noqa: E402
+from we.grid.schema import load_grid  # noqa: E402
+from we.grid.state import assess  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 EPOCHS = 8
@@ -42,7 +45,7 @@ def settle(cells, runs: Path, timeout_s: float, poll_s: float) -> list:
     """The cells' states once none is running or still to run, or when `timeout_s` has passed."""
     deadline = time.time() + timeout_s
     while True:
-        states = G.assess(cells, runs)
+        states = assess(cells, runs)
         if all(s.state not in ("running", "todo") for s in states) or time.time() >= deadline:
             return states
         time.sleep(poll_s)
@@ -66,10 +69,10 @@ def test_grid_on_slurm_survives_a_requeue(tmp_path: Path, capsys):
     path = tmp_path / "slurm-e2e.yaml"
     path.write_text(yaml.safe_dump(GRID, sort_keys=False))
     runs = tmp_path / "runs"
-    assert G.main(["submit", str(path), "--executor", "slurm", "--profile", str(REPO / "slurm" / "ci.yaml"),
-                   "--runs-root", str(runs)]) == 0
+    assert main(["submit", str(path), "--executor", "slurm", "--profile", str(REPO / "slurm" / "ci.yaml"),
+                 "--runs-root", str(runs)]) == 0
     assert "submitted 2 cells to slurm" in capsys.readouterr().out
-    cells = G.resolve_cells(G.load_grid(path), runs)
+    cells = resolve_cells(load_grid(path), runs)
     jobs = {c.key: read_cell_file(c.run_dir)["submitted"][-1]["job_id"] for c in cells}
     assert all(re.fullmatch(r"\d+_[01]", j) for j in jobs.values()), jobs  # one array, two tasks
 
@@ -102,11 +105,11 @@ def test_grid_on_slurm_survives_a_requeue(tmp_path: Path, capsys):
     assert len(record) == 1 and record[0]["executor"] == "slurm"
 
     # a second submit finds nothing to do; collect writes the table with both cells
-    assert G.main(["submit", str(path), "--executor", "slurm", "--profile", str(REPO / "slurm" / "ci.yaml"),
-                   "--runs-root", str(runs)]) == 0
+    assert main(["submit", str(path), "--executor", "slurm", "--profile", str(REPO / "slurm" / "ci.yaml"),
+                 "--runs-root", str(runs)]) == 0
     assert "submitted 0 cells" in capsys.readouterr().out
     out_dir = tmp_path / "results"
-    assert G.main(["collect", str(path), "--runs-root", str(runs), "--out-dir", str(out_dir)]) == 0
+    assert main(["collect", str(path), "--runs-root", str(runs), "--out-dir", str(out_dir)]) == 0
     table = (out_dir / "slurm-e2e.md").read_text()
     assert "| digits | resnet20 | baseline | 1" in table and "| digits | resnet20 | we | 1" in table
     print(f"slurm e2e took {time.time() - started:.0f} s")
@@ -127,10 +130,10 @@ def test_packed_cells_share_a_task(tmp_path: Path, capsys):
     profile_path = tmp_path / "ci-pack.yaml"
     profile_path.write_text(yaml.safe_dump({**profile, "pack": 2}))
     runs = tmp_path / "runs"
-    assert G.main(["submit", str(path), "--executor", "slurm", "--profile", str(profile_path),
-                   "--runs-root", str(runs)]) == 0
+    assert main(["submit", str(path), "--executor", "slurm", "--profile", str(profile_path),
+                 "--runs-root", str(runs)]) == 0
     assert "submitted 4 cells to slurm" in capsys.readouterr().out
-    cells = G.resolve_cells(G.load_grid(path), runs)
+    cells = resolve_cells(load_grid(path), runs)
     records = {c.key: read_cell_file(c.run_dir)["submitted"][-1] for c in cells}
     jobs = {key: rec["job_id"] for key, rec in records.items()}
     base = next(iter(jobs.values())).split("_")[0]

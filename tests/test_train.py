@@ -11,9 +11,10 @@ import pytest
 import torch
 import yaml
 
-from we.config import ConfigError, load_config
+from we.train.config import ConfigError, load_config
 from we.methods import METHODS, Method
-from we.train import TIMING_KEYS, cli, main
+from we.train import cli, main
+from we.train.trainer import TIMING_KEYS
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["dataset=digits", "model=resnet20", "limit_train=128", "batch_size=32", "workers=0", "progress=plain"]

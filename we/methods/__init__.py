@@ -1,105 +1,88 @@
-"""Training-method plug-ins: one small hook protocol that the trainer calls.
+"""Training-method plug-ins and their registry.
 
-A method sees the run through `TrainContext` and may act at four points: once before training,
-after every optimizer step, at the end of every epoch, and by adding a term to the loss. The
-baseline is the protocol with every hook empty.
+`METHODS` maps a config `method` name to its plug-in class (see `we.methods.base`). Adding a method
+is one module plus one line in `_PLUGINS` below (or a `register_method` call from anywhere): its config
+keys, defaults and checks reach the run config, its presets the grids, its paper names the reports and
+its cost the grid estimates, all through the functions here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any
 
-import torch
-from torch import nn
+from we.errors import ConfigError
+from we.methods.base import ConfigKey, Method, Preset, TrainContext
+from we.methods.evolution import WEMethod
+from we.methods.fg import FGMethod
+from we.methods.oni import ONIMethod
+from we.methods.rep_r import RePrMethod
+from we.methods.rl import RLMethod
+from we.methods.svb import SVBMethod
 
-from we.distributed import SINGLE, DistEnv
-
-if TYPE_CHECKING:
-    from we.config import Config
-
-
-@dataclass
-class TrainContext:
-    """What a method may read or change: the model, its optimizer, the config and the device."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    cfg: "Config"
-    device: torch.device
-    steps_per_epoch: int
-    data: Any = None  # the run's Data (train and test iterables), e.g. to evaluate further networks
-    dist: DistEnv = SINGLE  # the process group (one process: SINGLE); `dist.training_module` wraps in DDP
+METHODS: dict[str, type[Method]] = {}
 
 
-class Method:
-    """Baseline training: every hook does nothing. Subclasses override what they need."""
-
-    name = "baseline"
-
-    def __init__(self, cfg: "Config | None" = None) -> None:
-        self.cfg = cfg
-
-    def prepare_model(self, model: nn.Module, cfg: "Config") -> None:
-        """Called once, right after the model is built and before the optimizer and any checkpoint load.
-
-        A method that re-parameterises the model does it here, so that new parameters belong to
-        `model.parameters()` (hence to the optimizer) and to `model.state_dict()` (hence to resume).
-        """
-
-    def on_train_start(self, ctx: TrainContext) -> None:
-        """Called once, after model and optimizer exist and before the first (or resumed) epoch."""
-
-    def after_optimizer_step(self, ctx: TrainContext, iteration: int, epoch: int) -> dict[str, float] | None:
-        """Called after every optimizer step; `iteration` counts steps from 0 over the whole run."""
-        return None
-
-    def after_batch(self, ctx: TrainContext, inputs: torch.Tensor, targets: torch.Tensor, iteration: int,
-                    epoch: int) -> None:
-        """Called after every training step with that step's batch (e.g. to train further networks on it)."""
-
-    def extra_loss(self, ctx: TrainContext, inputs: torch.Tensor, outputs: torch.Tensor,
-                   targets: torch.Tensor) -> torch.Tensor | None:
-        """A term added to the task loss, or None."""
-        return None
-
-    def on_epoch_end(self, ctx: TrainContext, epoch: int, last: bool) -> dict[str, float]:
-        """Called after the epoch's training and evaluation; returns metrics to log for the epoch."""
-        return {}
-
-    def summarize(self, history: list[dict[str, Any]]) -> dict[str, Any]:
-        """Entries added to (or replacing) the trainer's result.json summary of the epoch rows `history`."""
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+def register_method(cls: type[Method]) -> type[Method]:
+    """Add a plug-in class to the registry (usable as a decorator); its keys must be `<name>_...`
+    and its labels new."""
+    name = cls.name
+    if name in METHODS and METHODS[name] is not cls:
+        raise ValueError(f"method {name!r} is already registered")
+    for key in cls.keys:
+        if not key.startswith(f"{name}_"):
+            raise ValueError(f"method {name!r}: config key {key!r} must start with '{name}_'")
+    taken = method_presets()
+    for label in cls.presets:
+        if label in taken and taken[label].get("method") != name:
+            raise ValueError(f"method {name!r}: label {label!r} belongs to method {taken[label]['method']!r}")
+    METHODS[name] = cls
+    return cls
 
 
-METHODS: dict[str, Callable[["Config"], Method]] = {}
+def unregister_method(name: str) -> None:
+    """Remove a plug-in (for throwaway methods in tests)."""
+    METHODS.pop(name, None)
 
 
-def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
-    def deco(cls: type[Method]) -> type[Method]:
-        METHODS[name] = cls
-        return cls
-    return deco
-
-
-register_method("baseline")(Method)
-
-
-def create_method(cfg: "Config") -> Method:
+def create_method(cfg: Any) -> Method:
     """The plug-in named by `cfg.method`, configured from `cfg`."""
     if cfg.method not in METHODS:
-        raise ValueError(f"unknown method {cfg.method!r} (known: {', '.join(METHODS)})")
+        raise ConfigError(f"config key 'method': unknown method {cfg.method!r} (known: {', '.join(METHODS)})")
     return METHODS[cfg.method](cfg)
 
 
-from we.methods import we as _we  # noqa: E402,F401  (registers "we")
-from we.methods import oni as _oni  # noqa: E402,F401  (registers "oni")
-from we.methods import svb as _svb  # noqa: E402,F401  (registers "svb")
-from we.methods import repr as _repr  # noqa: E402,F401  (registers "repr")
-from we.methods import fg as _fg  # noqa: E402,F401  (registers "fg")
-from we.methods import rl as _rl  # noqa: E402,F401  (registers "rl")
+def method_keys() -> dict[str, ConfigKey]:
+    """Every registered method's config keys, in registry order."""
+    return {key: spec for cls in METHODS.values() for key, spec in cls.keys.items()}
+
+
+def key_owner(key: str) -> str | None:
+    """The method that owns a config key (None for a core key)."""
+    return next((name for name, cls in METHODS.items() if key in cls.keys), None)
+
+
+def method_presets() -> dict[str, dict[str, Any]]:
+    """Every grid label -> the config keys it sets, `method` first (the paper's labels, e.g. fg1, we_official)."""
+    return {label: {"method": name, **preset.overrides}
+            for name, cls in METHODS.items() for label, preset in cls.presets.items()}
+
+
+def paper_name(label: str) -> str:
+    """A grid label's name in the paper's tables (e.g. fg1 -> FG-1); the label itself when it has none."""
+    for cls in METHODS.values():
+        if label in cls.presets and cls.presets[label].paper:
+            return cls.presets[label].paper
+    return label
+
+
+def cost_factor(config: dict[str, Any]) -> float:
+    """Training cost of a resolved config relative to the baseline's, from its method's plug-in."""
+    cls = METHODS.get(config.get("method", "baseline"), Method)
+    return cls.cost(config)
+
+
+_PLUGINS = (Method, WEMethod, FGMethod, ONIMethod, SVBMethod, RePrMethod, RLMethod)  # baseline first
+for _plugin in _PLUGINS:
+    register_method(_plugin)
+
+__all__ = ["METHODS", "ConfigKey", "Method", "Preset", "TrainContext", "cost_factor", "create_method",
+           "key_owner", "method_keys", "method_presets", "paper_name", "register_method", "unregister_method"]

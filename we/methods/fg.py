@@ -15,20 +15,17 @@ the previous epoch (pre-grafting), so the first grafting happens at the end of t
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from we.methods import Method, TrainContext, register_method
-
-if TYPE_CHECKING:
-    from we.config import Config
+from we.errors import ConfigError
+from we.methods.base import ConfigKey, Method, Preset, TrainContext
 
 StateDict = dict[str, torch.Tensor]
 
@@ -123,14 +120,47 @@ def ring_graft(nets: list[nn.Module], a: float = 0.4, k: float = 500.0, bins: in
     return [graft_from(net, before[j - 1], groups, a, k, bins) for j, net in enumerate(nets)]
 
 
-@register_method("fg")
 class FGMethod(Method):
     """FG-n: n networks trained on the same batches and grafted in a ring after every epoch but the last;
     FG-1: one network grafted from its own previous-epoch weights."""
 
     name = "fg"
+    keys = {
+        "fg_n": ConfigKey(int, 2, "networks trained side by side (1: grafting from the network's previous-epoch "
+                                  "weights)", minimum=1),
+        "fg_a": ConfigKey(float, 0.4, "A in c = A/pi * arctan(k (H_own - H_other)) + 1/2"),
+        "fg_k": ConfigKey(float, 500.0, "k in the same coefficient (the authors' script calls it c)", minimum=0),
+        "fg_bins": ConfigKey(int, 10, "histogram bins of the layer entropy H", minimum=2),
+        "fg_lrs": ConfigKey(Optional[list[float]], None, "initial lr of networks 0..n-1 (None: the authors' rule "
+                                                         "from lr)"),
+    }
+    presets = {"fg1": Preset({"fg_n": 1}, "FG-1"), "fg2": Preset({"fg_n": 2}, "FG-2"),
+               "fg4": Preset({"fg_n": 4}, "FG-4")}
+    bench_overrides = {"fg_n": 1}
+    sources = ("Meng et al., Filter Grafting for Deep Neural Networks, CVPR 2020; the authors' "
+               "grafting_cifar/grafting.py")
 
-    def __init__(self, cfg: "Config") -> None:
+    @classmethod
+    def resolve(cls, values: dict[str, Any]) -> None:
+        if values["fg_lrs"] is None:  # the authors' per-network rule
+            values["fg_lrs"] = default_learning_rates(values["lr"], values["fg_n"])
+
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        if not 0.0 <= cfg.fg_a <= 1.0:
+            raise ConfigError(f"config key 'fg_a': must be in [0, 1] (keeps c in [0, 1]), got {cfg.fg_a!r}")
+        if cfg.fg_lrs is not None:
+            if len(cfg.fg_lrs) != cfg.fg_n or any(lr <= 0 for lr in cfg.fg_lrs):
+                raise ConfigError(f"config key 'fg_lrs': must hold fg_n={cfg.fg_n} positive rates, got {cfg.fg_lrs!r}")
+            if cfg.lr is not None and cfg.fg_lrs[0] != cfg.lr:
+                raise ConfigError(f"config key 'fg_lrs': the first rate is network 0's and must equal lr={cfg.lr!r}, "
+                                  f"got {cfg.fg_lrs[0]!r}")
+
+    @classmethod
+    def cost(cls, config: dict[str, Any]) -> float:
+        return float(config.get("fg_n", 1))  # n networks, each trained on every batch
+
+    def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
         self.n = cfg.fg_n
         self.lrs = list(cfg.fg_lrs) if cfg.fg_lrs is not None else default_learning_rates(cfg.lr, cfg.fg_n)
@@ -148,26 +178,22 @@ class FGMethod(Method):
         self.device: torch.device | None = None
 
     def on_train_start(self, ctx: TrainContext) -> None:
-        import models
-        from we.train import build_optimizer, build_scheduler
-
         cfg = self.cfg
         self.device = ctx.device
         self.groups = weight_layers(ctx.model)
         for i in range(1, self.n):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(network_seed(cfg.seed, i))
-                net = models.create(cfg.model, num_classes=ctx.data.info.num_classes)
+                net = ctx.build_model()
             net = net.to(ctx.device)
             if cfg.channels_last:
                 net = net.to(memory_format=torch.channels_last)
-            net_cfg = dataclasses.replace(cfg, lr=self.lrs[i])
-            optimizer = build_optimizer(net_cfg, net)
+            optimizer = ctx.build_optimizer(net, self.lrs[i])
             self.nets.append(net)
             self.fnets.append(torch.compile(net) if cfg.compile else net)
             self.train_fnets.append(ctx.dist.training_module(net, self.fnets[-1], cfg.compile))
             self.optimizers.append(optimizer)
-            self.schedulers.append(build_scheduler(net_cfg, optimizer))
+            self.schedulers.append(ctx.build_scheduler(optimizer))
         self._reset_sums(ctx.device)
         if self._pending is not None:
             self._load(self._pending)
@@ -188,12 +214,10 @@ class FGMethod(Method):
         self._seen += targets.shape[0]
 
     def on_epoch_end(self, ctx: TrainContext, epoch: int, last: bool) -> dict[str, float]:
-        from we.train import evaluate
-
         metrics: dict[str, float] = {}
         seen = max(self._seen, 1)
         for i, (net, fnet, optimizer) in enumerate(zip(self.nets, self.fnets, self.optimizers), start=1):
-            ev = evaluate(dataclasses.replace(ctx, model=net), ctx.data, fnet)  # pre-grafting, as network 0
+            ev = ctx.evaluate(net, fnet)  # pre-grafting, as network 0
             net.train()
             metrics.update({f"fg_net{i}_lr": optimizer.param_groups[0]["lr"],
                             f"fg_net{i}_train_loss": self._loss_sums[i - 1].item() / seen,

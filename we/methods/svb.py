@@ -9,15 +9,12 @@ the authors' script's default.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from we.methods import Method, TrainContext, register_method
-
-if TYPE_CHECKING:
-    from we.config import Config
+from we.methods.base import ConfigKey, Method, Preset, TrainContext
 
 
 def weight_blocks(module: nn.Module) -> Tensor:
@@ -89,14 +86,23 @@ def svb_step(model: nn.Module, eps: float, bn: bool = False, bn_eps: float = 1.0
     return counts
 
 
-@register_method("svb")
 class SVBMethod(Method):
     """Bounds singular values of every conv and linear weight after each epoch (or every N epochs)."""
 
     name = "svb"
-
-    def __init__(self, cfg: "Config") -> None:
-        self.cfg = cfg
+    keys = {
+        "svb_eps": ConfigKey(float, 0.5, "singular values bounded to [1/(1+eps), 1+eps]", minimum=0),
+        "svb_interval": ConfigKey(int, 1, "bound after every N epochs (never after the last)", minimum=0,
+                                  strict=True),
+        "svb_bn": ConfigKey(bool, False, "also bound BatchNorm scales (BBN)"),
+        "svb_bn_eps": ConfigKey(float, 1.0, "BN scales bounded to [m/(1+eps), m(1+eps)] around their layer mean m",
+                                minimum=0),
+        "svb_bn_mode": ConfigKey(str, "bbn", "bbn (gamma/std, the paper) | rel (gamma, the authors' script default)",
+                                 choices=("bbn", "rel")),
+    }
+    presets = {"svb": Preset(paper="SVB")}
+    sources = ("Jia et al., Improving Training of Deep Neural Networks via Singular Value Bounding, CVPR 2017; "
+               "the authors' Torch code (kui-jia/svb)")
 
     def on_epoch_end(self, ctx: TrainContext, epoch: int, last: bool) -> dict[str, float]:
         if last or (epoch + 1) % self.cfg.svb_interval:

@@ -19,16 +19,14 @@ pruned epochs 21-30, 51-60, ..., 171-180 (1-based), then 20 full epochs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from we.methods import Method, TrainContext, register_method
-
-if TYPE_CHECKING:
-    from we.config import Config
+from we.errors import ConfigError
+from we.methods.base import ConfigKey, Method, Preset, TrainContext
 
 
 @dataclass
@@ -145,14 +143,27 @@ def orthogonal_filters(kept: Tensor, count: int, generator: torch.Generator) -> 
     return torch.cat(rows)
 
 
-@register_method("repr")
 class RePrMethod(Method):
     """Cycles of full training and training with the least orthogonal filters pruned, then re-initialised."""
 
     name = "repr"
+    keys = {
+        "repr_s1": ConfigKey(int, 20, "epochs of full training per cycle", minimum=0, strict=True),
+        "repr_s2": ConfigKey(int, 10, "epochs with the pruned filters held at zero per cycle", minimum=0, strict=True),
+        "repr_p": ConfigKey(float, 0.3, "fraction of the ranked filters pruned"),
+        "repr_cycles": ConfigKey(int, 0, "at most this many prune/re-init cycles (0: as many as fit)", minimum=0),
+    }
+    presets = {"repr": Preset(paper="RePr")}
+    bench_overrides = {"repr_s1": 1, "repr_s2": 1}
+    sources = "Prakash et al., RePr: Improved Training of Convolutional Filters, CVPR 2019 (no official code)"
 
-    def __init__(self, cfg: "Config") -> None:
-        self.cfg = cfg
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        if not 0 < cfg.repr_p < 1:
+            raise ConfigError(f"config key 'repr_p': must be in (0, 1), got {cfg.repr_p!r}")
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
         self.layers: dict[str, PrunableLayer] = {}
         self.pruned: dict[str, list[int]] = {}  # layer name -> pruned filter indices (empty: full network)
         self.cycles_done = 0

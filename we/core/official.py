@@ -1,6 +1,6 @@
 """Weight evolution as the authors' public training scripts perform it.
 
-It differs from the paper (we.evolution) in these points:
+It differs from the paper (we.core.paper) in these points:
 - selection rates per tensor kind with stage divisors (1, 2.5, 5) instead of beta ** (t - 1);
 - a per-kind threshold th = sorted(pool)[int(len(pool) * rate)] instead of a unit count;
 - per layer: high = #(scores >= th); when high < N the inferior count is #(scores <= lab * max),
@@ -31,10 +31,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from we.evolution import (KINDS, Cross, Layout, Pool, check_bool, check_choice, check_keys,
-                          check_milestones, check_number, cross_pool, crossover, filter_importance,
-                          gather_units, host_counts, join_pools, kind_counts, segment_order, sigmoid,
-                          training_stage, unsort_pairs)
+from we.core.checks import KINDS, check_bool, check_choice, check_keys, check_milestones, check_number
+from we.core.crossover import Cross, cross_pool, crossover
+from we.core.matching import unsort_pairs
+from we.core.rate import sigmoid, training_stage
+from we.core.units import (Layout, Pool, filter_importance, gather_units, host_counts, join_pools,
+                           kind_counts, segment_order)
 
 OFFICIAL_KINDS: tuple[str, ...] = ("conv_weight", "bn_weight", "bn_bias")
 RATE_KEYS: dict[str, str] = {"conv_weight": "radio_conv", "bn_weight": "radio_bn",

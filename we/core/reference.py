@@ -1,7 +1,7 @@
 """A plain per-filter, per-slice implementation of one paper step (Sec. 3, Algorithm 1).
 
 It is slow and obviously follows the text; it serves as the oracle for tests and as the
-baseline in benchmarks. It shares no code with we.evolution.
+baseline in benchmarks. It shares no code with the rest of we.core.
 """
 
 from __future__ import annotations

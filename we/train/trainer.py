@@ -1,4 +1,4 @@
-"""The single-run trainer: `python -m we.train [--config FILE] [key=value ...]`.
+"""The single-run trainer: `main(cfg)` (command line: `python -m we.train [--config FILE] [key=value ...]`).
 
 `main(cfg)` trains one model with one method into the run folder `cfg.out` and is idempotent:
 a complete (or diverged) run is returned as it is, an interrupted one resumes from `last.pt`
@@ -12,11 +12,11 @@ every epoch with identical weights; only rank 0 writes the run folder.
 """
 from __future__ import annotations
 
-import argparse
 import csv
+import functools
 import io
+import json
 import math
-import os
 import sys
 import time
 import traceback
@@ -28,15 +28,16 @@ import torch.nn.functional as F
 import yaml
 
 import models
-from we.checkpoint import (load_checkpoint, provenance, rng_state, save_checkpoint, seed_everything,
-                           set_rng_state, write_json, write_text)
-from we.config import Config, ConfigError, config_diff, load_config, to_dict
-from we.data import build_data
-from we.distributed import SINGLE, DistEnv, setup as setup_distributed, shutdown as shutdown_distributed
+from we.errors import ConfigError
+from we.files import write_json, write_text
 from we.methods import Method, TrainContext, create_method
+from we.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from we.train.config import RESULT_NEUTRAL_KEYS, Config, config_diff, to_dict
+from we.train.distributed import SINGLE, DistEnv, setup as setup_distributed, shutdown as shutdown_distributed
+from we.train.optim import build_optimizer, build_scheduler, evaluate
+from we.train.pipeline import build_data
+from we.train.provenance import provenance
 
-# Keys that may differ between an interrupted run and its resumption (where it runs, not what).
-RESUME_IGNORES = ("out", "device", "data_dir", "download", "workers", "progress", "dist_backend")
 TERMINAL = ("complete", "diverged")
 TIMING_KEYS = ("seconds", "train_seconds", "images_per_s", "method_seconds")  # per-epoch columns that vary run to run
 EXIT_CODES = {"complete": 0, "failed": 1, "diverged": 3}
@@ -49,20 +50,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"config key 'device': {name!r} requested but CUDA is not available")
     return device
-
-
-def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                           weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-
-
-def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-    """Stepped once per epoch."""
-    if cfg.schedule == "multistep":
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.lr_milestones, gamma=cfg.lr_gamma)
-    if cfg.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step, gamma=cfg.lr_gamma)
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
 
 
 def _progress(iterable, cfg: Config, desc: str):
@@ -121,36 +108,8 @@ def train_one_epoch(ctx: TrainContext, method, data, epoch: int, iteration: int,
             "iteration": iteration, "method": method_totals}
 
 
-@torch.no_grad()
-def evaluate(ctx: TrainContext, data, fmodel) -> dict[str, float]:
-    """Test loss, top-1 and top-5 (%)."""
-    cfg = ctx.cfg
-    ctx.model.eval()
-    loss_sum = torch.zeros((), device=ctx.device)
-    top1 = torch.zeros((), device=ctx.device, dtype=torch.long)
-    top5 = torch.zeros((), device=ctx.device, dtype=torch.long)
-    seen = 0
-    for x, y in data.test:
-        if cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-            out = fmodel(x)
-        out = out.float()
-        loss_sum += F.cross_entropy(out, y, reduction="sum")
-        k = min(5, out.shape[1])
-        pred = out.topk(k, dim=1).indices
-        hit = pred == y[:, None]
-        top1 += hit[:, 0].sum()
-        top5 += hit.any(dim=1).sum()
-        seen += y.shape[0]
-    return {"test_loss": loss_sum.item() / seen, "test_top1": 100.0 * top1.item() / seen,
-            "test_top5": 100.0 * top5.item() / seen}
-
-
 def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite metrics.jsonl and metrics.csv from the full history (atomic: never half a file)."""
-    import json
-
     write_text(out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
     columns: list[str] = []
     for row in history:
@@ -187,7 +146,7 @@ def _check_same_run(out: Path, cfg: Config) -> None:
         raise ConfigError(f"{path}: malformed YAML in an existing run folder") from None
     new = to_dict(cfg)
     # A key the old run did not know (added to Config since) ran with the behaviour it now defaults to.
-    diff = config_diff(old, {k: v for k, v in new.items() if k in old}, ignore=RESUME_IGNORES)
+    diff = config_diff(old, {k: v for k, v in new.items() if k in old}, ignore=RESULT_NEUTRAL_KEYS)
     if diff:
         raise ConfigError(f"{out}: holds a run with a different config (keys: {', '.join(diff)}); use another out")
 
@@ -211,8 +170,6 @@ def main(cfg: Config) -> dict[str, Any]:
 
 
 def _main(cfg: Config, device: torch.device, dist_env: DistEnv) -> dict[str, Any]:
-    import json
-
     out = Path(cfg.out)
     result_path = out / "result.json"
     if result_path.exists():
@@ -272,7 +229,8 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SIN
                       normalization=cfg.normalization, image_size=cfg.image_size, data_path=data_path,
                       device=device, workers=cfg.workers, seed=cfg.seed, download=cfg.download,
                       limit_train=cfg.limit_train or None, rank=dist_env.rank, world_size=dist_env.world_size)
-    model = models.create(cfg.model, num_classes=data.info.num_classes).to(device)
+    build_model = functools.partial(models.create, cfg.model, num_classes=data.info.num_classes)
+    model = build_model().to(device)
     method = create_method(cfg)
     method.prepare_model(model, cfg)
     if cfg.channels_last:
@@ -281,7 +239,10 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SIN
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
     ctx = TrainContext(model=model, optimizer=optimizer, cfg=cfg, device=device, steps_per_epoch=len(data.train),
-                       data=data, dist=dist_env)
+                       data=data, dist=dist_env, build_model=build_model,
+                       build_optimizer=lambda net, lr: build_optimizer(cfg, net, lr),
+                       build_scheduler=lambda opt: build_scheduler(cfg, opt),
+                       evaluate=lambda net, fnet: evaluate(cfg, net, data, fnet, device))
     say = log if dist_env.is_main else (lambda msg: None)
 
     history: list[dict[str, Any]] = []
@@ -319,7 +280,7 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SIN
                  "test_top5": float("nan"), "seconds": time.perf_counter() - t0}))
             break
         dist_env.broadcast_module(model)  # rank 0's BatchNorm running statistics: the same evaluation everywhere
-        ev = evaluate(ctx, data, fmodel)
+        ev = evaluate(cfg, model, data, fmodel, device)
         t_method = time.perf_counter()
         method_stats.update(method.on_epoch_end(ctx, epoch, last=epoch == cfg.epochs - 1))
         if device.type == "cuda":
@@ -349,27 +310,3 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SIN
     return {"status": status, **summary, "speed": {k: getattr(cfg, k) for k in
                                                     ("amp", "channels_last", "compile", "cudnn_benchmark")},
             "data_path": data_path, "seed": cfg.seed}
-
-
-def cli(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m we.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML file of config keys (overridden by key=value arguments)")
-    parser.add_argument("overrides", nargs="*", help="key=value, e.g. model=resnet56 method=we epochs=10")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        result = main(cfg)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # noqa: BLE001 - reported in result.json and as one line here
-        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
-    summary = {k: result.get(k) for k in ("status", "final_top1", "best_top1", "epochs_done")}
-    if int(os.environ.get("RANK", "0")) == 0:  # rank 0 only under a distributed launch
-        log(f"result: {summary}")
-    return EXIT_CODES.get(result["status"], 1)
-
-
-if __name__ == "__main__":
-    sys.exit(cli())

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from we.config import ConfigError
+from we.errors import ConfigError
 
 
 @dataclass(frozen=True)

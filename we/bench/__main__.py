@@ -1,0 +1,3 @@
+from we.bench.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""Training images/s of one CIFAR model through the reference loop, the default and the fast input paths."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+
+import models
+from we.bench.timing import _sync, sgd_step
+from we.train.datasets import DigitsDataset, _load_cifar, dataset_info
+from we.train.pipeline import build_data
+
+
+def reference_loader(dataset: str, data_dir: str, batch: int) -> torch.utils.data.DataLoader:
+    """The authors' input pipeline: the torchvision dataset, PIL transforms, 2 DataLoader workers."""
+    from torchvision import transforms
+
+
+    info = dataset_info(dataset)
+    ds = DigitsDataset(train=True) if dataset == "digits" else _load_cifar(dataset, data_dir, True, False)
+    ds.transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                                       transforms.ToTensor(), transforms.Normalize(info.mean, info.std)])
+    return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=2, drop_last=True,
+                                       persistent_workers=True)
+
+
+def _peak_memory_mb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def bench_paths(name: str, device: torch.device, dataset: str, data_dir: str, batch: int, steps: int,
+                compile_model: bool, rounds: int = 3) -> dict[str, Any]:
+    """Training images/s of one CIFAR model through (a) the reference pipeline (torchvision dataset,
+    PIL, 2 workers, fp32, NCHW), (b) the suite's default path on this device, (c) the fast path
+    (device-resident data, channels_last, bf16 autocast [, torch.compile])."""
+    num_classes = 100 if dataset == "cifar100" else 10
+    default_path = "device" if device.type == "cuda" else "loader"
+    paths = {
+        "reference": dict(data=None, channels_last=False, amp=False, compile=False),
+        "default": dict(data=default_path, channels_last=False, amp=False, compile=False),
+        "fast": dict(data="device", channels_last=True, amp=True, compile=compile_model),
+    }
+    row: dict[str, Any] = {"model": name, "dataset": dataset, "batch": batch}
+    pipes: dict[str, dict[str, Any]] = {}
+    for label, p in paths.items():
+        torch.manual_seed(0)
+        model = models.create(name, num_classes=num_classes).to(device)
+        if p["channels_last"]:
+            model = model.to(memory_format=torch.channels_last)
+        if p["data"] is None:
+            batches = reference_loader(dataset, data_dir, batch)
+        else:
+            batches = build_data(dataset, data_dir, batch_size=batch, data_path=p["data"], device=device,
+                                 workers=2, download=False, drop_last=True).train
+        model.train()
+        pipes[label] = {"model": torch.compile(model) if p["compile"] else model, "batches": batches,
+                        "iter": iter(batches), "amp": p["amp"], "channels_last": p["channels_last"],
+                        "opt": torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)}
+
+    def train_step(pipe: dict[str, Any]) -> None:
+        try:
+            x, y = next(pipe["iter"])
+        except StopIteration:
+            pipe["iter"] = iter(pipe["batches"])
+            x, y = next(pipe["iter"])
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if pipe["channels_last"]:
+            x = x.contiguous(memory_format=torch.channels_last)
+        sgd_step(pipe["model"], pipe["opt"], x, y, amp=pipe["amp"])
+
+    # The paths take turns: each round gives every path two untimed steps (workers start or drain
+    # what they prefetched, cuDNN and compile tune), then `steps` timed ones; the median round counts.
+    rates: dict[str, list[float]] = {label: [] for label in pipes}
+    for _ in range(rounds):
+        for label, pipe in pipes.items():
+            for _ in range(2):
+                train_step(pipe)
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                train_step(pipe)
+            _sync(device)
+            rates[label].append(steps * batch / (time.perf_counter() - t0))
+    for label in paths:
+        row[f"{label}_img_s"] = statistics.median(rates[label])
+    del pipes["reference"], pipes["default"]  # the fast path's peak memory, alone on the device
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(2):
+        train_step(pipes["fast"])
+    row["fast_peak_mb"] = _peak_memory_mb(device)
+    del pipes
+    row["fast_over_reference"] = row["fast_img_s"] / row["reference_img_s"]
+    row["default_over_reference"] = row["default_img_s"] / row["reference_img_s"]
+    return row
+
+
+def paths_markdown(rows: list[dict[str, Any]], compile_model: bool) -> str:
+    fast = "device data + channels_last + bf16" + (" + compile" if compile_model else "")
+    lines = [f"## Training images/s by input path ({rows[0]['dataset']}, batch {rows[0]['batch']})", "",
+             f"reference: torchvision dataset + PIL + 2 workers, fp32, NCHW; default: the suite's default "
+             f"path here; fast: {fast}.", "",
+             "| model | reference | default | fast | default / reference | fast / reference | peak MB (fast) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        peak = "-" if r["fast_peak_mb"] is None else f"{r['fast_peak_mb']:,.0f}"
+        lines.append(f"| {r['model']} | {r['reference_img_s']:,.0f} | {r['default_img_s']:,.0f} | "
+                     f"{r['fast_img_s']:,.0f} | {r['default_over_reference']:.2f}x | {r['fast_over_reference']:.2f}x | "
+                     f"{peak} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,123 @@
+"""The training hook of Weight Evolution: `WeightEvolution` steps a model every `interval`
+epochs or iterations, with the paper's equations (Sec. 3, hparams PAPER_DEFAULTS) or the
+authors' public script (we.core.official), and saves its state for an exact resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import nn
+
+from we.core.checks import (INTERVAL_UNITS, KINDS, LEVELS, MATCHINGS, SELECTIONS, VARIANTS, check_alpha, check_bool,
+                            check_choice, check_keys, check_milestones, check_number, check_positive_int)
+from we.core.official import OfficialEvolution
+from we.core.paper import evolve
+from we.core.rate import selection_rate
+
+
+PAPER_DEFAULTS: dict[str, Any] = {
+    "r_hat": 0.05, "beta": 2.5, "eta": 15.0, "gamma": 0.05, "milestones": (60, 120),
+    "matching": "forward", "conv": True, "bn": True, "interval": 1, "interval_unit": "epoch",
+    "selection": "global+local", "alpha": "adaptive", "level": "element",
+}
+
+SCHEDULE_KEYS: tuple[str, ...] = ("interval", "interval_unit")
+
+_PAPER_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "r_hat": lambda k, v: check_number(k, v, 0.0, 1.0),
+    "beta": lambda k, v: check_number(k, v, 0.0, low_open=True),
+    "eta": lambda k, v: check_number(k, v, 0.0, low_open=True),
+    "gamma": lambda k, v: check_number(k, v, 0.0),
+    "milestones": check_milestones,
+    "matching": lambda k, v: check_choice(k, v, MATCHINGS),
+    "conv": check_bool,
+    "bn": check_bool,
+    "interval": check_positive_int,
+    "interval_unit": lambda k, v: check_choice(k, v, INTERVAL_UNITS),
+    "selection": lambda k, v: check_choice(k, v, SELECTIONS),
+    "alpha": check_alpha,
+    "level": lambda k, v: check_choice(k, v, LEVELS),
+}
+
+
+def paper_hparams(given: Mapping[str, Any]) -> dict[str, Any]:
+    """Validated paper hparams: defaults updated with `given`."""
+    check_keys(given, PAPER_DEFAULTS, "paper")
+    merged = {**PAPER_DEFAULTS, **given}
+    return {key: _PAPER_CHECKS[key](key, value) for key, value in merged.items()}
+
+
+class WeightEvolution:
+    """Applies weight evolution to `model` every `interval` epochs or iterations.
+
+    variant "paper": the paper's equations (hparams: see PAPER_DEFAULTS).
+    variant "official": the authors' public script (see we.core.official.OFFICIAL_DEFAULTS).
+    """
+
+    def __init__(self, model: nn.Module, variant: str = "paper", **hparams: Any) -> None:
+        self.model = model
+        self._configure(check_choice("variant", variant, VARIANTS), hparams)
+        self.steps = 0
+        self.evolved = {kind: 0 for kind in KINDS}
+
+    def _configure(self, variant: str, hparams: Mapping[str, Any]) -> None:
+        self.variant = variant
+        if variant == "paper":
+            self.hparams = paper_hparams(hparams)
+            self.official = None
+        else:
+            schedule = {k: _PAPER_CHECKS[k](k, hparams.get(k, PAPER_DEFAULTS[k]))
+                        for k in SCHEDULE_KEYS}
+            self.official = OfficialEvolution(
+                self.model, **{k: v for k, v in hparams.items() if k not in SCHEDULE_KEYS})
+            self.hparams = {**self.official.hparams, **schedule}
+
+    def rate(self, epoch: int) -> float:
+        """Global selection rate of the paper variant at a 0-based epoch (Eq. 2)."""
+        h = self.hparams
+        return selection_rate(epoch, h["r_hat"], h["beta"], h["eta"], h["milestones"])
+
+    def evolve_now(self, epoch: int, sync: bool = True) -> dict[str, int]:
+        """One step regardless of the interval, at the rate of `epoch` (sync: see `evolve`)."""
+        if self.official is not None:
+            counts = self.official.step(epoch, sync=sync)
+        else:
+            h = self.hparams
+            counts = evolve(self.model, self.rate(epoch), gamma=h["gamma"],
+                            matching=h["matching"], conv=h["conv"], bn=h["bn"],
+                            selection=h["selection"], alpha=h["alpha"], level=h["level"], sync=sync)
+        self.steps += 1
+        for kind, n in counts.items():
+            self.evolved[kind] += n
+        return counts
+
+    def step(self, epoch: int, sync: bool = True) -> dict[str, int] | None:
+        """Epoch hook, after epoch `epoch` (0-based); acts when (epoch + 1) % interval == 0."""
+        if self.hparams["interval_unit"] != "epoch" or (epoch + 1) % self.hparams["interval"]:
+            return None
+        return self.evolve_now(epoch, sync)
+
+    def step_iteration(self, iteration: int, epoch: int, sync: bool = True) -> dict[str, int] | None:
+        """Iteration hook, after global iteration `iteration` (0-based) during `epoch`."""
+        if self.hparams["interval_unit"] != "iter" or (iteration + 1) % self.hparams["interval"]:
+            return None
+        return self.evolve_now(epoch, sync)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: variant, hparams and counters."""
+        hparams = {k: list(v) if isinstance(v, tuple) else v for k, v in self.hparams.items()}
+        state: dict[str, Any] = {"variant": self.variant, "hparams": hparams,
+                                 "steps": self.steps, "evolved": {k: int(v) for k, v in self.evolved.items()}}
+        if self.official is not None:
+            state["official"] = self.official.state_dict()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state_dict(); its variant and hparams replace the current ones."""
+        self._configure(state["variant"], state["hparams"])
+        self.steps = int(state["steps"])
+        self.evolved = {kind: int(state["evolved"].get(kind, 0)) for kind in KINDS}
+        if self.official is not None:
+            self.official.load_state_dict(state["official"])

@@ -1,0 +1,24 @@
+"""The global selection rate r of a training epoch (Sec. 3.1.1, Eqs. 2-3)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+
+def training_stage(epoch: int, milestones: Sequence[int]) -> tuple[int, int]:
+    """(t - 1, e0): number of milestones passed by `epoch` (0-based) and the last one (0 if none)."""
+    passed = [m for m in milestones if epoch >= m]
+    return len(passed), (passed[-1] if passed else 0)
+
+
+def sigmoid(x: float) -> float:
+    """Eq. 3."""
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def selection_rate(epoch: int, r_hat: float = 0.05, beta: float = 2.5, eta: float = 15.0,
+                   milestones: Sequence[int] = (60, 120)) -> float:
+    """Global selection rate r for a 0-based epoch."""
+    t_minus_1, e0 = training_stage(epoch, milestones)
+    return (r_hat / beta ** t_minus_1) * sigmoid((epoch - e0) / eta)  # Eq. 2

@@ -1,0 +1,26 @@
+"""Experiment grids: a YAML file -> cells (one resolved config each) -> run folders, states, jobs.
+
+    python -m we.grid plan|submit|status|collect GRID ...      (we/grid/__main__.py, we/grid/cli.py)
+
+schema (grid files), identity (cells, run folders and hashes), state (cell states, twin runs,
+cell.json and grid.json), cost (GPU-hour estimate), profiles (cluster profiles), records (cell.json
+records, the grid lock), slurm and local (the executors), worker (the processes they start), cli.
+"""
+from we.grid.cli import main, plan, status, submit, wait
+from we.grid.cost import DEFAULT_IMAGES_PER_S, Throughput, gpu_hours, load_throughput
+from we.grid.identity import (DEFAULT_RUNS_ROOT, Cell, CellSpec, config_hash, expand, identity, parse_sets,
+                              resolve_cells, result_neutral_keys)
+from we.grid.local import LocalExecutor
+from we.grid.profiles import Profile, load_profile
+from we.grid.records import read_cell_file
+from we.grid.schema import GRID_DIR, Grid, MethodEntry, display_path, find_grid_file, load_grid
+from we.grid.slurm import SlurmExecutor, pack_cells
+from we.grid.state import CellState, adopt_twin, assess, check_writable, write_cell, write_grid_file
+
+__all__ = [
+    "main", "plan", "status", "submit", "wait", "DEFAULT_IMAGES_PER_S", "Throughput", "gpu_hours", "load_throughput",
+    "DEFAULT_RUNS_ROOT", "Cell", "CellSpec", "config_hash", "expand", "identity", "parse_sets", "resolve_cells",
+    "result_neutral_keys", "LocalExecutor", "Profile", "load_profile", "read_cell_file", "GRID_DIR", "Grid",
+    "MethodEntry", "display_path", "find_grid_file", "load_grid", "SlurmExecutor", "pack_cells", "CellState",
+    "adopt_twin", "assess", "check_writable", "write_cell", "write_grid_file",
+]

@@ -1,0 +1,89 @@
+"""The GPU-hour estimate of a grid's cells (`python -m we.grid plan`).
+
+Training images/s per model come from the newest GPU bench in results/bench/ (`make bench`), else
+from DEFAULT_IMAGES_PER_S; a cell's GPU-hours are its training images over the run (times the
+method's cost factor: filter grafting with n networks trains n) over one GPU's images per second.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from we.grid.identity import Cell
+from we.grid.schema import display_path
+from we.methods import cost_factor
+from we.train.datasets import TRAIN_IMAGES
+
+# Training throughput (images/s, one GPU, fp32) used for the estimate when results/bench/ has no
+# measurement for a model: rough figures for a current data-centre GPU, not measurements.
+DEFAULT_IMAGES_PER_S: dict[str, float] = {
+    "resnet20": 25_000, "resnet32": 16_000, "resnet44": 12_000, "resnet56": 9_000, "resnet110": 4_500,
+    "densenet40": 3_500, "mobilenetv1": 12_000, "mobilenetv2": 7_000, "shufflenetv1": 6_000,
+    "resnet34": 1_200,  # 224x224
+    "mobilenetv2_050": 4_000,  # 128x128
+}
+FALLBACK_IMAGES_PER_S = 5_000.0
+BENCH_DIR = Path("results/bench")
+
+
+@dataclass
+class Throughput:
+    images_per_s: dict[tuple[str, str], float]
+    source: str
+
+    def lookup(self, model: str, dataset: str) -> tuple[float, str]:
+        for key in ((model, dataset), (model, "")):
+            if key in self.images_per_s:
+                return self.images_per_s[key], self.source
+        return DEFAULT_IMAGES_PER_S.get(model, FALLBACK_IMAGES_PER_S), "default table in we/grid/cost.py"
+
+
+def _bench_entries(obj: Any) -> Iterable[dict[str, Any]]:
+    if isinstance(obj, dict):
+        if isinstance(obj.get("model"), str):
+            yield obj
+        for value in obj.values():
+            yield from _bench_entries(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from _bench_entries(value)
+
+
+def load_throughput(bench_dir: Path = BENCH_DIR) -> Throughput:
+    """Training images/s per model from the newest GPU results/bench/*.json (`make bench`: entries with
+    `model` and `train_img_s` or `images_per_s`, optionally `dataset`; baseline entries win over
+    others); models it lacks fall back to DEFAULT_IMAGES_PER_S."""
+    # GPU-hours: a CPU measurement (results/bench/cpu.json) says nothing about a GPU's throughput
+    files = sorted((p for p in Path(bench_dir).glob("*.json") if p.stem != "cpu"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        return Throughput({}, "default table in we/grid/cost.py")
+    newest = files[-1]
+    try:
+        data = json.loads(newest.read_text())
+    except (OSError, json.JSONDecodeError):
+        return Throughput({}, f"default table in we/grid/cost.py ({newest} unreadable)")
+    table: dict[tuple[str, str], float] = {}
+    ranked = sorted(_bench_entries(data), key=lambda e: e.get("method", "baseline") == "baseline")
+    for entry in ranked:  # baseline entries come last and win
+        ips = next((entry[k] for k in ("train_img_s", "images_per_s", "train_images_per_s") if
+                    isinstance(entry.get(k), (int, float)) and entry[k] > 0), None)
+        if ips is None:
+            continue
+        table[(entry["model"], str(entry.get("dataset", "")))] = float(ips)
+        table.setdefault((entry["model"], ""), float(ips))
+    device = data.get("header", {}).get("device") if isinstance(data, dict) else None
+    return Throughput(table, display_path(newest) + (f" ({device})" if device else ""))
+
+
+def gpu_hours(cell: Cell, throughput: Throughput) -> float:
+    """Estimated GPU-hours of one cell: training images over the run, times the method's cost factor,
+    / one GPU's images per second (a run spread over several GPUs is taken to scale linearly, so its
+    GPU-hours stay the same)."""
+    cfg = cell.config
+    images = cfg["limit_train"] or TRAIN_IMAGES.get(cfg["dataset"], 50_000)
+    if cfg["dataset"] != "imagenet":
+        images = min(images, TRAIN_IMAGES.get(cfg["dataset"], images))
+    ips, _ = throughput.lookup(cfg["model"], cfg["dataset"])
+    return cfg["epochs"] * images * cost_factor(cfg) / ips / 3600.0

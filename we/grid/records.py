@@ -1,0 +1,77 @@
+"""What the grid keeps in each run folder, and what an executor is given and returns.
+
+`<run>/cell.json` holds a cell's labels, its resolved config and one submission record per job
+(job_id, executor, time, logs, ...); the executors add fields to their records (under the grid's
+lock, `<runs-root>/<grid>/.submit.lock`) as the jobs start and end.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+from filelock import FileLock
+
+from we.files import write_json
+
+CELL_FILE = "cell.json"
+LOCK_FILE = ".submit.lock"
+LOCK_TIMEOUT_S = 600.0
+# The module the executors start for a cell (`run-cell RUN_DIR`) or a local queue (`run-local QUEUE`).
+WORKER_MODULE = "we.grid.worker"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class RunnableCell(Protocol):
+    """The part of a grid cell an executor needs."""
+
+    key: str
+    config: dict[str, Any]
+    run_dir: Path
+
+
+class Executor(Protocol):
+    name: str
+
+    def submit(self, cells: Sequence[RunnableCell], grid_dir: Path) -> list[dict[str, Any]]:
+        """Start the cells; returns one submission record per cell (job_id, executor, time, ...)."""
+        ...
+
+
+def cell_logs_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "logs"
+
+
+def read_cell_file(run_dir: Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / CELL_FILE
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write_cell_file(run_dir: Path, data: dict[str, Any]) -> None:
+    write_json(Path(run_dir) / CELL_FILE, data)
+
+
+def grid_lock(grid_dir: Path, timeout: float = LOCK_TIMEOUT_S) -> FileLock:
+    """The lock that serialises submissions to (and record updates in) one grid's run folders."""
+    Path(grid_dir).mkdir(parents=True, exist_ok=True)
+    return FileLock(str(Path(grid_dir) / LOCK_FILE), timeout=timeout)
+
+
+def update_record(run_dir: Path, job_id: str, **fields: Any) -> None:
+    """Add fields to the submission record `job_id` of a cell (under the grid lock)."""
+    run_dir = Path(run_dir)
+    with grid_lock(run_dir.parent):
+        data = read_cell_file(run_dir)
+        if data is None:
+            return
+        for rec in data.get("submitted", []):
+            if rec.get("job_id") == job_id:
+                rec.update(fields)
+        write_cell_file(run_dir, data)

@@ -1,0 +1,201 @@
+"""The state of each cell on disk and in its jobs, twin runs in other grids, and the files written
+for a grid: `<run>/cell.json` (via we.grid.records) and `<runs-root>/<grid>/grid.json`.
+
+A cell whose exact config already ran in another grid's folder (e.g. the Table 2 baselines that
+Tables 5-8 repeat) is linked from there instead of trained again (`assess` finds the twin,
+`adopt_twin` links its files).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+from we.errors import InputError
+from we.files import write_json
+from we.grid.identity import DEFAULT_RUNS_ROOT, Cell, identity
+from we.grid.local import local_active
+from we.grid.records import read_cell_file, write_cell_file
+from we.grid.schema import Grid, axis_labels, display_path
+from we.grid.slurm import slurm_active
+from we.train.config import make_config, resolve, to_dict
+
+GRID_FILE = "grid.json"
+STATES = ("done", "running", "failed", "diverged", "todo", "unknown", "stale")
+REUSED_FILES = ("config.yaml", "result.json", "metrics.jsonl", "metrics.csv", "last.pt")
+
+
+def check_writable(runs_root: Path) -> None:
+    """The runs root (or its nearest existing parent) must be a writable folder."""
+    path = Path(runs_root).absolute()
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(runs_root, "runs_root", f"{probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(runs_root, "runs_root", f"{probe} is not writable")
+
+
+def active_jobs(records: Sequence[dict[str, Any]]) -> dict[str, bool | None]:
+    """For each record's job_id: True while queued/running, False once ended, None when unknown."""
+    out: dict[str, bool | None] = {}
+    slurm = [r for r in records if r.get("executor") == "slurm"]
+    for rec in records:
+        if rec.get("executor") == "local":
+            out[rec["job_id"]] = local_active(rec)
+        elif rec.get("executor") != "slurm":
+            out[rec["job_id"]] = None
+    if slurm:
+        out.update(slurm_active(slurm))
+    return out
+
+
+@dataclass
+class CellState:
+    cell: Cell
+    state: str
+    note: str = ""
+    reuse_from: Optional[Path] = None
+    last_record: Optional[dict[str, Any]] = None
+
+
+def read_result(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(run_dir) / "result.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def stored_config(run_dir: Path) -> dict[str, Any] | None:
+    """The config a run folder was made for (cell.json, else the trainer's config.yaml)."""
+    cell = read_cell_file(run_dir)
+    if cell and isinstance(cell.get("config"), dict):
+        return cell["config"]
+    try:
+        data = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def identity_diff(run_dir: Path, config: dict[str, Any]) -> list[str] | None:
+    """Keys on which a run folder's stored config and `config` differ (None: nothing stored)."""
+    other = stored_config(run_dir)
+    if other is None:
+        return None
+    a, b = identity(other), identity(config)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def twin_folders(cell: Cell, runs_root: Path) -> list[Path]:
+    """Run folders of other grids holding exactly this cell's config."""
+    root = Path(runs_root).absolute()
+    found = []
+    for path in sorted(root.glob(f"*/*-{cell.config_hash}")):
+        if path.resolve() == cell.run_dir.resolve() or not path.is_dir() or path.parent.name == cell.grid:
+            continue
+        if identity_diff(path, cell.config) == []:
+            found.append(path)
+    return found
+
+
+def _own_state(run_dir: Path, active: dict[str, bool | None],
+               config: dict[str, Any] | None = None) -> tuple[str, str, dict[str, Any] | None]:
+    if config is not None:
+        diff = identity_diff(run_dir, config)
+        if diff:  # a Config default changed since this folder was made: its run is not this cell's
+            return "stale", f"folder holds another config (keys {', '.join(diff)}); move it away", None
+    result = read_result(run_dir)
+    status = (result or {}).get("status")
+    records = (read_cell_file(run_dir) or {}).get("submitted", [])
+    last = records[-1] if records else None
+    if status == "complete":
+        return "done", f"top1 {result.get('final_top1', float('nan')):.2f}", last
+    if status == "diverged":
+        return "diverged", f"epoch {result.get('diverged_epoch', '?')}", last
+    if last is not None:
+        alive = active.get(last["job_id"])
+        if alive is True:
+            return "running", f"{last['executor']} {last['job_id']}", last
+        if alive is None:
+            return "unknown", f"cannot query {last['executor']} job {last['job_id']}", last
+        return "failed", f"{last['executor']} {last['job_id']} ended" + (
+            f": {result.get('error')}" if result and result.get("error") else ""), last
+    if status == "failed":
+        return "failed", str(result.get("error", "")), last
+    return "todo", "", last
+
+
+def assess(cells: Sequence[Cell], runs_root: Path = DEFAULT_RUNS_ROOT, reuse: bool = True) -> list[CellState]:
+    """The state of every cell: done, running, failed, diverged or todo; unknown when its job cannot be
+    asked (e.g. sacct does not answer), stale when its folder holds a run of another config."""
+    twins = {c.key: twin_folders(c, runs_root) for c in cells} if reuse else {}
+    records = []
+    for path in [c.run_dir for c in cells] + [t for ts in twins.values() for t in ts]:
+        subs = (read_cell_file(path) or {}).get("submitted", [])
+        if subs:
+            records.append(subs[-1])
+    active = active_jobs(records) if records else {}
+    states = []
+    for cell in cells:
+        state, note, last = _own_state(cell.run_dir, active, cell.config)
+        reuse_from = None
+        if state == "todo" and reuse:
+            for twin in twins.get(cell.key, []):
+                twin_state, _, _ = _own_state(twin, active)
+                if twin_state in ("done", "diverged"):
+                    state, note, reuse_from = twin_state, f"same run as {display_path(twin)}", twin
+                    break
+                if twin_state == "running":
+                    state, note = "running", f"same run as {display_path(twin)} (running)"
+        states.append(CellState(cell, state, note, reuse_from, last))
+    return states
+
+
+def adopt_twin(state: CellState) -> None:
+    """Link (or copy) a finished twin run's files into this cell's folder."""
+    cell, twin = state.cell, state.reuse_from
+    assert twin is not None
+    cell.run_dir.mkdir(parents=True, exist_ok=True)
+    for name in REUSED_FILES:
+        src, dst = twin / name, cell.run_dir / name
+        if not src.exists() or dst.exists():
+            continue
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+    write_cell(cell, reused_from=str(twin))
+
+
+def write_cell(cell: Cell, record: dict[str, Any] | None = None, reused_from: str | None = None) -> None:
+    """Create or update `<run>/cell.json` (labels, resolved config, submissions)."""
+    data = read_cell_file(cell.run_dir) or {}
+    data.update({"grid": cell.grid, "key": cell.key, "labels": cell.labels, "config_hash": cell.config_hash,
+                 "config": cell.config})
+    data.setdefault("submitted", [])
+    if record is not None:
+        data["submitted"].append(record)
+    if reused_from is not None:
+        data["reused_from"] = reused_from
+    cell.run_dir.mkdir(parents=True, exist_ok=True)
+    write_cell_file(cell.run_dir, data)
+
+
+def write_grid_file(grid: Grid, cells: Sequence[Cell], runs_root: Path) -> None:
+    """`<runs-root>/<grid>/grid.json`: the grid as loaded, its cells' folders and (plot-only grids) the base config."""
+    data: dict[str, Any] = {
+        "name": grid.name, "file": display_path(grid.path), "description": grid.description, "train": grid.train,
+        "base": grid.base, "axes": {a: axis_labels(v) for a, v in grid.axes.items()}, "seeds": grid.seeds,
+        "cells": {c.key: c.run_dir.name for c in cells}}
+    if not grid.train:
+        data["base_config"] = to_dict(resolve(make_config(grid.base, source=display_path(grid.path))))
+    write_json(Path(runs_root).absolute() / grid.name / GRID_FILE, data)

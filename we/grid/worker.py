@@ -1,0 +1,46 @@
+"""The processes the executors start (nothing imports this module):
+
+    python -m we.grid.worker run-local QUEUE    # the local runner (we.grid.local.run_local)
+    python -m we.grid.worker run-cell RUN_DIR   # one cell from its cell.json (local runner, packed SLURM task)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from we.errors import ConfigError
+from we.grid.local import run_local
+from we.grid.records import CELL_FILE, read_cell_file
+from we.train.config import make_config, resolve
+from we.train.trainer import EXIT_CODES
+from we.train.trainer import main as train_main
+
+
+def run_cell(run_dir: str | Path) -> int:
+    """Train one cell from its cell.json (the local runner's child process); returns an exit code."""
+    data = read_cell_file(Path(run_dir))
+    if data is None:
+        print(f"error: {run_dir}: no readable {CELL_FILE}", file=sys.stderr)
+        return 2
+    try:
+        result = train_main(resolve(make_config(data["config"], source=f"{run_dir}/{CELL_FILE}")))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return EXIT_CODES.get(result.get("status"), 1)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m we.grid.worker", description="Local runner entry points.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run-local", help="work through a queue file (started by `we.grid submit`)").add_argument("queue")
+    sub.add_parser("run-cell", help="train one cell from its cell.json").add_argument("run_dir")
+    args = parser.parse_args(argv)
+    if args.command == "run-local":
+        return run_local(args.queue)
+    return run_cell(args.run_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

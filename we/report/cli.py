@@ -1,0 +1,42 @@
+"""Tables and figures from run folders on disk (pandas, matplotlib; never the trainer).
+
+Usage::
+
+    python -m we.report collect table2
+    python -m we.report figures
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+from we.report.figures import make_figures
+from we.report.tables import PAPER_CSV, collect
+
+
+def cli(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m we.report", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_collect = sub.add_parser("collect", help="tabulate one grid into results/<grid>.md|.csv|.tex")
+    p_collect.add_argument("grid", help="grid name (a folder under --runs-root)")
+    p_collect.add_argument("--paper-csv", type=Path, default=PAPER_CSV)
+    p_collect.add_argument("--no-figures", action="store_true", help="skip the grid's figures")
+    p_fig = sub.add_parser("figures", help="draw every figure there is data for under results/figures")
+    for p in (p_collect, p_fig):
+        p.add_argument("--runs-root", type=Path, default=Path("results/runs"))
+        p.add_argument("--out-dir", type=Path, default=Path("results"))
+    args = parser.parse_args(argv)
+    if args.command == "collect":
+        try:
+            out = collect(args.grid, args.runs_root, args.out_dir, args.paper_csv, figures=not args.no_figures)
+        except FileNotFoundError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print("wrote " + ", ".join(str(out[k]) for k in ("markdown", "csv", "tex"))
+              + "".join(f", {p}" for p in out["figures"]))
+        return 0
+    paths = make_figures(args.runs_root, args.out_dir)
+    print("\n".join(f"wrote {p}" for p in paths))
+    return 0

@@ -1,0 +1,272 @@
+"""The paper's figures from run folders on disk (matplotlib), as PNG and PDF under ``results/figures/``.
+
+Figure 2 (mean average l1 norm per layer), Figure 3 (the global selection rate of Eq. 2),
+Figure 5 (convergence curves per grid) and Figure 6 (fixed against adaptive alpha).
+"""
+from __future__ import annotations
+
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+import models
+from we.core import FLAVOURS, PAPER_DEFAULTS, selection_rate
+from we.report.runs import (ALPHA_LABEL, BASELINE, CORE_LABELS, DATASET_ORDER, Run, _finite, _hashable,
+                            _method_sort_key, _read_run, _stats, load_runs, read_metrics)
+
+# Figure 3's settings (paper Sec. 4.1.2). CIFAR: the WE core's paper defaults. ImageNet: r_hat as for
+# CIFAR, eta and milestones of the authors' ImageNet script (the official variant's "imagenet" flavour),
+# and beta = 2, which the paper states for ImageNet (Sec. 4.1.2) and the core holds nowhere as beta.
+_SCHEDULE = ("r_hat", "beta", "eta", "milestones")
+SETTINGS_CIFAR = {k: PAPER_DEFAULTS[k] for k in _SCHEDULE}
+SETTINGS_IMAGENET = {**SETTINGS_CIFAR, "beta": 2.0,
+                     "eta": FLAVOURS["imagenet"]["eta"], "milestones": FLAVOURS["imagenet"]["milestones"]}
+
+
+def _new_figure(n_panels: int, width: float = 4.2, height: float = 3.2) -> tuple[Any, list[Any]]:
+    from matplotlib.figure import Figure
+
+    cols = min(n_panels, 3)
+    rows = math.ceil(n_panels / cols)
+    fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    return fig, axes[:n_panels]
+
+
+def _save(fig: Any, out_dir: Path, stem: str, title: str) -> list[Path]:
+    """Write ``stem``.png and .pdf; ``title`` goes into both files' metadata."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
+    for p in paths:
+        fig.savefig(p, dpi=150, metadata={"Title": title})
+    return paths
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _panel_key(r: Run) -> tuple[str, str]:
+    return str(r.labels.get("dataset", "?")), str(r.labels.get("model", "?"))
+
+
+def _varying_axes(runs: list[Run]) -> list[str]:
+    """Label axes other than dataset, model, method and seed that take more than one value."""
+    keys = sorted({k for r in runs for k in r.labels if k not in CORE_LABELS})
+    return [k for k in keys if len({_hashable(r.labels.get(k)) for r in runs}) > 1]
+
+
+def _panel_rank(key: tuple[str, str]) -> tuple:
+    dataset = key[0]
+    return (DATASET_ORDER.index(dataset) if dataset in DATASET_ORDER else len(DATASET_ORDER), key)
+
+
+def figure_convergence(grid_name: str, runs: list[Run], out_dir: Path) -> list[Path]:
+    """Figure 5: test top-1 against epoch, mean and a std band per method, one panel per (dataset, model).
+
+    Complete and still-running runs are drawn; nothing is written when no run has metrics.
+    """
+    curves: dict[tuple[str, str], dict[str, list[pd.Series]]] = {}
+    lrs: dict[tuple[str, str], pd.Series] = {}
+    varying = _varying_axes(runs)
+    for r in runs:
+        if r.status not in ("complete", "running"):
+            continue
+        rows = read_metrics(r.path)
+        if not rows:
+            continue
+        m = pd.DataFrame(rows)
+        if "test_top1" not in m:
+            continue
+        m = m.drop_duplicates("epoch", keep="last").set_index("epoch").sort_index()
+        label = str(r.labels.get("method", "?")) + "".join(f", {k}={r.labels.get(k, '')}" for k in varying)
+        curves.setdefault(_panel_key(r), {}).setdefault(label, []).append(
+            pd.to_numeric(m["test_top1"], errors="coerce"))
+        if "lr" in m and _panel_key(r) not in lrs:
+            lrs[_panel_key(r)] = pd.to_numeric(m["lr"], errors="coerce")
+    if not curves:
+        return []
+    panels = sorted(curves, key=_panel_rank)
+    fig, axes = _new_figure(len(panels))
+    for ax, key in zip(axes, panels):
+        methods = sorted(curves[key], key=lambda m: (_method_sort_key(m.split(",")[0], []), m))
+        for method in methods:
+            frame = pd.concat(curves[key][method], axis=1)
+            mean = frame.mean(axis=1)
+            n = frame.notna().sum(axis=1)
+            line, = ax.plot(mean.index, mean.values, lw=1.2, label=f"{method} (n={frame.shape[1]})")
+            if frame.shape[1] > 1:
+                std = frame.std(axis=1, ddof=1).where(n > 1)
+                ax.fill_between(mean.index, (mean - std).values, (mean + std).values,
+                                color=line.get_color(), alpha=0.2, lw=0)
+        lr = lrs.get(key)
+        if lr is not None:
+            for epoch in lr.index[1:][(lr.values[1:] < lr.values[:-1] * 0.999)]:
+                ax.axvline(epoch, color="0.6", ls=":", lw=0.8)
+        ax.set_title(f"{key[1]} on {key[0]}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test top-1 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        _zoom_accuracy(ax, curves[key])
+    title = f"Convergence curves ({grid_name})"
+    fig.suptitle(title)
+    return _save(fig, out_dir, f"fig5-convergence-{_safe(grid_name)}", title)
+
+
+def _zoom_accuracy(ax: Any, curves: dict[str, list[pd.Series]]) -> None:
+    """Show the last 60% of the accuracy range so that late-stage differences stay visible."""
+    values = pd.concat([s for ss in curves.values() for s in ss]).dropna()
+    if len(values) > 10:
+        hi = float(values.max())
+        lo = float(np.percentile(values, 10))
+        if hi > lo:
+            ax.set_ylim(lo - 0.02 * (hi - lo), hi + 0.05 * (hi - lo))
+
+
+def figure_selection_rate(out_dir: Path) -> list[Path]:
+    """Figure 3: the global selection rate r of Eq. 2 per epoch for the CIFAR and ImageNet settings."""
+    settings = [("CIFAR (200 epochs)", 200, SETTINGS_CIFAR), ("ImageNet (90 epochs)", 90, SETTINGS_IMAGENET)]
+    fig, axes = _new_figure(2)
+    for ax, (title, epochs, s) in zip(axes, settings):
+        e = np.arange(epochs)
+        r = [selection_rate(int(i), r_hat=s["r_hat"], beta=s["beta"], eta=s["eta"], milestones=s["milestones"])
+             for i in e]
+        ax.plot(e, r, lw=1.5)
+        for m in s["milestones"]:
+            ax.axvline(m, color="0.6", ls=":", lw=0.8)
+        ax.set_title(f"{title}: r̂={s['r_hat']}, β={s['beta']:g}, η={s['eta']:g}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("selection rate r")
+        ax.set_ylim(0, s["r_hat"] * 1.05)
+        ax.grid(alpha=0.3)
+    title = "Global selection rate r (Eq. 2)"
+    fig.suptitle(title)
+    return _save(fig, out_dir, "fig3-selection-rate", title)
+
+
+def average_l1_norms(state_dict: dict[str, Any]) -> list[tuple[str, float]]:
+    """Per Conv2d weight (4-D tensor): mean over filters of sum|w| / weight.shape[1] (Eq. 1)."""
+    out = []
+    for name, w in state_dict.items():
+        if name.endswith("weight") and getattr(w, "ndim", 0) == 4:
+            w = w.detach().float().cpu()
+            out.append((name, float((w.abs().flatten(1).sum(1) / w.shape[1]).mean())))
+    return out
+
+
+def _find_trained_checkpoint(runs_root: Path, dataset: str, model: str) -> Optional[Path]:
+    """A complete run's last.pt for (dataset, model): baseline preferred, then the most epochs."""
+    candidates = []
+    if not Path(runs_root).is_dir():
+        return None
+    for ckpt in Path(runs_root).rglob("last.pt"):
+        run = _read_run(ckpt.parent)
+        if run.status != "complete":
+            continue
+        if str(run.labels.get("dataset")) != dataset or str(run.labels.get("model")) != model:
+            continue
+        epochs = run.result.get("epochs_done") or 0
+        candidates.append((run.labels.get("method") != BASELINE, -(epochs if _finite(epochs) else 0), str(ckpt), ckpt))
+    return min(candidates)[-1] if candidates else None
+
+
+def _load_state_dict(path: Path) -> Optional[dict[str, Any]]:
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - checkpoints also hold RNG states and plain objects
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001
+        print(f"{path}: unreadable checkpoint ({type(err).__name__}: {err})", file=sys.stderr)
+        return None
+    state = obj.get("model") if isinstance(obj, dict) else None
+    return state if isinstance(state, dict) else None
+
+
+def figure_l1_norms(runs_root: Path, out_dir: Path, dataset: str = "cifar10", model: str = "mobilenetv2",
+                    num_classes: int = 10) -> list[Path]:
+    """Figure 2: mean average l1 norm per conv layer, from a trained checkpoint when one exists,
+    else at initialisation (seed 0), said so in the title."""
+    state, source = None, ""
+    ckpt = _find_trained_checkpoint(Path(runs_root), dataset, model)
+    if ckpt is not None:
+        state = _load_state_dict(ckpt)
+        source = f"trained: {ckpt.parent}"
+    if state is None:
+        torch.manual_seed(0)
+        state = models.create(model, num_classes=num_classes).state_dict()
+        source = "at initialisation (seed 0; no trained checkpoint found)"
+    norms = average_l1_norms(state)
+    fig, (ax,) = _new_figure(1, width=7.0, height=3.4)
+    ax.bar(np.arange(1, len(norms) + 1), [v for _, v in norms], width=0.8)
+    ax.set_xlabel("convolutional layer")
+    ax.set_ylabel("mean of average ℓ1 norms")
+    ax.set_xlim(0.3, len(norms) + 0.7)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(f"{model} on {dataset}, {source}", fontsize=9)
+    fig.suptitle("Mean values of the average ℓ1 norm (Eq. 1) per layer")
+    return _save(fig, out_dir, f"fig2-l1-norms-{model}-{dataset}",
+                 f"Mean average l1 norm per layer, {model} on {dataset}, {source}")
+
+
+def figure_alpha(grid_name: str, runs: list[Run], out_dir: Path) -> list[Path]:
+    """Figure 6: final top-1 against fixed alpha (``we_alpha_<a>`` labels), with adaptive alpha (``we``)
+    and the baseline as horizontal lines; one panel per (dataset, model). Nothing when no label has alpha."""
+    data: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for r in runs:
+        if r.counted:
+            data.setdefault(_panel_key(r), {}).setdefault(str(r.labels.get("method")), []).append(
+                float(r.result["final_top1"]))
+    panels = [k for k, v in data.items() if any(ALPHA_LABEL.match(m) for m in v)]
+    if not panels:
+        return []
+    panels.sort(key=_panel_rank)
+    fig, axes = _new_figure(len(panels))
+    for ax, key in zip(axes, panels):
+        by_method = data[key]
+        fixed = sorted((float(ALPHA_LABEL.match(m).group(1)), v) for m, v in by_method.items() if ALPHA_LABEL.match(m))
+        xs = [a for a, _ in fixed]
+        stats = [_stats(v) for _, v in fixed]
+        ax.errorbar(xs, [s[0] for s in stats], yerr=[s[1] if _finite(s[1]) else 0.0 for s in stats],
+                    marker="o", ms=4, capsize=2, lw=1.2, label="fixed α")
+        for method, style, label in (("we", dict(color="C3", ls="--"), "adaptive α (WE)"),
+                                     (BASELINE, dict(color="0.4", ls=":"), "baseline")):
+            if method in by_method:
+                mean, std, n = _stats(by_method[method])
+                ax.axhline(mean, lw=1.2, label=f"{label}: {mean:.2f} (n={n})", **style)
+                if _finite(std):
+                    ax.axhspan(mean - std, mean + std, color=style["color"], alpha=0.12, lw=0)
+        ax.set_title(f"{key[1]} on {key[0]}")
+        ax.set_xlabel("fixed α")
+        ax.set_ylabel("final test top-1 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    title = f"Fixed against adaptive alpha ({grid_name})"
+    fig.suptitle(title.replace("alpha", "α"))
+    return _save(fig, out_dir, f"fig6-alpha-{_safe(grid_name)}", title)
+
+
+def make_figures(runs_root: Path = Path("results/runs"), out_dir: Path = Path("results")) -> list[Path]:
+    """Every figure there is data for: Figures 5 and 6 per grid, Figures 2 and 3 always.
+
+    Figures go to ``out_dir/figures``; returns the paths written.
+    """
+    runs_root, fig_dir = Path(runs_root), Path(out_dir) / "figures"
+    written: list[Path] = []
+    grids = sorted(p for p in runs_root.iterdir() if p.is_dir()) if runs_root.is_dir() else []
+    for grid_dir in grids:
+        runs = load_runs(grid_dir)
+        written += figure_convergence(grid_dir.name, runs, fig_dir)
+        written += figure_alpha(grid_dir.name, runs, fig_dir)
+    written += figure_l1_norms(runs_root, fig_dir)
+    written += figure_selection_rate(fig_dir)
+    return written

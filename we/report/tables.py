@@ -1,0 +1,323 @@
+"""The tables of a grid: one row per (dataset, model, other varying axes, method label).
+
+``collect`` turns a grid's run folders into rows with mean, std and n of final and best-epoch top-1,
+the paper's number, the difference and Welch's t-test against the baseline, written as
+``results/<grid>.md|.csv|.tex`` (with the grid's Figures 5 and 6).
+"""
+from __future__ import annotations
+
+import math
+import re
+import sys
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import pandas as pd
+
+from we.files import REPO_ROOT
+from we.report.figures import figure_alpha, figure_convergence
+from we.report.runs import (BASELINE, CORE_LABELS, DATASET_ORDER, Run, _finite, _hashable, _method_sort_key,
+                            _stats, load_runs, problems)
+
+PAPER_CSV = REPO_ROOT / "results" / "paper" / "reported-results.csv"
+PAPER_RUNS = 5  # "The experiments are run for 5 times and the mean results are reported" (4.1.2)
+
+
+# ---------------------------------------------------------------------------------------------
+# The table
+# ---------------------------------------------------------------------------------------------
+def table_number(grid_name: str) -> Optional[int]:
+    """The paper table a grid reproduces, from names like ``table2`` or ``table2-official``."""
+    m = re.match(r"^table(\d+)(?![0-9])", grid_name)
+    return int(m.group(1)) if m else None
+
+
+def load_paper(paper_csv: Path) -> pd.DataFrame:
+    """The paper's reported numbers (empty when the file is missing or unreadable)."""
+    cols = ["table", "dataset", "model", "method", "top1", "top5"]
+    try:
+        df = pd.read_csv(paper_csv)
+    except (OSError, ValueError, pd.errors.ParserError):
+        return pd.DataFrame(columns=cols)
+    if not set(cols) <= set(df.columns):
+        return pd.DataFrame(columns=cols)
+    for c in ("dataset", "model", "method"):
+        df[c] = df[c].astype(str).str.strip().str.lower()
+    return df[cols]
+
+
+def _paper_lookup(paper: pd.DataFrame, table: Optional[int], dataset: str, model: str,
+                  method: str) -> tuple[float, float, float]:
+    """(table, top1, top5) of the paper's row; the grid's table first, then any table."""
+    hit = paper[(paper.dataset == str(dataset).lower()) & (paper.model == str(model).lower())
+                & (paper.method == str(method).lower())]
+    if table is not None and (hit.table == table).any():
+        hit = hit[hit.table == table]
+    if hit.empty:
+        return (math.nan, math.nan, math.nan)
+    row = hit.iloc[0]
+    return float(row.table), float(row.top1), float(row.top5)
+
+
+def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided Welch's t-test p-value (NaN when either side has fewer than two values)."""
+    from scipy import stats
+
+    a = [v for v in a if _finite(v)]
+    b = [v for v in b if _finite(v)]
+    if len(a) < 2 or len(b) < 2:
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def _order(values: Iterable[str], preferred: Sequence[str]) -> dict[str, int]:
+    uniq = list(dict.fromkeys(values))
+    ranked = sorted(uniq, key=lambda v: (preferred.index(v) if v in preferred else len(preferred), str(v)))
+    return {v: i for i, v in enumerate(ranked)}
+
+
+def summarize_runs(runs: list[Run], paper: pd.DataFrame, table: Optional[int] = None) -> pd.DataFrame:
+    """One row per (dataset, model, other varying axes, method label) with statistics and paper numbers."""
+    records = []
+    for r in runs:
+        rec = {k: _hashable(v) for k, v in r.labels.items() if k != "seed"}
+        for k in ("dataset", "model", "method"):
+            rec.setdefault(k, "?")
+        rec["_run"] = r
+        records.append(rec)
+    extra = sorted({k for rec in records for k in rec if k not in CORE_LABELS and k != "_run"})
+    for rec in records:
+        for k in extra:
+            rec.setdefault(k, "")
+    # Axes that are constant over the grid carry no information in the table.
+    extra = [k for k in extra if len({rec[k] for rec in records}) > 1]
+    keys = ["dataset", "model", *extra, "method"]
+
+    groups: dict[tuple, list[Run]] = {}
+    for rec in records:
+        groups.setdefault(tuple(rec[k] for k in keys), []).append(rec["_run"])
+
+    def values(rs: list[Run], metric: str) -> list[float]:
+        return [r.result.get(metric) for r in rs if r.counted]
+
+    rows = []
+    for key, rs in groups.items():
+        row: dict[str, Any] = dict(zip(keys, key))
+        for metric in ("final_top1", "best_top1", "final_top5", "best_top5"):
+            mean, std, n = _stats(values(rs, metric))
+            row[f"{metric}_mean"], row[f"{metric}_std"] = mean, std
+            if metric == "final_top1":
+                row["n"] = n
+        row["few_runs"] = row["n"] < PAPER_RUNS
+        ptable, p1, p5 = _paper_lookup(paper, table, row["dataset"], row["model"], row["method"])
+        row["paper_table"], row["paper_top1"], row["paper_top5"] = ptable, p1, p5
+        row["diff_final_top1"] = row["final_top1_mean"] - p1
+        row["diff_best_top1"] = row["best_top1_mean"] - p1
+        row["diff_final_top5"] = row["final_top5_mean"] - p5
+        row["diff_best_top5"] = row["best_top5_mean"] - p5
+        base = _baseline_group(groups, keys, key)
+        for metric in ("final_top1", "best_top1"):
+            row[f"p_{metric}"] = (welch_p(values(rs, metric), values(base, metric))
+                                  if base is not None and row["method"] != BASELINE else math.nan)
+        status = Counter(r.status for r in rs)
+        for s in ("failed", "diverged", "running", "unreadable"):
+            row[f"n_{s}"] = status.get(s, 0)
+        row["n_other"] = sum(v for s, v in status.items()
+                             if s not in ("complete", "failed", "diverged", "running", "unreadable"))
+        row["not_counted"] = ", ".join(f"{v} {s}" for s, v in sorted(status.items()) if s != "complete")
+        rows.append(row)
+
+    columns = [*keys, "n", "few_runs",
+               "final_top1_mean", "final_top1_std", "best_top1_mean", "best_top1_std",
+               "paper_table", "paper_top1", "diff_final_top1", "diff_best_top1",
+               "p_final_top1", "p_best_top1",
+               "final_top5_mean", "final_top5_std", "best_top5_mean", "best_top5_std",
+               "paper_top5", "diff_final_top5", "diff_best_top5",
+               "n_failed", "n_diverged", "n_running", "n_unreadable", "n_other", "not_counted"]
+    df = pd.DataFrame(rows, columns=columns)
+    if df.empty:
+        return df
+    paper_methods = list(dict.fromkeys(paper["method"])) if len(paper) else []
+    paper_models = list(dict.fromkeys(paper["model"])) if len(paper) else []
+    ds_rank = _order(df.dataset, DATASET_ORDER)
+    model_rank = _order(df.model, paper_models)
+    sort_keys = [(ds_rank[r["dataset"]], model_rank[r["model"]], *[str(r[k]) for k in extra],
+                  _method_sort_key(str(r["method"]), paper_methods)) for r in rows]
+    df = df.iloc[sorted(range(len(rows)), key=sort_keys.__getitem__)].reset_index(drop=True)
+    df.attrs["axes"] = keys
+    return df
+
+
+def _baseline_group(groups: dict[tuple, list[Run]], keys: list[str], key: tuple) -> Optional[list[Run]]:
+    """The baseline runs of the same dataset, model and other axes (or of the same dataset and
+    model when exactly one baseline group exists for them)."""
+    exact = tuple(BASELINE if k == "method" else v for k, v in zip(keys, key))
+    if exact in groups:
+        return groups[exact]
+    i_ds, i_model, i_method = keys.index("dataset"), keys.index("model"), keys.index("method")
+    same = [g for g in groups if g[i_method] == BASELINE and g[i_ds] == key[i_ds] and g[i_model] == key[i_model]]
+    return groups[same[0]] if len(same) == 1 else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting
+# ---------------------------------------------------------------------------------------------
+def _num(x: Any, digits: int = 2, sign: bool = False) -> str:
+    if not _finite(x):
+        return ""
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def _pm(mean: Any, std: Any, pm: str = " ± ") -> str:
+    if not _finite(mean):
+        return ""
+    return f"{mean:.2f}{pm}{std:.2f}" if _finite(std) else f"{mean:.2f}"
+
+
+def _p(x: Any) -> str:
+    if not _finite(x):
+        return ""
+    return "<0.001" if x < 1e-3 else f"{x:.3f}"
+
+
+def _n(n: int) -> str:
+    return f"{n}*" if n < PAPER_RUNS else str(n)
+
+
+def _display_rows(df: pd.DataFrame, pm: str, less: str = "<0.001") -> tuple[list[str], list[list[str]]]:
+    axes = df.attrs.get("axes", ["dataset", "model", "method"])
+    top5 = bool((df.dataset.astype(str).str.lower() == "imagenet").any())
+    header = [*axes, "n", "final top-1", "best top-1", "paper top-1", "Δ final", "Δ best",
+              "p final", "p best"]
+    if top5:
+        header += ["final top-5", "best top-5", "paper top-5", "Δ final top-5"]
+    body = []
+    for _, r in df.iterrows():
+        cells = [str(r[k]) for k in axes]
+        cells += [_n(int(r.n)), _pm(r.final_top1_mean, r.final_top1_std, pm),
+                  _pm(r.best_top1_mean, r.best_top1_std, pm), _num(r.paper_top1),
+                  _num(r.diff_final_top1, sign=True), _num(r.diff_best_top1, sign=True),
+                  _p(r.p_final_top1).replace("<0.001", less), _p(r.p_best_top1).replace("<0.001", less)]
+        if top5:
+            is_in = str(r.dataset).lower() == "imagenet"
+            cells += ([_pm(r.final_top5_mean, r.final_top5_std, pm), _pm(r.best_top5_mean, r.best_top5_std, pm),
+                       _num(r.paper_top5), _num(r.diff_final_top5, sign=True)] if is_in else ["", "", "", ""])
+        body.append(cells)
+    return header, body
+
+
+def _not_counted_lines(runs: list[Run]) -> list[str]:
+    lines = []
+    for r in runs:
+        lines += r.problems
+        if r.status in ("complete", "running"):
+            continue
+        if r.status == "unreadable":
+            lines.append(r.message)
+        elif r.status == "failed":
+            lines.append(f"`{r.path}` failed: {r.message}")
+        else:
+            lines.append(f"`{r.path}` {r.status} {r.message}".rstrip())
+    return lines
+
+
+def format_markdown(grid_name: str, df: pd.DataFrame, runs: list[Run]) -> str:
+    """The grid's table in GitHub markdown, with notes and the runs that were not counted."""
+    status = Counter(r.status for r in runs)
+    out = [f"# {grid_name}", "",
+           f"{len(runs)} runs: " + (", ".join(f"{v} {s}" for s, v in sorted(status.items())) or "none found"), ""]
+    if df.empty:
+        out += ["No runs to tabulate.", ""]
+    else:
+        header, body = _display_rows(df, " ± ")
+        out.append("| " + " | ".join(header) + " |")
+        out.append("|" + "|".join("---" if i < len(df.attrs.get("axes", [])) else "---:"
+                                  for i in range(len(header))) + "|")
+        out += ["| " + " | ".join(c if c else "–" for c in cells) + " |" for cells in body]
+        out += ["",
+                "final: last epoch; best: best epoch (as the authors' script reports); mean ± sample std over "
+                "complete runs. Δ: mean minus the paper. p: Welch's t-test against the baseline of the same "
+                f"dataset and model (blank when either side has fewer than 2 runs). `*`: n < {PAPER_RUNS}, "
+                f"fewer runs than the paper's {PAPER_RUNS}."]
+        if (df.n_failed + df.n_diverged + df.n_running + df.n_unreadable + df.n_other).any():
+            out += ["", "Runs not counted, per cell:", ""]
+            axes = df.attrs.get("axes", [])
+            for _, r in df[df.not_counted != ""].iterrows():
+                out.append(f"- {' / '.join(str(r[k]) for k in axes)}: {r.not_counted}")
+    lines = _not_counted_lines(runs)
+    if lines:
+        out += ["", "## Failed, diverged and unreadable runs", ""] + [f"- {line}" for line in lines]
+    return "\n".join(out) + "\n"
+
+
+def _tex_escape(s: str) -> str:
+    s = s.replace("\\", "\0")
+    for a, b in (("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"), ("_", r"\_"), ("{", r"\{"),
+                 ("}", r"\}"), ("~", r"\textasciitilde{}"), ("Δ", r"$\Delta$")):
+        s = s.replace(a, b)
+    return s.replace("\0", r"\textbackslash{}")
+
+
+def format_latex(grid_name: str, df: pd.DataFrame) -> str:
+    """The grid's table as a booktabs tabular."""
+    if df.empty:
+        return f"% {grid_name}: no runs to tabulate\n"
+    header, body = _display_rows(df, r"$\pm$", less=r"$<$0.001")
+    n_axes = len(df.attrs.get("axes", []))
+    spec = "l" * n_axes + "r" * (len(header) - n_axes)
+    lines = [f"% {grid_name}: mean $\\pm$ std over complete runs; * n < {PAPER_RUNS}; "
+             "p: Welch's t-test vs the baseline",
+             f"\\begin{{tabular}}{{{spec}}}", r"\toprule",
+             " & ".join(_tex_escape(h) for h in header) + r" \\", r"\midrule"]
+    prev = None
+    for (_, r), cells in zip(df.iterrows(), body):
+        group = (r.dataset, r.model)
+        if prev is not None and group != prev:
+            lines.append(r"\midrule")
+        prev = group
+        escaped = [_tex_escape(c) if i < n_axes else c.replace("*", r"$^*$") for i, c in enumerate(cells)]
+        lines.append(" & ".join(escaped) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# collect
+# ---------------------------------------------------------------------------------------------
+def collect(grid_name: str, runs_root: Path = Path("results/runs"), out_dir: Path = Path("results"),
+            paper_csv: Path = PAPER_CSV, *, figures: bool = True, echo: bool = True) -> dict[str, Any]:
+    """Tabulate one grid into ``out_dir/<grid>.md|.csv|.tex`` (and its convergence figure).
+
+    Returns ``{"markdown", "csv", "tex": Path, "figures": [Path], "table": DataFrame,
+    "runs": [Run], "problems": [str]}``. Raises FileNotFoundError when the grid folder is missing.
+    """
+    runs_root, out_dir = Path(runs_root), Path(out_dir)
+    grid_dir = runs_root / grid_name
+    if not grid_dir.is_dir():
+        raise FileNotFoundError(f"{grid_dir}: no such grid folder")
+    runs = load_runs(grid_dir)
+    paper = load_paper(Path(paper_csv))
+    df = summarize_runs(runs, paper, table_number(grid_name))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = format_markdown(grid_name, df, runs)
+    paths = {"markdown": out_dir / f"{grid_name}.md", "csv": out_dir / f"{grid_name}.csv",
+             "tex": out_dir / f"{grid_name}.tex"}
+    paths["markdown"].write_text(md)
+    df.to_csv(paths["csv"], index=False, float_format="%.6g")
+    paths["tex"].write_text(format_latex(grid_name, df))
+
+    written: list[Path] = []
+    if figures:
+        written += figure_convergence(grid_name, runs, out_dir / "figures")
+        written += figure_alpha(grid_name, runs, out_dir / "figures")
+    unreadable = problems(runs)
+    for line in unreadable:
+        print(line, file=sys.stderr)
+    if echo:
+        print(md, end="")
+    return {**paths, "figures": written, "table": df, "runs": runs, "problems": unreadable}

@@ -1,0 +1,5 @@
+import sys
+
+from we.train.cli import cli
+
+sys.exit(cli())

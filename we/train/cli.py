@@ -1,0 +1,34 @@
+"""`python -m we.train [--config FILE] [key=value ...]`: one run from the command line.
+
+Exit codes: 0 complete, 1 failed (the error is in result.json and on one line here), 2 bad config
+(one line naming the key), 3 diverged.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from we.errors import ConfigError
+from we.train.config import load_config
+from we.train.trainer import EXIT_CODES, log, main
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m we.train", description="Train one run (resumes from its folder).")
+    parser.add_argument("--config", help="YAML file of config keys (overridden by key=value arguments)")
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. model=resnet56 method=we epochs=10")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        result = main(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - reported in result.json and as one line here
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    summary = {k: result.get(k) for k in ("status", "final_top1", "best_top1", "epochs_done")}
+    if int(os.environ.get("RANK", "0")) == 0:  # rank 0 only under a distributed launch
+        log(f"result: {summary}")
+    return EXIT_CODES.get(result["status"], 1)

@@ -1,0 +1,331 @@
+"""One run configuration: the core keys and recipes here, each method's keys from its plug-in.
+
+A run is described by a flat `Config`: the core keys below (`CORE_KEYS`, one visible block of
+defaults) plus every registered method's keys (`we.methods`). Keys left at `None` are filled by
+`resolve()` from the recipe table (`RECIPES`) and the plug-ins, so a resolved config has every value
+explicit and is what gets saved beside the results and inside every checkpoint. Unknown keys and
+wrong types fail loudly, with one line naming the key.
+"""
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+import models
+from we.errors import ConfigError, InputError
+from we.files import read_yaml
+from we.methods import METHODS, ConfigKey, method_keys
+from we.train.datasets import DATASETS, NORMALIZATIONS, TRAIN_IMAGES
+
+K = ConfigKey
+CORE_KEYS: dict[str, ConfigKey] = {
+    # ---- run -------------------------------------------------------------------------------------
+    "out": K(str, "results/runs/manual", "run folder: config.yaml, metrics, result.json, last.pt"),
+    "seed": K(int, 0, "seeds model init, data order and augmentation", minimum=0),
+    "device": K(str, "auto", "auto | cpu | cuda | cuda:N (several processes: cuda:LOCAL_RANK each)"),
+    "dist_backend": K(str, "auto", "several processes: auto (nccl on CUDA, gloo on CPU) | nccl | gloo",
+                      choices=("auto", "nccl", "gloo")),
+    # ---- data ------------------------------------------------------------------------------------
+    "dataset": K(str, "digits", "digits | cifar10 | cifar100 | imagenet", choices=DATASETS),
+    "data_dir": K(str, "data", "dataset root"),
+    "download": K(bool, True, "CIFAR only: download into data_dir where the network allows"),
+    "image_size": K(Optional[int], None, "None: 32 (CIFAR, digits), 224 (ImageNet), 128 for mobilenetv2_050"),
+    "normalization": K(Optional[str], None, "paper (dataset statistics) | official (the authors' constants)",
+                       choices=NORMALIZATIONS),
+    "data_path": K(str, "auto", "auto (device on CUDA, loader on CPU) | loader | device",
+                   choices=("auto", "loader", "device")),
+    "workers": K(int, 2, "DataLoader worker processes (loader path)", minimum=0),
+    "limit_train": K(int, 0, "keep only the first N training images (0: all); for smoke runs", minimum=0),
+    # ---- model and method ------------------------------------------------------------------------
+    "model": K(str, "resnet20", "a zoo model (models.list_models())"),
+    "method": K(str, "baseline", "a registered method (we.methods.METHODS)"),
+    "recipe": K(str, "paper", "paper | official (the authors' CIFAR script)", choices=("paper", "official")),
+    # ---- optimisation (None: from the recipe) ------------------------------------------------------
+    "epochs": K(Optional[int], None, "training epochs", minimum=0, strict=True),
+    "batch_size": K(Optional[int], None, "the global batch", minimum=0, strict=True),
+    "eval_batch_size": K(int, 1000, "test batch size", minimum=0, strict=True),
+    "lr": K(Optional[float], None, "initial learning rate", minimum=0, strict=True),
+    "momentum": K(Optional[float], None, "SGD momentum", minimum=0),
+    "weight_decay": K(Optional[float], None, "SGD weight decay", minimum=0),
+    "nesterov": K(Optional[bool], None, "Nesterov momentum"),
+    "schedule": K(Optional[str], None, "multistep (x lr_gamma at lr_milestones) | step (every lr_step) | cosine",
+                  choices=("multistep", "step", "cosine")),
+    "lr_milestones": K(Optional[list[int]], None, "multistep: epochs of the lr drops"),
+    "lr_step": K(Optional[int], None, "step: epochs between lr drops", minimum=0, strict=True),
+    "lr_gamma": K(float, 0.1, "learning-rate decay factor"),
+    # ---- speed switches (recorded in result.json) ---------------------------------------------------
+    "amp": K(bool, False, "bf16 autocast"),
+    "channels_last": K(bool, False, "channels-last memory format"),
+    "compile": K(bool, False, "torch.compile the model"),
+    "cudnn_benchmark": K(bool, False, "cuDNN autotuner"),
+    # ---- logging -----------------------------------------------------------------------------------
+    "progress": K(str, "auto", "auto (tqdm on a terminal) | bar | plain", choices=("auto", "bar", "plain")),
+}
+del K
+
+# Defaults for core keys left at None, by (recipe, dataset family). Paper section 4.1.2; the authors'
+# script (official) for CIFAR: StepLR(60) (decays at 60, 120 AND 180), nesterov off, its constants.
+# A method's own per-family defaults are its plug-in's `recipe_defaults`.
+RECIPES: dict[tuple[str, str], dict[str, Any]] = {
+    ("paper", "cifar"): dict(
+        epochs=200, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=False,
+        schedule="multistep", lr_milestones=[60, 120], lr_step=60, normalization="paper"),
+    ("official", "cifar"): dict(
+        epochs=200, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=False,
+        schedule="step", lr_milestones=[60, 120], lr_step=60, normalization="official"),
+    ("paper", "imagenet"): dict(
+        epochs=90, batch_size=256, lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=False,
+        schedule="step", lr_milestones=[30, 60], lr_step=30, normalization="paper"),
+}
+RECIPES[("official", "imagenet")] = dict(RECIPES[("paper", "imagenet")])
+
+IMAGE_SIZES = {"digits": 32, "cifar10": 32, "cifar100": 32, "imagenet": 224}
+MODEL_IMAGE_SIZES = {"mobilenetv2_050": 128}  # paper Table 4: MobileNetV2-0.5 at 128x128
+
+# Keys that say where or how a run executes, not what it computes: they may differ between an
+# interrupted run and its resumption, and they are not part of a run's identity.
+RESULT_NEUTRAL_KEYS = ("out", "device", "data_dir", "download", "workers", "progress", "dist_backend")
+
+assert set(TRAIN_IMAGES) == set(IMAGE_SIZES) == set(DATASETS)
+
+
+def config_keys() -> dict[str, ConfigKey]:
+    """Every key a run config has: the core keys, then each registered method's."""
+    return {**CORE_KEYS, **method_keys()}
+
+
+class Config:
+    """A run configuration: attribute access to every key of `config_keys()`, defaults for the rest.
+
+    Built with keyword arguments (unknown keys are refused); `to_dict` gives the plain mapping and
+    `replace(**changes)` a changed copy.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, **values: Any) -> None:
+        keys = config_keys()
+        unknown = [k for k in values if k not in keys]
+        if unknown:
+            raise TypeError(f"Config got unknown key {unknown[0]!r}")
+        merged = {k: _copy(values[k]) if k in values else _copy(spec.default) for k, spec in keys.items()}
+        object.__setattr__(self, "_values", merged)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return object.__getattribute__(self, "_values")[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError("Config is read-only: use cfg.replace(key=value)")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and self._values == other._values
+
+    def __repr__(self) -> str:
+        return "Config(" + ", ".join(f"{k}={v!r}" for k, v in self._values.items()) + ")"
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with `changes` applied."""
+        return Config(**{**self._values, **changes})
+
+
+def _copy(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else value
+
+
+def dataset_family(dataset: str) -> str:
+    """'imagenet' for ImageNet, else 'cifar' (CIFAR-10/100 and the 32x32 digits set)."""
+    return "imagenet" if dataset == "imagenet" else "cifar"
+
+
+def _type_name(tp: Any) -> str:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if typing.get_origin(tp) is list:
+        return f"list of {_type_name(args[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted for floats. Raises ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError:
+                pass
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+        return [_coerce(key, v, item) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+
+
+def make_config(values: dict[str, Any], source: str = "config") -> Config:
+    """Build a Config from a mapping, failing on unknown keys and wrong types (one line, names the key)."""
+    keys = config_keys()
+    kwargs = {}
+    for key, value in values.items():
+        if key not in keys:
+            close = [k for k in keys if k.split("_")[-1] == str(key).split("_")[-1]]
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{source}: unknown config key '{key}'{hint}")
+        kwargs[key] = _coerce(key, value, keys[key].type)
+    return Config(**kwargs)
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """Parse `key=value` strings; values are read as YAML scalars/lists (e.g. `lr=0.05`, `lr_milestones=[30,60]`)."""
+    out: dict[str, Any] = {}
+    for arg in args:
+        if "=" not in arg:
+            raise ConfigError(f"override '{arg}' is not of the form key=value")
+        key, raw = arg.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        out[key.strip()] = _number(value)
+    return out
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads '1e30' (no dot) as a string; read such a number as a number."""
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            return value
+    return value
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping of config keys (the suite's one YAML reader: duplicate keys are refused);
+    a missing file or malformed YAML is a one-line ConfigError naming the file."""
+    path = Path(path)
+    try:
+        data = read_yaml(path, "config")
+    except InputError as err:
+        if err.message == "no such file":
+            raise ConfigError(f"{path}: no such config file") from None
+        raise ConfigError(f"{path}: {err.message} ({err.key})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def resolve(cfg: Config) -> Config:
+    """Fill keys left at None from the recipe table and the plug-ins, and validate every value."""
+    validate_choices(cfg)
+    family = dataset_family(cfg.dataset)
+    values = to_dict(cfg)
+    defaults = {**RECIPES[(cfg.recipe, family)],
+                **{k: v for cls in METHODS.values() for k, v in cls.recipe_defaults.get(family, {}).items()}}
+    for key, default in defaults.items():
+        if values[key] is None:
+            values[key] = _copy(default)
+    if values["image_size"] is None:
+        values["image_size"] = MODEL_IMAGE_SIZES.get(cfg.model, IMAGE_SIZES[cfg.dataset]) \
+            if family == "imagenet" else IMAGE_SIZES[cfg.dataset]
+    for cls in METHODS.values():
+        cls.resolve(values)
+    out = Config(**values)
+    validate(out)
+    return out
+
+
+def validate_choices(cfg: Config) -> None:
+    """Check enumerated keys, the model and the method against their registries."""
+    for key, spec in config_keys().items():
+        value = getattr(cfg, key)
+        if spec.choices and value is not None and value not in spec.choices:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(spec.choices)}")
+    if cfg.model not in models.list_models():
+        raise ConfigError(f"config key 'model': unknown model {cfg.model!r} (known: {', '.join(models.list_models())})")
+    if cfg.method not in METHODS:
+        raise ConfigError(f"config key 'method': unknown method {cfg.method!r} (known: {', '.join(METHODS)})")
+    family = models.model_info(cfg.model).family
+    if family != dataset_family(cfg.dataset):
+        raise ConfigError(f"config key 'model': {cfg.model!r} is a {family} model, dataset {cfg.dataset!r} is not")
+    if cfg.device != "auto" and not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
+        raise ConfigError(f"config key 'device': {cfg.device!r} is not auto, cpu, cuda or cuda:N")
+
+
+def validate(cfg: Config) -> None:
+    """Range checks on a resolved config: every key's minimum, then the checks across keys."""
+    validate_choices(cfg)
+    for key, spec in config_keys().items():
+        value = getattr(cfg, key)
+        if spec.minimum is None or value is None:
+            continue
+        if value < spec.minimum or (spec.strict and value == spec.minimum):
+            raise ConfigError(f"config key '{key}': must be {'>' if spec.strict else '>='} {spec.minimum}, "
+                              f"got {value!r}")
+    if not 0 < cfg.lr_gamma <= 1:
+        raise ConfigError(f"config key 'lr_gamma': must be in (0, 1], got {cfg.lr_gamma!r}")
+    ms = cfg.lr_milestones
+    if ms is not None and (any(m <= 0 for m in ms) or ms != sorted(set(ms))):
+        raise ConfigError(f"config key 'lr_milestones': must be strictly increasing positive epochs, got {ms!r}")
+    if cfg.image_size is not None and cfg.image_size < 8:
+        raise ConfigError(f"config key 'image_size': must be >= 8, got {cfg.image_size!r}")
+    for cls in METHODS.values():
+        cls.check(cfg)
+    if cfg.data_path == "device" and cfg.dataset == "imagenet":
+        raise ConfigError("config key 'data_path': 'device' holds CIFAR-sized sets only; use loader for imagenet")
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None) -> Config:
+    """YAML file (optional) + overrides -> resolved, validated Config."""
+    values: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        values.update(load_yaml(path))
+        source = str(path)
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    if overrides:
+        make_config(overrides, source="override")  # name the override, not the file, when it is bad
+        values.update(overrides)
+    return resolve(make_config(values, source=source))
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain dict (YAML/JSON-ready) of a config."""
+    return {k: _copy(v) for k, v in cfg._values.items()}
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
+    """Keys whose values differ between two config dicts."""
+    keys = sorted(set(a) | set(b))
+    return [k for k in keys if k not in ignore and a.get(k) != b.get(k)]

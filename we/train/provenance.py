@@ -1,0 +1,46 @@
+"""Provenance of a run: git commit, library versions, hardware and SLURM ids, for result.json."""
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+
+from we.files import REPO_ROOT
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    """Git commit, library versions and hardware of this process, for result.json."""
+    versions = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__}
+    for name in ("torchvision", "timm", "submitit", "pandas"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    hardware = {"host": socket.gethostname(), "platform": platform.platform(), "cpu": platform.processor()
+                or platform.machine(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                "device": str(device)}
+    if device.type == "cuda":
+        hardware["gpu"] = torch.cuda.get_device_name(device)
+        hardware["gpu_count"] = torch.cuda.device_count()
+        hardware["cuda"] = torch.version.cuda
+    slurm = {k: v for k, v in os.environ.items() if k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID",
+                                                            "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT")}
+    return {"git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(status) if status is not None else None,
+            "versions": versions, "hardware": hardware, "slurm": slurm,
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
