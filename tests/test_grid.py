@@ -3,6 +3,7 @@ import csv
 import json
 import multiprocessing
 import os
+import re
 import socket
 import time
 from collections import defaultdict
@@ -292,15 +293,21 @@ def test_official_variant_refuses_switches_it_lacks(tmp_path: Path):
 
 # ---- plan / CLI ---------------------------------------------------------------------------------
 
-def test_plan_prints_states_and_gpu_hours(tmp_path: Path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    path = write_grid(tmp_path, base={**TINY_BASE, "limit_train": 0, "epochs": 10})
+def test_plan_prints_a_summary_with_its_sources(tmp_path: Path, capsys, monkeypatch):
+    bench = tmp_path / "results" / "bench"
+    monkeypatch.setattr("we.grid.cost.BENCH_DIR", bench)
+    path = write_grid(tmp_path, base={**TINY_BASE, "limit_train": 0, "epochs": 10},
+                      axes={"method": ["baseline", "we", "fg2"]}, seeds=[0, 1])
     assert main(["plan", str(path), "--runs-root", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
-    assert "digits-resnet20-we-s1" in out and "todo 4" in out and "default table in we/grid/cost.py" in out
+    assert "todo 6" in out and "default table in we/grid/cost.py (not a measurement)" in out
+    assert "digits-resnet20-we-s1" not in out and "--cells lists every cell" in out  # a summary
+    assert re.search(r"^fg2 +2 +2 +2 +[0-9.e-]+ +FGMethod\.cost", out, re.M), out  # FG-2 trains 2 networks
+    assert re.search(r"^baseline +2 +2 +1 ", out, re.M), out
     assert not (tmp_path / "runs").exists()
+    assert main(["plan", str(path), "--runs-root", str(tmp_path / "runs"), "--cells"]) == 0
+    assert "digits-resnet20-we-s1" in capsys.readouterr().out
     # a CPU bench says nothing about GPU-hours ...
-    bench = tmp_path / "results" / "bench"
     bench.mkdir(parents=True)
     (bench / "cpu.json").write_text(json.dumps({"rows": [{"model": "resnet20", "train_img_s": 5.0}]}))
     assert main(["plan", str(path), "--runs-root", str(tmp_path / "runs")]) == 0
@@ -310,9 +317,9 @@ def test_plan_prints_states_and_gpu_hours(tmp_path: Path, capsys, monkeypatch):
                                                            "method": "baseline", "images_per_s": 1437.0}]}))
     assert main(["plan", str(path), "--runs-root", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
-    assert "results/bench/b.json" in out
-    # 10 epochs x 1437 images at 1437 images/s = 10 s per cell, 4 cells
-    assert "estimate: 0.0111 GPU-hours to run" in out
+    assert "results/bench/b.json" in out and "default table" not in out
+    # 10 epochs x 1437 images at 1437 images/s = 10 s per cell; 4 cells x 1 + 2 FG-2 cells x 2
+    assert "estimate: 0.0222 GPU-hours to run" in out
 
 
 def test_throughput_table_covers_every_model():

@@ -1,13 +1,16 @@
 """Experiment grids: a YAML file -> cells (one resolved config each) -> run folders, states, jobs.
 
-    python -m we.grid plan|submit|status|collect GRID [--executor slurm|local] [--profile FILE]
-                      [--wait] [--runs-root DIR] [--set key=value ...]
+    python -m we.grid plan|prepare|submit|status|collect GRID [--executor slurm|local] [--profile FILE]
+                      [--wait] [--runs-root DIR] [--cells] [--allow-cpu-marathon] [--set key=value ...]
 
-GRID is a path or a name in experiments/ (the file format: we/grid/schema.py). `plan` prints the
-cells, their states and the GPU-hour estimate; `submit` starts the todo and failed cells on an
-executor (under the grid's lock); `status` counts the states and shows failed cells' logs. `collect`
-builds the tables and figures: it belongs to the report layer (we.report.collect_grid), which
-`python -m we.grid` (we/grid/__main__.py) hands to `main` here.
+GRID is a path or a name in experiments/ (the file format: we/grid/schema.py); `--set` may stand
+anywhere. Run folders go under --runs-root, else $WE_RUNS_ROOT, else the checkout's results/runs,
+from any working directory. `plan` prints a summary of the cells, their states and the GPU-hour
+estimate (we/grid/plan.py); `prepare` makes the grid's datasets ready on this host
+(we/grid/prepare.py); `submit` does the same, then starts the todo, failed and interrupted cells
+on an executor (under the grid's lock); `status` counts the states and shows failed cells' logs.
+`collect` builds the tables and figures: it belongs to the report layer (we.report.collect_grid),
+which `python -m we.grid` (we/grid/__main__.py) hands to `main` here.
 """
 from __future__ import annotations
 
@@ -15,67 +18,26 @@ import argparse
 import os
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from we.errors import InputError
+from we.errors import DatasetNotFoundError, InputError
 from we.files import REPO_ROOT
-from we.grid.cost import gpu_hours, load_throughput
-from we.grid.identity import DEFAULT_RUNS_ROOT, Cell, parse_sets, resolve_cells
+from we.grid.identity import Cell, parse_sets, resolve_cells, runs_root
 from we.grid.local import LocalExecutor
+from we.grid.plan import counts as _counts
+from we.grid.plan import plan
+from we.grid.prepare import offline_config, prepare_data
 from we.grid.profiles import Profile, load_profile
 from we.grid.records import grid_lock
 from we.grid.schema import Grid, display_path, load_grid
 from we.grid.slurm import SlurmExecutor
-from we.grid.state import (STATES, CellState, adopt_twin, assess, check_writable, write_cell,
-                           write_grid_file)
+from we.grid.state import TO_RUN, CellState, adopt_twin, assess, check_writable, write_cell, write_grid_file
 
 DEFAULT_PROFILE = REPO_ROOT / "slurm" / "default.yaml"
 # collect(grid, cells, runs_root, out_dir, reuse) for `collect` (we.report.collect_grid.collect_grid)
 Collect = Callable[[Grid, Sequence[Cell], Path, Path, bool], Any]
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
-def _counts(states: Sequence[CellState]) -> str:
-    counts = Counter(s.state for s in states)
-    return ", ".join(f"{k} {counts[k]}" for k in STATES if counts[k]) or "no cells"
-
-
-def plan(grid: Grid, cells: Sequence[Cell], runs_root: Path, reuse: bool = True, out: Any = None) -> list[CellState]:
-    """Print the cells, their states and the GPU-hour estimate; writes nothing."""
-    out = out or sys.stdout
-    throughput = load_throughput()
-    states = assess(cells, runs_root, reuse)
-    rows, to_run, total, sources = [], 0.0, 0.0, set()
-    for st in states:
-        hours = gpu_hours(st.cell, throughput)
-        sources.add(throughput.lookup(st.cell.config["model"], st.cell.config["dataset"])[1])
-        total += hours
-        if st.state in ("todo", "failed"):
-            to_run += hours
-        rows.append([st.cell.key, st.state, f"{hours:.3g}", st.cell.run_dir.name, st.note])
-    print(f"grid {grid.name} ({display_path(grid.path)}): {len(cells)} cells, run folders in "
-          f"{display_path(Path(runs_root) / grid.name)}", file=out)
-    if grid.description:
-        print(grid.description.strip(), file=out)
-    if rows:
-        print(_table(rows, ["cell", "state", "GPU-h", "folder", "note"]), file=out)
-    print(f"states: {_counts(states)}", file=out)
-    if cells:
-        print(f"estimate: {to_run:.3g} GPU-hours to run (todo + failed), {total:.3g} for the whole grid; "
-              f"throughput from {', '.join(sorted(sources))}", file=out)
-    else:
-        print("no training cells (a plot-only grid): `collect` draws it", file=out)
-    return states
 
 
 @dataclass
@@ -87,9 +49,18 @@ class SubmitReport:
 
 def submit(grid: Grid, cells: Sequence[Cell], executor: Any, runs_root: Path, reuse: bool = True,
            out: Any = None) -> SubmitReport:
-    """Submit the todo and failed cells (under the grid's lock); prints and returns what was submitted."""
+    """Submit the todo, failed and interrupted cells (under the grid's lock); prints and returns what
+    was submitted. Before anything is written: the executor's own check of the cells (the local
+    executor's CPU guard) and their datasets made ready here (DatasetNotFoundError when one cannot be);
+    the jobs then run with download off."""
     out = out or sys.stdout
     check_writable(runs_root)
+    pending = [s.cell for s in assess(cells, runs_root, reuse) if s.state in TO_RUN and s.reuse_from is None]
+    if hasattr(executor, "check"):
+        executor.check(pending)
+    prepare_data(pending, out)
+    for cell in cells:
+        offline_config(cell)
     grid_dir = Path(runs_root).absolute() / grid.name
     lock = grid_lock(grid_dir)
     try:
@@ -103,8 +74,9 @@ def submit(grid: Grid, cells: Sequence[Cell], executor: Any, runs_root: Path, re
         reused = [s for s in states if s.reuse_from is not None]
         for st in reused:
             adopt_twin(st)
-        chosen = [s for s in states if s.state in ("todo", "failed")]
-        skipped = [s for s in states if s.state not in ("todo", "failed") and s.reuse_from is None]
+        chosen = [s for s in states if s.state in TO_RUN]
+        skipped = [s for s in states if s.state not in TO_RUN and s.reuse_from is None]
+        prepare_data([s.cell for s in chosen if s.cell not in pending])  # changed since the check above
         for st in chosen:
             write_cell(st.cell)
         records = executor.submit([s.cell for s in chosen], grid_dir) if chosen else []
@@ -168,43 +140,74 @@ def status(grid: Grid, cells: Sequence[Cell], runs_root: Path, reuse: bool = Tru
         if st.state in ("running", "unknown", "stale"):
             print(f"  {st.state:8s} {st.cell.key}: {st.note}", file=out)
     for st in states:
-        if st.state == "failed":
-            print(f"  failed   {st.cell.key}: {st.note}  ({display_path(st.cell.run_dir)})", file=out)
+        if st.state in ("failed", "interrupted"):
+            print(f"  {st.state:8s} {st.cell.key}: {st.note}  ({display_path(st.cell.run_dir)})", file=out)
             for line in log_tail(st.last_record):
                 print(line, file=out)
     return states
 
 
-
-def make_executor(name: str, profile: Profile | None, grid: Grid, concurrency: int | None) -> Any:
+def make_executor(name: str, profile: Profile | None, grid: Grid, concurrency: int | None,
+                  allow_cpu_marathon: bool = False) -> Any:
     if name == "slurm":
         assert profile is not None
         return SlurmExecutor(profile.with_resources(grid.resources))
-    return LocalExecutor(concurrency=concurrency)
+    return LocalExecutor(concurrency=concurrency, allow_cpu_marathon=allow_cpu_marathon)
+
+
+def split_sets(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the other arguments, the KEY=VALUE items of every `--set`), so `--set` may stand anywhere:
+    `--set a=1 b=2 GRID` keeps GRID; `--set=a=1` works too."""
+    rest: list[str] = []
+    sets: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        token = items[i]
+        i += 1
+        if token.startswith("--set="):
+            sets.append(token[len("--set="):])
+        elif token == "--set":
+            start = i
+            while i < len(items) and "=" in items[i] and not items[i].startswith("-"):
+                i += 1
+            if i == start and i < len(items) and not items[i].startswith("-"):
+                i += 1  # `--set epochs`: kept for parse_sets to refuse with one line
+            sets += items[start:i]
+        else:
+            rest.append(token)
+    return rest, sets
 
 
 def main(argv: list[str] | None = None, collect: Collect | None = None) -> int:
     """The grid CLI; `collect` is offered when a collect function is given (python -m we.grid gives it)."""
     parser = argparse.ArgumentParser(prog="python -m we.grid", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("plan", "submit", "status") + (("collect",) if collect else ()))
+    parser.add_argument("command", choices=("plan", "prepare", "submit", "status") + (("collect",) if collect else ()))
     parser.add_argument("grid", help="a grid file, or a grid name in experiments/")
     parser.add_argument("--executor", choices=("slurm", "local"), default="local")
     parser.add_argument("--profile", default=None, help="cluster profile (slurm; default slurm/default.yaml)")
     parser.add_argument("--wait", action="store_true", help="submit: block until no cell is running")
-    parser.add_argument("--runs-root", default=str(DEFAULT_RUNS_ROOT), help="default results/runs")
-    parser.add_argument("--out-dir", default="results", help="collect: where tables and figures go")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", nargs="+",
-                        help="config keys for every cell (change run identity), e.g. --set epochs=2 limit_train=256")
+    parser.add_argument("--runs-root", default=None,
+                        help="where run folders go (default $WE_RUNS_ROOT, else the checkout's results/runs)")
+    parser.add_argument("--out-dir", default=str(REPO_ROOT / "results"),
+                        help="collect: where tables and figures go (default the checkout's results/)")
+    parser.add_argument("--set", dest="sets_help", metavar="KEY=VALUE", nargs="+",
+                        help="config keys for every cell (change run identity), anywhere on the line, "
+                             "e.g. --set epochs=2 limit_train=256")
+    parser.add_argument("--cells", action="store_true", help="plan: list every cell, not only the summary")
     parser.add_argument("--concurrency", type=int, default=None,
                         help="local: cells at once (default one per GPU, 1 on the CPU)")
+    parser.add_argument("--allow-cpu-marathon", action="store_true",
+                        help="local: start a long grid (200-epoch CIFAR, ImageNet) on a machine without a GPU")
     parser.add_argument("--no-reuse", action="store_true",
                         help="train cells even when another grid already ran the same config")
-    args = parser.parse_args(argv)
-    runs_root = Path(args.runs_root)
+    rest, set_items = split_sets(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(rest)
+    root, rule = runs_root(args.runs_root)
     reuse = not args.no_reuse
     try:
         grid = load_grid(args.grid)
-        sets = parse_sets([s for group in args.sets for s in group])
+        sets = parse_sets(set_items)
         profile = None
         neutral: dict[str, Any] = {}
         if args.executor == "slurm" or args.profile:
@@ -212,30 +215,39 @@ def main(argv: list[str] | None = None, collect: Collect | None = None) -> int:
             neutral = dict(profile.config)
         if args.concurrency is not None and args.concurrency < 1:
             raise InputError("--concurrency", "concurrency", f"must be >= 1, got {args.concurrency}")
-        cells = resolve_cells(grid, runs_root, sets, neutral if args.command == "submit" else None)
+        cells = resolve_cells(grid, root, sets, neutral if args.command in ("submit", "prepare") else None)
         if args.command in ("submit", "collect"):
-            check_writable(runs_root)
+            check_writable(root)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.command == "plan":
-        plan(grid, cells, runs_root, reuse)
+        plan(grid, cells, root, reuse, show_cells=args.cells, root_rule=rule)
         return 0
     if args.command == "status":
-        states = status(grid, cells, runs_root, reuse)
+        states = status(grid, cells, root, reuse)
         return 1 if any(s.state == "failed" for s in states) else 0
+    if args.command == "prepare":
+        try:
+            lines = prepare_data(cells, sys.stdout)
+        except DatasetNotFoundError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"{grid.name}: {len(lines)} dataset(s) ready" if lines else f"{grid.name}: no training cells")
+        return 0
     if args.command == "collect":
         assert collect is not None
         try:
-            collect(grid, cells, runs_root, Path(args.out_dir), reuse)
+            collect(grid, cells, root, Path(args.out_dir), reuse)
         except InputError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         return 0
-    executor = make_executor(args.executor, profile, grid, args.concurrency)
+    executor = make_executor(args.executor, profile, grid, args.concurrency, args.allow_cpu_marathon)
+    print(f"runs: {root / grid.name} ({rule})", flush=True)
     try:
-        submit(grid, cells, executor, runs_root, reuse)
-    except InputError as err:
+        submit(grid, cells, executor, root, reuse)
+    except (InputError, DatasetNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # noqa: BLE001 - sbatch/submitit refusal: one line, nonzero exit
@@ -246,20 +258,19 @@ def main(argv: list[str] | None = None, collect: Collect | None = None) -> int:
         return 0
     runner = getattr(executor, "process", None)
     try:
-        states = wait(grid, cells, runs_root, reuse, poll_s=None if args.executor == "local" else
+        states = wait(grid, cells, root, reuse, poll_s=None if args.executor == "local" else
                       float(os.environ.get("WE_GRID_POLL_S", "10")))
         if runner is not None:  # the local runner records each cell's exit before it ends
             runner.wait()
-            states = assess(cells, runs_root, reuse)
+            states = assess(cells, root, reuse)
     except KeyboardInterrupt:
         where = f" (local runner pid {runner.pid})" if runner is not None else ""
         print(f"stopped waiting; the cells keep running{where}: `python -m we.grid status {args.grid}` "
               "shows them", file=sys.stderr)
         return 130
-    failed = [s for s in states if s.state in ("failed", "unknown", "stale")]
+    failed = [s for s in states if s.state in ("failed", "interrupted", "unknown", "stale")]
     for st in failed:
         print(f"  {st.state} {st.cell.key}: {st.note}", file=sys.stderr)
         for line in log_tail(st.last_record):
             print(line, file=sys.stderr)
     return 1 if failed else 0
-

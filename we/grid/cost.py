@@ -1,8 +1,10 @@
-"""The GPU-hour estimate of a grid's cells (`python -m we.grid plan`).
+"""The GPU-hour estimate of a grid's cells (`python -m we.grid plan`), and the size of a grid for
+the local executor's CPU guard.
 
-Training images/s per model come from the newest GPU bench in results/bench/ (`make bench`), else
-from DEFAULT_IMAGES_PER_S; a cell's GPU-hours are its training images over the run (times the
-method's cost factor: filter grafting with n networks trains n) over one GPU's images per second.
+Training images/s per model come from the newest GPU bench in the checkout's results/bench/
+(`make bench`), else from DEFAULT_IMAGES_PER_S (documented defaults, not measurements); a cell's
+GPU-hours = its training images over the run x the method's cost factor (the method plug-in's
+`cost`: FG-n trains n networks, RL one extra forward, ONI a heavier conv) / one GPU's images per second.
 """
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from we.files import REPO_ROOT
 from we.grid.identity import Cell
 from we.grid.schema import display_path
-from we.methods import cost_factor
+from we.methods import METHODS, cost_factor
 from we.train.datasets import TRAIN_IMAGES
 
 # Training throughput (images/s, one GPU, fp32) used for the estimate when results/bench/ has no
@@ -25,7 +28,13 @@ DEFAULT_IMAGES_PER_S: dict[str, float] = {
     "mobilenetv2_050": 4_000,  # 128x128
 }
 FALLBACK_IMAGES_PER_S = 5_000.0
-BENCH_DIR = Path("results/bench")
+BENCH_DIR = REPO_ROOT / "results" / "bench"
+DEFAULT_SOURCE = "default table in we/grid/cost.py (not a measurement)"
+# The local executor refuses, on a machine without a GPU and without --allow-cpu-marathon, to start
+# cells that together train on more than this many 32x32-image passes (epochs x training images x
+# method cost factor, an ImageNet image counting (image_size/32)^2): 40 epochs of full CIFAR, hours
+# on a CPU. `make demo` (digits, 5 epochs, 6 cells) is about 43,000.
+CPU_MARATHON_IMAGES = 2_000_000
 
 
 @dataclass
@@ -37,7 +46,7 @@ class Throughput:
         for key in ((model, dataset), (model, "")):
             if key in self.images_per_s:
                 return self.images_per_s[key], self.source
-        return DEFAULT_IMAGES_PER_S.get(model, FALLBACK_IMAGES_PER_S), "default table in we/grid/cost.py"
+        return DEFAULT_IMAGES_PER_S.get(model, FALLBACK_IMAGES_PER_S), DEFAULT_SOURCE
 
 
 def _bench_entries(obj: Any) -> Iterable[dict[str, Any]]:
@@ -51,19 +60,20 @@ def _bench_entries(obj: Any) -> Iterable[dict[str, Any]]:
             yield from _bench_entries(value)
 
 
-def load_throughput(bench_dir: Path = BENCH_DIR) -> Throughput:
+def load_throughput(bench_dir: Path | None = None) -> Throughput:
     """Training images/s per model from the newest GPU results/bench/*.json (`make bench`: entries with
     `model` and `train_img_s` or `images_per_s`, optionally `dataset`; baseline entries win over
     others); models it lacks fall back to DEFAULT_IMAGES_PER_S."""
     # GPU-hours: a CPU measurement (results/bench/cpu.json) says nothing about a GPU's throughput
+    bench_dir = BENCH_DIR if bench_dir is None else bench_dir
     files = sorted((p for p in Path(bench_dir).glob("*.json") if p.stem != "cpu"), key=lambda p: p.stat().st_mtime)
     if not files:
-        return Throughput({}, "default table in we/grid/cost.py")
+        return Throughput({}, DEFAULT_SOURCE)
     newest = files[-1]
     try:
         data = json.loads(newest.read_text())
     except (OSError, json.JSONDecodeError):
-        return Throughput({}, f"default table in we/grid/cost.py ({newest} unreadable)")
+        return Throughput({}, f"{DEFAULT_SOURCE}; {display_path(newest)} unreadable")
     table: dict[tuple[str, str], float] = {}
     ranked = sorted(_bench_entries(data), key=lambda e: e.get("method", "baseline") == "baseline")
     for entry in ranked:  # baseline entries come last and win
@@ -77,13 +87,35 @@ def load_throughput(bench_dir: Path = BENCH_DIR) -> Throughput:
     return Throughput(table, display_path(newest) + (f" ({device})" if device else ""))
 
 
+def train_images(cell: Cell) -> int:
+    """Training images per epoch of a cell (limit_train, else the dataset's training set)."""
+    cfg = cell.config
+    images = cfg["limit_train"] or TRAIN_IMAGES.get(cfg["dataset"], 50_000)
+    if cfg["dataset"] != "imagenet":
+        images = min(images, TRAIN_IMAGES.get(cfg["dataset"], images))
+    return int(images)
+
+
 def gpu_hours(cell: Cell, throughput: Throughput) -> float:
     """Estimated GPU-hours of one cell: training images over the run, times the method's cost factor,
     / one GPU's images per second (a run spread over several GPUs is taken to scale linearly, so its
     GPU-hours stay the same)."""
     cfg = cell.config
-    images = cfg["limit_train"] or TRAIN_IMAGES.get(cfg["dataset"], 50_000)
-    if cfg["dataset"] != "imagenet":
-        images = min(images, TRAIN_IMAGES.get(cfg["dataset"], images))
     ips, _ = throughput.lookup(cfg["model"], cfg["dataset"])
-    return cfg["epochs"] * images * cost_factor(cfg) / ips / 3600.0
+    return cfg["epochs"] * train_images(cell) * cost_factor(cfg) / ips / 3600.0
+
+
+def image_passes(cell: Cell) -> float:
+    """A cell's work in 32x32-image passes (see CPU_MARATHON_IMAGES)."""
+    cfg = cell.config
+    pixels = (cfg.get("image_size") or 32) ** 2 / 32 ** 2 if cfg["dataset"] == "imagenet" else 1.0
+    return cfg["epochs"] * train_images(cell) * cost_factor(cfg) * pixels
+
+
+def cost_source(method: str) -> str:
+    """Where a method's cost factor comes from: its plug-in's `cost`."""
+    cls = METHODS.get(method)
+    if cls is None:
+        return "baseline cost"
+    owner = next((k for k in type.mro(cls) if "cost" in vars(k)), cls)
+    return f"{owner.__name__}.cost ({owner.__module__})"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -18,12 +19,27 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from we.errors import ConfigError, InputError
+from we.files import REPO_ROOT
 from we.grid.schema import Grid, MethodEntry, check_config_value, display_path, strip_config_prefix
 from we.methods import METHODS
 from we.train.config import RESULT_NEUTRAL_KEYS, Config, make_config, parse_overrides, resolve, to_dict
 
-DEFAULT_RUNS_ROOT = Path("results/runs")
+# Where run folders go, the same from any working directory: --runs-root, else $WE_RUNS_ROOT, else
+# the checkout's results/runs (`runs_root`).
+DEFAULT_RUNS_ROOT = REPO_ROOT / "results" / "runs"
+RUNS_ROOT_ENV = "WE_RUNS_ROOT"
 SHORT_HASH = 10
+
+
+def runs_root(option: str | Path | None = None) -> tuple[Path, str]:
+    """(absolute runs root, which rule chose it): `option` (--runs-root), else $WE_RUNS_ROOT, else the
+    checkout's results/runs. A relative path is taken from the current directory."""
+    if option:
+        return Path(option).absolute(), "--runs-root"
+    env = os.environ.get(RUNS_ROOT_ENV)
+    if env:
+        return Path(env).absolute(), f"${RUNS_ROOT_ENV}"
+    return DEFAULT_RUNS_ROOT, "default: the checkout's results/runs; --runs-root or $WE_RUNS_ROOT change it"
 
 
 def result_neutral_keys() -> tuple[str, ...]:

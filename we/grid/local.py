@@ -4,7 +4,8 @@
 which works through the queued cells (`run_local`), `concurrency` at a time (default: one per GPU,
 or 1 on the CPU; the slots are shared by every runner of one runs root), each in its own process
 (`python -m we.grid.worker run-cell RUN_DIR`) logging to `<run>/logs/`. A local job is live while
-its runner's pid is alive and the runner has not recorded the cell's exit (`local_active`).
+its runner's (or its cell's) process is alive and the runner has not recorded the cell's exit
+(`local_active`); the runner records how each cell ended: exit code, signal name, error line.
 """
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from typing import Any, Sequence
 
 from filelock import FileLock, Timeout
 
+from we.errors import InputError
 from we.files import REPO_ROOT
+from we.grid.cost import CPU_MARATHON_IMAGES, image_passes
 from we.grid.records import WORKER_MODULE, RunnableCell, cell_logs_dir, now_iso, update_record
 
 
@@ -52,10 +55,24 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, concurrency: int | None = None, gpus: int | None = None) -> None:
+    def __init__(self, concurrency: int | None = None, gpus: int | None = None,
+                 allow_cpu_marathon: bool = False) -> None:
         self.gpus = local_gpu_count() if gpus is None else gpus
         self.concurrency = concurrency or max(1, self.gpus)
+        self.allow_cpu_marathon = allow_cpu_marathon
         self.process: subprocess.Popen | None = None
+
+    def check(self, cells: Sequence[RunnableCell]) -> None:
+        """On a machine without a GPU, refuse (InputError) cells that together exceed
+        CPU_MARATHON_IMAGES image passes unless allow_cpu_marathon (--allow-cpu-marathon)."""
+        if self.gpus or self.allow_cpu_marathon:
+            return
+        work = sum(image_passes(c) for c in cells)
+        if work > CPU_MARATHON_IMAGES:
+            raise InputError("--executor local", "allow-cpu-marathon",
+                             f"no GPU here and these {len(cells)} cells train on {work:,.0f} 32x32-image passes "
+                             f"(limit {CPU_MARATHON_IMAGES:,} without a GPU): submit with --executor slurm, or "
+                             "pass --allow-cpu-marathon to run them on this machine")
 
     def submit(self, cells: Sequence[RunnableCell], grid_dir: Path) -> list[dict[str, Any]]:
         if not cells:
@@ -96,8 +113,38 @@ def local_active(record: dict[str, Any]) -> bool | None:
         return False
     if record.get("host") != socket.gethostname():
         return None  # another machine's runner: cannot tell from here
-    ticks = process_start_ticks(int(record["pid"]))
-    return ticks is not None and (record.get("pid_start") is None or ticks == record["pid_start"])
+    # the runner, or the cell's own process when the runner was killed under it
+    for pid_key, start_key in (("pid", "pid_start"), ("cell_pid", "cell_pid_start")):
+        if record.get(pid_key) is None:
+            continue
+        ticks = process_start_ticks(int(record[pid_key]))
+        if ticks is not None and (record.get(start_key) is None or ticks == record[start_key]):
+            return True
+    return False
+
+
+def exit_fields(returncode: int, run_dir: Path, log_path: Path) -> dict[str, Any]:
+    """How a cell's process ended, for its record: exit code, signal name, and the error line (from
+    result.json, else the last line of its log)."""
+    fields: dict[str, Any] = {"exit_code": returncode}
+    if returncode < 0:
+        fields["signal"] = signal.Signals(-returncode).name
+    if returncode in (0, 3):  # complete, diverged
+        return fields
+    error = ""
+    try:
+        error = str(json.loads((run_dir / "result.json").read_text()).get("error") or "")
+    except (OSError, ValueError, AttributeError):
+        pass
+    if not error and returncode > 0:
+        try:
+            lines = [t for t in log_path.read_text(errors="replace").splitlines() if t.strip()]
+            error = lines[-1] if lines else ""
+        except OSError:
+            pass
+    if error.strip():
+        fields["error"] = error.strip().splitlines()[0]
+    return fields
 
 
 
@@ -155,7 +202,8 @@ def run_local(queue_path: str | Path) -> int:
                 proc = subprocess.Popen([sys.executable, "-m", WORKER_MODULE, "run-cell", cell["run_dir"]],
                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=child_env)
             print(f"{now_iso()} started {cell['key']} (pid {proc.pid}, slot {slot})", flush=True)
-            update_record(Path(cell["run_dir"]), local_job_id(me, index), cell_pid=proc.pid, started=now_iso())
+            update_record(Path(cell["run_dir"]), local_job_id(me, index), cell_pid=proc.pid,
+                          cell_pid_start=process_start_ticks(proc.pid), started=now_iso())
             running[proc] = (index, cell, slot)
         time.sleep(0.2)
         for proc in [p for p in running if p.poll() is not None]:
@@ -163,5 +211,6 @@ def run_local(queue_path: str | Path) -> int:
             slot_locks[slot].release()
             failures += proc.returncode not in (0, 3)
             print(f"{now_iso()} ended {cell['key']} (exit {proc.returncode})", flush=True)
-            update_record(Path(cell["run_dir"]), local_job_id(me, index), exit_code=proc.returncode, ended=now_iso())
+            update_record(Path(cell["run_dir"]), local_job_id(me, index), ended=now_iso(),
+                          **exit_fields(proc.returncode, Path(cell["run_dir"]), Path(cell["log"])))
     return 1 if failures else 0

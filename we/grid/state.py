@@ -26,7 +26,8 @@ from we.grid.slurm import slurm_active
 from we.train.config import make_config, resolve, to_dict
 
 GRID_FILE = "grid.json"
-STATES = ("done", "running", "failed", "diverged", "todo", "unknown", "stale")
+STATES = ("done", "running", "failed", "interrupted", "diverged", "todo", "unknown", "stale")
+TO_RUN = ("todo", "failed", "interrupted")  # the states `submit` (re)starts
 REUSED_FILES = ("config.yaml", "result.json", "metrics.jsonl", "metrics.csv", "last.pt")
 
 
@@ -107,8 +108,30 @@ def twin_folders(cell: Cell, runs_root: Path) -> list[Path]:
     return found
 
 
-def _own_state(run_dir: Path, active: dict[str, bool | None],
+def ended_reason(record: dict[str, Any], result: dict[str, Any] | None) -> str:
+    """Why a job that is no longer live ended: the run's error line, else the executor's record of
+    its exit (signal name, exit code, error line from the log), else that nothing was recorded."""
+    error = str((result or {}).get("error") or record.get("error") or "").strip()
+    error = error.splitlines()[0] if error else ""
+    if record.get("signal"):
+        how = f"killed by {record['signal']}"
+    elif record.get("exit_code") not in (None, 0):
+        how = f"exit {record['exit_code']}"
+    elif "exit_code" in record:
+        how = "exit 0"
+    elif record.get("executor") == "local":
+        how = "its runner ended without recording the exit (killed?)"
+    else:
+        how = ""
+    return ": ".join(p for p in (how, error) if p)
+
+
+def cell_state(run_dir: Path, active: dict[str, bool | None] | None = None,
                config: dict[str, Any] | None = None) -> tuple[str, str, dict[str, Any] | None]:
+    """THE state of one run folder, (state, note, last submission record); `plan`, `status`, `submit`
+    and `collect` all read it. `active` maps job ids to liveness (asked here when None); with `config`,
+    a folder holding another config is stale."""
+    run_dir = Path(run_dir)
     if config is not None:
         diff = identity_diff(run_dir, config)
         if diff:  # a Config default changed since this folder was made: its run is not this cell's
@@ -122,16 +145,32 @@ def _own_state(run_dir: Path, active: dict[str, bool | None],
     if status == "diverged":
         return "diverged", f"epoch {result.get('diverged_epoch', '?')}", last
     if last is not None:
-        alive = active.get(last["job_id"])
+        alive = (active_jobs([last]) if active is None else active).get(last["job_id"])
+        job = f"{last['executor']} {last['job_id']}"
         if alive is True:
-            return "running", f"{last['executor']} {last['job_id']}", last
+            return "running", job, last
         if alive is None:
-            return "unknown", f"cannot query {last['executor']} job {last['job_id']}", last
-        return "failed", f"{last['executor']} {last['job_id']} ended" + (
-            f": {result.get('error')}" if result and result.get("error") else ""), last
+            return "unknown", f"cannot query {job}", last
+        if status == "interrupted":
+            return "interrupted", f"{job}: interrupted; submit resumes it from last.pt", last
+        reason = ended_reason(last, result)
+        return "failed", f"{job} ended" + (f": {reason}" if reason else ""), last
     if status == "failed":
-        return "failed", str(result.get("error", "")), last
+        return "failed", str(result.get("error", "")).strip().split("\n")[0], last
+    if status == "interrupted":
+        return "interrupted", "interrupted; submit resumes it from last.pt", last
     return "todo", "", last
+
+
+def run_states(run_dirs: Sequence[Path]) -> dict[Path, tuple[str, str, dict[str, Any] | None]]:
+    """`cell_state` of many run folders, asking each executor about their jobs once."""
+    records = []
+    for path in run_dirs:
+        subs = (read_cell_file(path) or {}).get("submitted", [])
+        if subs:
+            records.append(subs[-1])
+    active = active_jobs(records) if records else {}
+    return {Path(p): cell_state(p, active) for p in run_dirs}
 
 
 def assess(cells: Sequence[Cell], runs_root: Path = DEFAULT_RUNS_ROOT, reuse: bool = True) -> list[CellState]:
@@ -146,11 +185,11 @@ def assess(cells: Sequence[Cell], runs_root: Path = DEFAULT_RUNS_ROOT, reuse: bo
     active = active_jobs(records) if records else {}
     states = []
     for cell in cells:
-        state, note, last = _own_state(cell.run_dir, active, cell.config)
+        state, note, last = cell_state(cell.run_dir, active, cell.config)
         reuse_from = None
         if state == "todo" and reuse:
             for twin in twins.get(cell.key, []):
-                twin_state, _, _ = _own_state(twin, active)
+                twin_state, _, _ = cell_state(twin, active)
                 if twin_state in ("done", "diverged"):
                     state, note, reuse_from = twin_state, f"same run as {display_path(twin)}", twin
                     break

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from we.files import REPO_ROOT
+from we.grid.identity import runs_root
 from we.report.figures import make_figures
 from we.report.tables import PAPER_CSV, collect
 
@@ -25,9 +27,11 @@ def cli(argv: Optional[list[str]] = None) -> int:
     p_collect.add_argument("--no-figures", action="store_true", help="skip the grid's figures")
     p_fig = sub.add_parser("figures", help="draw every figure there is data for under results/figures")
     for p in (p_collect, p_fig):
-        p.add_argument("--runs-root", type=Path, default=Path("results/runs"))
-        p.add_argument("--out-dir", type=Path, default=Path("results"))
+        p.add_argument("--runs-root", type=Path, default=None,
+                       help="default $WE_RUNS_ROOT, else the checkout's results/runs (as python -m we.grid)")
+        p.add_argument("--out-dir", type=Path, default=REPO_ROOT / "results")
     args = parser.parse_args(argv)
+    args.runs_root = runs_root(args.runs_root)[0]
     if args.command == "collect":
         try:
             out = collect(args.grid, args.runs_root, args.out_dir, args.paper_csv, figures=not args.no_figures)

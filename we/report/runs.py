@@ -15,6 +15,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import yaml
 
+from we.grid.state import run_states
+
 BASELINE = "baseline"
 CORE_LABELS = ("dataset", "model", "method", "seed")
 DATASET_ORDER = ("cifar10", "cifar100", "imagenet")
@@ -128,7 +130,9 @@ def _summary_from_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "best_epoch": best.get("epoch"), "epochs_done": last.get("epoch")}
 
 
-def _read_run(run_dir: Path) -> Run:
+def _read_run(run_dir: Path, state: tuple[str, str, Any] | None = None) -> Run:
+    """One run folder; `state` is the grid's state of it (we.grid.state.cell_state), which decides
+    the status and reason of a submitted run that has not finished (running, failed, interrupted, ...)."""
     problems: list[str] = []
     cell, why = _read_json(run_dir / "cell.json")
     if why:
@@ -146,6 +150,9 @@ def _read_run(run_dir: Path) -> Run:
 
     if why_result:
         return Run(run_dir, labels, "unreadable", message=why_result, problems=problems)
+    unfinished = result is None or result.get("status") not in ("complete", "diverged")
+    if unfinished and state is not None and state[2] is not None and state[0] not in ("done", "diverged"):
+        return Run(run_dir, labels, state[0], result or {}, state[1], problems)
     if result is None:
         return Run(run_dir, labels, "running", problems=problems)
     status = str(result.get("status") or "running")
@@ -183,9 +190,11 @@ def load_runs(grid_dir: Path) -> list[Run]:
         return []
     try:
         cells = json.loads((grid_dir / "grid.json").read_text())["cells"]
+        dirs = [grid_dir / name for name in sorted(set(cells.values())) if (grid_dir / name).exists()]
     except (OSError, ValueError, KeyError, TypeError):
-        return [_read_run(d) for d in _run_dirs(grid_dir)]
-    return [_read_run(grid_dir / name) for name in sorted(set(cells.values())) if (grid_dir / name).exists()]
+        dirs = _run_dirs(grid_dir)
+    states = run_states(dirs)  # the grid's one state function, as `status` and `plan` show it
+    return [_read_run(d, states[d]) for d in dirs]
 
 
 def problems(runs: list[Run]) -> list[str]:

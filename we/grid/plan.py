@@ -1,0 +1,85 @@
+"""`python -m we.grid plan GRID`: what a grid would run and what it costs, writing nothing.
+
+A summary by default: cells per state, per method (with its cost factor and where that comes
+from) and per model (images/s and where that comes from: a GPU bench in results/bench/, or the
+documented defaults), GPU-hours to run and for the whole grid; `--cells` adds one row per cell.
+"""
+from __future__ import annotations
+
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+from we.grid.cost import cost_source, gpu_hours, load_throughput
+from we.grid.identity import Cell
+from we.grid.schema import Grid, display_path
+from we.grid.state import STATES, TO_RUN, CellState, assess
+from we.methods import cost_factor
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def counts(states: Sequence[CellState]) -> str:
+    n = Counter(s.state for s in states)
+    return ", ".join(f"{k} {n[k]}" for k in STATES if n[k]) or "no cells"
+
+
+def plan(grid: Grid, cells: Sequence[Cell], runs_root: Path, reuse: bool = True, out: Any = None,
+         show_cells: bool = False, root_rule: str = "") -> list[CellState]:
+    """Print the summary (and with `show_cells` every cell); writes nothing."""
+    out = out or sys.stdout
+    throughput = load_throughput()
+    states = assess(cells, runs_root, reuse)
+    print(f"grid {grid.name} ({display_path(grid.path)}): {len(cells)} cells", file=out)
+    print(f"runs: {Path(runs_root).absolute() / grid.name}" + (f" ({root_rule})" if root_rule else ""), file=out)
+    if grid.description:
+        print(grid.description.strip(), file=out)
+    if not cells:
+        print("no training cells (a plot-only grid): `collect` draws it", file=out)
+        return states
+    hours = [gpu_hours(st.cell, throughput) for st in states]
+    to_run = sum(h for st, h in zip(states, hours) if st.state in TO_RUN)
+    print(f"states: {counts(states)}", file=out)
+
+    by_method: dict[str, list[int]] = defaultdict(list)
+    for i, st in enumerate(states):
+        by_method[str(st.cell.labels.get("method", st.cell.config["method"]))].append(i)
+    shown = [s for s in STATES if any(st.state == s for st in states)]
+    rows = []
+    for label, idx in by_method.items():
+        cfg = states[idx[0]].cell.config
+        n = Counter(states[i].state for i in idx)
+        rows.append([label, str(len(idx)), *[str(n[s]) for s in shown], f"{cost_factor(cfg):.3g}",
+                     f"{sum(hours[i] for i in idx):.3g}", cost_source(cfg["method"])])
+    print("\nper method:", file=out)
+    print(table(rows, ["method", "cells", *shown, "cost x", "GPU-h", "cost factor from"]), file=out)
+
+    by_model: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, st in enumerate(states):
+        by_model[(st.cell.config["dataset"], st.cell.config["model"])].append(i)
+    rows = []
+    for (dataset, model), idx in by_model.items():
+        ips, source = throughput.lookup(model, dataset)
+        rows.append([dataset, model, str(len(idx)), f"{ips:,.0f}", f"{sum(hours[i] for i in idx):.3g}", source])
+    print("\nper model (baseline training images/s on one GPU):", file=out)
+    print(table(rows, ["dataset", "model", "cells", "images/s", "GPU-h", "images/s from"]), file=out)
+
+    trouble = [st for st in states if st.state in ("failed", "interrupted", "unknown", "stale")]
+    if trouble:
+        print("", file=out)
+    for st in trouble:
+        print(f"  {st.state:11s} {st.cell.key}: {st.note}", file=out)
+    if show_cells:
+        rows = [[st.cell.key, st.state, f"{h:.3g}", st.cell.run_dir.name, st.note] for st, h in zip(states, hours)]
+        print("\n" + table(rows, ["cell", "state", "GPU-h", "folder", "note"]), file=out)
+    print(f"\nestimate: {to_run:.3g} GPU-hours to run ({' + '.join(TO_RUN)}), {sum(hours):.3g} for the whole "
+          f"grid (GPU-h = epochs x training images x cost factor / images/s)"
+          + ("" if show_cells else "; --cells lists every cell"), file=out)
+    return states
