@@ -149,3 +149,32 @@ def test_packed_cells_share_a_task(tmp_path: Path, capsys):
         log = cell.run_dir / "logs" / f"slurm-{jobs[cell.key]}.cell.log"
         assert log.exists() and log.read_text().strip(), log
     print(f"slurm pack e2e took {time.time() - started:.0f} s")
+
+
+@pytest.mark.slurm
+def test_missing_data_submits_nothing(tmp_path: Path, capsys, monkeypatch):
+    """A CIFAR grid whose data is not on disk and cannot be fetched (the download URL points at a
+    closed loopback port) stops submit with one line: no run folder, no job in squeue or sacct."""
+    require_slurm()
+    from torchvision.datasets import CIFAR10
+
+    monkeypatch.setattr(CIFAR10, "url", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    name = f"nodata-{tmp_path.name[-12:]}".replace("_", "-")
+    grid = {"name": name, "base": {"dataset": "cifar10", "model": "resnet20", "epochs": 1, "limit_train": 64,
+                                   "batch_size": 32}, "axes": {"method": ["baseline", "we"]}, "seeds": [0, 1]}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    runs, data = tmp_path / "runs", tmp_path / "shared-data"
+    code = main(["submit", str(path), "--executor", "slurm", "--profile", str(REPO / "slurm" / "ci.yaml"),
+                 "--runs-root", str(runs), "--set", f"data_dir={data}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, err
+    assert err.startswith(f"error: dataset cifar10 missing in {data / 'cifar-10-batches-py'} and the download "
+                          "from http://127.0.0.1:9/"), err
+    assert not runs.exists() and not data.joinpath("cifar-10-batches-py").exists()
+    job_name = f"we-ci-{name}"
+    queued = subprocess.run(["squeue", "-h", "-n", job_name], capture_output=True, text=True, timeout=30)
+    accounted = subprocess.run(["sacct", "-n", "-X", "--name", job_name, "-S", "now-1hour"], capture_output=True,
+                               text=True, timeout=30)
+    assert queued.returncode == 0 and queued.stdout.strip() == "", queued.stdout
+    assert accounted.returncode == 0 and accounted.stdout.strip() == "", accounted.stdout
