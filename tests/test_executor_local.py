@@ -98,3 +98,72 @@ def test_runners_share_the_concurrency_slots(tmp_path: Path):
         busy.release()
     states = wait(load_grid(path), [cell], runs, poll_s=0.5)
     assert [s.state for s in states] == ["done"]
+
+
+def test_status_from_another_directory_sees_the_done_cells(tmp_path: Path, capsys, monkeypatch):
+    path = write_grid(tmp_path, "anywhere", {"epochs": 1, "limit_train": 32}, ["baseline"], [0, 1])
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("WE_RUNS_ROOT", str(runs))
+    assert main(["submit", str(path), "--wait"]) == 0
+    out = capsys.readouterr().out
+    assert f"runs: {runs / 'anywhere'} ($WE_RUNS_ROOT)" in out and "done 2" in out
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["status", str(path)]) == 0
+    assert "anywhere: 2 cells: done 2" in capsys.readouterr().out
+    assert main(["plan", str(path)]) == 0
+    assert "states: done 2" in capsys.readouterr().out
+    assert not (elsewhere / "results").exists()
+
+
+def test_a_killed_cell_has_one_state_and_reason_everywhere(tmp_path: Path, capsys):
+    from we.grid.__main__ import main as grid_main  # with collect
+
+    path = write_grid(tmp_path, "killcell", {"epochs": 30, "limit_train": 192}, ["baseline"], [0])
+    runs, out_dir = tmp_path / "runs", tmp_path / "tables"
+    assert main(["submit", str(path), "--runs-root", str(runs)]) == 0
+    (cell,) = resolve_cells(load_grid(path), runs)
+    deadline = time.time() + 600  # generous: a shared CI machine may be slow
+    while time.time() < deadline and not (epochs_logged(cell.run_dir) and
+                                          "cell_pid" in read_cell_file(cell.run_dir)["submitted"][-1]):
+        time.sleep(0.2)
+    rec = read_cell_file(cell.run_dir)["submitted"][-1]
+    assert epochs_logged(cell.run_dir), "the cell did not finish an epoch in time"
+    os.kill(rec["cell_pid"], signal.SIGKILL)  # the cell's process, not its runner
+    deadline = time.time() + 60
+    while time.time() < deadline and "exit_code" not in read_cell_file(cell.run_dir)["submitted"][-1]:
+        time.sleep(0.2)
+    rec = read_cell_file(cell.run_dir)["submitted"][-1]
+    assert rec["exit_code"] == -9 and rec["signal"] == "SIGKILL"
+    (state,) = assess([cell], runs)
+    assert state.state == "failed" and state.note == f"local {rec['job_id']} ended: killed by SIGKILL"
+    capsys.readouterr()
+    assert main(["status", str(path), "--runs-root", str(runs)]) == 1
+    assert f"failed   {cell.key}: {state.note}" in capsys.readouterr().out
+    assert main(["plan", str(path), "--runs-root", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert "states: failed 1" in out and f"failed      {cell.key}: {state.note}" in out
+    assert grid_main(["collect", str(path), "--runs-root", str(runs), "--out-dir", str(out_dir)]) == 0
+    table = (out_dir / "killcell.md").read_text()
+    assert "1 runs: 1 failed" in table and f"`{cell.run_dir}` failed: {state.note}" in table
+
+
+def test_no_long_grid_on_a_machine_without_a_gpu(tmp_path: Path, capsys, monkeypatch):
+    from we.grid.cost import CPU_MARATHON_IMAGES, image_passes
+    from we.grid.local import LocalExecutor
+
+    monkeypatch.setattr("we.grid.local.local_gpu_count", lambda: 0)
+    runs = tmp_path / "runs"
+    code = main(["submit", "table1", "--runs-root", str(runs)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "--allow-cpu-marathon" in err and "--executor slurm" in err, err
+    assert not runs.exists()
+    table1 = resolve_cells(load_grid("table1"), runs)
+    assert sum(image_passes(c) for c in table1) > CPU_MARATHON_IMAGES
+    LocalExecutor(gpus=0, allow_cpu_marathon=True).check(table1)  # the explicit flag lets it run
+    LocalExecutor(gpus=1).check(table1)  # a GPU machine runs it
+    demo = resolve_cells(load_grid("demo"), runs)
+    LocalExecutor(gpus=0).check(demo)  # digits: fine on a CPU
+    short = resolve_cells(load_grid("table1"), runs, {"epochs": 2, "limit_train": 256})
+    LocalExecutor(gpus=0).check(short)  # a limit_train/short version of the grid too

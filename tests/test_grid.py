@@ -375,3 +375,30 @@ def test_pack_groups_cifar_cells_and_leaves_imagenet_alone():
     assert keys(pack_cells(cells, 4, tasks_per_node=2)) == [[c.key] for c in cells]  # DDP jobs: unpacked
     assert load_profile(REPO / "slurm" / "default.yaml").pack == 1
     assert load_profile(REPO / "slurm" / "ci.yaml").pack == 1  # optional key, default 1
+
+
+def test_set_works_before_and_after_the_grid_name(tmp_path: Path, capsys):
+    path, runs = write_grid(tmp_path), str(tmp_path / "runs")
+
+    def folders(args):
+        assert main(args) == 0
+        return sorted(re.findall(r"digits-resnet20-\S+-s\d-[0-9a-f]{10}", capsys.readouterr().out))
+
+    plain = folders(["plan", str(path), "--runs-root", runs, "--cells"])
+    before = folders(["plan", "--set", "epochs=3", "lr=0.05", str(path), "--runs-root", runs, "--cells"])
+    after = folders(["plan", str(path), "--cells", "--set", "epochs=3", "--set=lr=0.05", "--runs-root", runs])
+    middle = folders(["plan", "--runs-root", runs, "--set", "lr=0.05", "--cells", str(path), "--set", "epochs=3"])
+    assert len(plain) == 4 and before == after == middle and set(before).isdisjoint(plain)
+    cells = resolve_cells(load_grid(path), Path(runs), parse_sets(["epochs=3", "lr=0.05"]))
+    assert before == sorted(c.run_dir.name for c in cells)
+
+
+def test_runs_root_rule_is_the_same_from_any_directory(tmp_path: Path, monkeypatch):
+    from we.grid.identity import DEFAULT_RUNS_ROOT, runs_root
+
+    monkeypatch.delenv("WE_RUNS_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert runs_root(None) == (REPO / "results" / "runs", runs_root(None)[1]) and DEFAULT_RUNS_ROOT.is_absolute()
+    monkeypatch.setenv("WE_RUNS_ROOT", "shared/runs")
+    assert runs_root(None) == (tmp_path / "shared" / "runs", "$WE_RUNS_ROOT")
+    assert runs_root("mine") == (tmp_path / "mine", "--runs-root")  # the option wins
