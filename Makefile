@@ -3,10 +3,21 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXECUTOR ?= local
+EXECUTOR ?=
 PROFILE ?= slurm/default.yaml
 WAIT ?=
-GRID_FLAGS = --executor $(EXECUTOR) $(if $(filter slurm,$(EXECUTOR)),--profile $(PROFILE)) $(if $(WAIT),--wait)
+ALLOW_CPU_MARATHON ?=
+GRID_FLAGS = --executor $(EXECUTOR) $(if $(filter slurm,$(EXECUTOR)),--profile $(PROFILE)) $(if $(WAIT),--wait) \
+	$(if $(ALLOW_CPU_MARATHON),--allow-cpu-marathon)
+# reproduce-*: without EXECUTOR, print the plan of each grid ($(1)) and the two ways to run it; start nothing
+define need_executor
+	@if [ -z "$(EXECUTOR)" ]; then \
+	  for g in $(1); do $(PY) -m we.grid plan $$g || exit 2; echo; done; \
+	  echo "nothing started: say where the cells run:"; \
+	  echo "  make $@ EXECUTOR=slurm PROFILE=slurm/NAME.yaml   # jobs on a SLURM cluster (slurm/README.md)"; \
+	  echo "  make $@ EXECUTOR=local                           # this machine; without a GPU add ALLOW_CPU_MARATHON=1"; \
+	  exit 2; fi
+endef
 TABLES := 1 2 3 4 5 6 7 8
 FIGURES := 2 3 5 6
 
@@ -15,7 +26,9 @@ FIGURES := 2 3 5 6
 
 help:
 	@echo "make install | test | demo | bench | reproduce-table1..8 | table1..8 | reproduce-figures | figures | reproduce-all | cluster-up | cluster-down"
-	@echo "variables: EXECUTOR=local|slurm (default local), PROFILE=slurm/NAME.yaml (default slurm/default.yaml), WAIT=1 (block until done)"
+	@echo "variables: EXECUTOR=local|slurm (reproduce-*: required; without it they print the plan and stop),"
+	@echo "  PROFILE=slurm/NAME.yaml (default slurm/default.yaml), WAIT=1 (block until done),"
+	@echo "  ALLOW_CPU_MARATHON=1 (EXECUTOR=local without a GPU: start long grids anyway)"
 
 install: $(VENV)/.install.stamp
 
@@ -37,6 +50,7 @@ bench: install
 
 # each table has a grid with the paper's semantics and one with the authors' script and recipe
 $(addprefix reproduce-table,$(TABLES)): reproduce-table%: install
+	$(call need_executor,table$* table$*-official)
 	$(PY) -m we.grid submit table$* $(GRID_FLAGS)
 	$(PY) -m we.grid submit table$*-official $(GRID_FLAGS)
 
@@ -45,6 +59,7 @@ $(addprefix table,$(TABLES)): table%: install
 	$(PY) -m we.grid collect table$*-official
 
 reproduce-figures: install
+	$(call need_executor,$(addprefix figure,$(FIGURES)))
 	set -e; for f in $(FIGURES); do $(PY) -m we.grid submit figure$$f $(GRID_FLAGS); done
 
 figures: install
@@ -53,6 +68,7 @@ figures: install
 
 # tables first, in order, never with -j: Table 2 owns the runs that Tables 5-8 and Figures 2/5/6 reuse
 reproduce-all: install
+	$(call need_executor,$(addprefix table,$(TABLES)) $(addprefix figure,$(FIGURES)))
 	set -e; for t in $(TABLES); do $(MAKE) --no-print-directory reproduce-table$$t; done
 	$(MAKE) --no-print-directory reproduce-figures
 

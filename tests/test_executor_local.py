@@ -167,3 +167,18 @@ def test_no_long_grid_on_a_machine_without_a_gpu(tmp_path: Path, capsys, monkeyp
     LocalExecutor(gpus=0).check(demo)  # digits: fine on a CPU
     short = resolve_cells(load_grid("table1"), runs, {"epochs": 2, "limit_train": 256})
     LocalExecutor(gpus=0).check(short)  # a limit_train/short version of the grid too
+
+
+def test_make_reproduce_without_executor_plans_and_starts_nothing(tmp_path: Path):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "WE_RUNS_ROOT": str(tmp_path / "runs")}
+    env.pop("EXECUTOR", None)
+    res = subprocess.run(["make", "--no-print-directory", "-o", "install", "reproduce-table4", f"PY={sys.executable}"],
+                         cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode != 0, res.stdout
+    assert "grid table4 (" in res.stdout and "grid table4-official (" in res.stdout and "estimate:" in res.stdout
+    assert "nothing started" in res.stdout and "EXECUTOR=slurm" in res.stdout and "EXECUTOR=local" in res.stdout
+    assert "submitted" not in res.stdout and not (tmp_path / "runs").exists()
