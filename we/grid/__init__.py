@@ -1,26 +1,30 @@
 """Experiment grids: a YAML file -> cells (one resolved config each) -> run folders, states, jobs.
 
-    python -m we.grid plan|submit|status|collect GRID ...      (we/grid/__main__.py, we/grid/cli.py)
+    python -m we.grid plan|prepare|submit|status|collect GRID ...   (we/grid/__main__.py, we/grid/cli.py)
 
-schema (grid files), identity (cells, run folders and hashes), state (cell states, twin runs,
-cell.json and grid.json), cost (GPU-hour estimate), profiles (cluster profiles), records (cell.json
-records, the grid lock), slurm and local (the executors), worker (the processes they start), cli.
+schema (grid files), identity (cells, run folders and hashes, the runs-root rule), state (THE cell
+state, twin runs, cell.json and grid.json), cost (GPU-hour estimate, the CPU guard's size), plan (the
+plan summary), prepare (data before jobs), profiles (cluster profiles), records (cell.json records,
+the grid lock), slurm and local (the executors), worker (the processes they start), cli.
 """
 from we.grid.cli import main, plan, status, submit, wait
 from we.grid.cost import DEFAULT_IMAGES_PER_S, Throughput, gpu_hours, load_throughput
 from we.grid.identity import (DEFAULT_RUNS_ROOT, Cell, CellSpec, config_hash, expand, identity, parse_sets,
-                              resolve_cells, result_neutral_keys)
+                              resolve_cells, result_neutral_keys, runs_root)
+from we.grid.prepare import prepare_data
 from we.grid.local import LocalExecutor
 from we.grid.profiles import Profile, load_profile
 from we.grid.records import read_cell_file
 from we.grid.schema import GRID_DIR, Grid, MethodEntry, display_path, find_grid_file, load_grid
 from we.grid.slurm import SlurmExecutor, pack_cells
-from we.grid.state import CellState, adopt_twin, assess, check_writable, write_cell, write_grid_file
+from we.grid.state import (CellState, adopt_twin, assess, cell_state, check_writable, run_states, write_cell,
+                           write_grid_file)
 
 __all__ = [
     "main", "plan", "status", "submit", "wait", "DEFAULT_IMAGES_PER_S", "Throughput", "gpu_hours", "load_throughput",
     "DEFAULT_RUNS_ROOT", "Cell", "CellSpec", "config_hash", "expand", "identity", "parse_sets", "resolve_cells",
     "result_neutral_keys", "LocalExecutor", "Profile", "load_profile", "read_cell_file", "GRID_DIR", "Grid",
     "MethodEntry", "display_path", "find_grid_file", "load_grid", "SlurmExecutor", "pack_cells", "CellState",
-    "adopt_twin", "assess", "check_writable", "write_cell", "write_grid_file",
+    "adopt_twin", "assess", "check_writable", "write_cell", "write_grid_file", "runs_root", "prepare_data",
+    "cell_state", "run_states",
 ]
