@@ -55,6 +55,37 @@ def test_oni_rows_orthonormal_within_each_group():
     assert _eye_error(_rows(precise)[:16] @ _rows(precise)[:16].T) < 1e-4  # T -> infinity: exact
 
 
+def test_oni_recipe_follows_the_dataset_family():
+    cifar = load_config(None, ["method=oni", "dataset=cifar100", "model=resnet110"])
+    imagenet = load_config(None, ["method=oni", "dataset=imagenet", "model=resnet34"])
+    assert (cifar.oni_group_size, cifar.oni_iters, cifar.oni_skip_shortcut) == (64, 5, False)
+    assert (imagenet.oni_group_size, imagenet.oni_iters, imagenet.oni_skip_shortcut) == (0, 2, True)
+    assert load_config(None, ["method=oni", "dataset=imagenet", "model=resnet34", "oni_iters=5"]).oni_iters == 5
+    model = METHODS["oni"](imagenet)
+    net = __import__("models").create("resnet34", num_classes=10)
+    model.prepare_model(net, imagenet)
+    convs = {n: m for n, m in net.named_modules() if isinstance(m, nn.Conv2d)}
+    plain = sorted(n for n, m in convs.items() if not parametrize.is_parametrized(m, "weight"))
+    assert plain == [f"layer{i}.0.downsample.0" for i in (2, 3, 4)]  # the 1x1 downsample convs only
+    assert "conv1" in model.layers and len(model.layers) == len(convs) - 3  # the 7x7 stem included
+    for name in ("conv1", "layer3.1.conv2"):  # one group of all filters, T = 2
+        conv = convs[name]
+        v = conv.parametrizations.weight.original.detach()
+        assert torch.allclose(conv.weight.detach(), oni_weight(v, 1, 0, 2, 1e-5) * 1.414, atol=1e-6)
+        assert not torch.allclose(conv.weight.detach(), oni_weight(v, 1, 64, 2, 1e-5) * 1.414, atol=1e-3) \
+            or conv.out_channels <= 64
+
+
+def test_oni_iters_beyond_the_float32_range_are_refused():
+    with pytest.raises(ConfigError, match="oni_iters.*at most 6"):
+        load_config(None, ["method=oni", "oni_iters=7"])
+    torch.manual_seed(0)
+    w = torch.randn(64, 64, 1, 1)  # a square group: the worst case of Newton's iteration
+    f32 = oni_weight(w, 1, 64, 6, 1e-5)
+    f64 = oni_weight(w.double(), 1, 64, 6, 1e-5)
+    assert (f32.double() - f64).abs().max() < 1e-4  # T = 6, the largest allowed, still matches float64
+
+
 def test_oni_scale_multiplies_rows_and_groups_respect_conv_groups():
     torch.manual_seed(0)
     conv = nn.Conv2d(64, 40, 1, groups=2)  # two conv groups of 20 filters over 32 inputs each
