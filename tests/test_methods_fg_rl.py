@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+import models
 import we.train.trainer
 from we.train.config import ConfigError, load_config
 from we.methods import TrainContext
@@ -14,6 +15,9 @@ from we.methods.fg import (FGMethod, default_learning_rates, graft_coefficient, 
                            weight_layers)
 from we.methods.rl import RLMethod, retrospective_loss
 from we.train import main
+from we.train.distributed import SINGLE
+from we.train.optim import build_optimizer, build_scheduler
+from we.train.pipeline import build_data
 from we.train.trainer import TIMING_KEYS
 
 TINY = ["dataset=digits", "model=resnet20", "limit_train=64", "batch_size=32", "workers=0", "progress=plain",
@@ -114,29 +118,31 @@ def test_ring_exchange_reads_pre_exchange_weights_of_the_predecessor(n: int):
     assert any(abs(c - 0.5) > 0.05 for row in coefs for c in row)  # the entropies differ: a real test
 
 
-def test_fg1_grafts_from_its_own_previous_epoch_weights():
-    cfg = load_config(None, ["method=fg", "fg_n=1"])
+def test_fg1_internal_grafting_gives_the_weakest_filters_the_strongest_in_reverse_order():
+    cfg = load_config(None, ["method=fg", "fg_n=1", "fg_threshold=0.1"])
     model = tiny_net(0)
+    conv = model[3]  # 4 filters of 3x3x3
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(4, 3, 3, 3))
+        conv.weight[1].mul_(0).add_(0.001)  # l1 0.027: the weakest
+        conv.weight[2].mul_(0).add_(0.002)  # l1 0.054: the second weakest
+        conv.weight[0].abs_().add_(1.0)  # the strongest
+        conv.weight[3].abs_().mul_(0.01).add_(0.5)  # the second strongest
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     method = FGMethod(cfg)
     ctx = context(model, cfg)
     method.on_train_start(ctx)
-    first = {k: v.clone() for k, v in model.state_dict().items()}
-    assert method.on_epoch_end(ctx, 0, last=False) == {}  # no previous epoch yet
-    assert all(torch.equal(first[k], v) for k, v in model.state_dict().items())
-    with torch.no_grad():  # "training" during the second epoch
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * (1 + p.abs()))
-    second = {k: v.clone() for k, v in model.state_dict().items()}
-    metrics = method.on_epoch_end(ctx, 1, last=False)
-    assert "fg_net0_coef" in metrics
-    for weight_key, keys in weight_layers(model):
-        c = graft_coefficient(layer_entropy(second[weight_key]), layer_entropy(first[weight_key]))
-        for key in keys:
-            assert torch.allclose(model.state_dict()[key], c * second[key] + (1 - c) * first[key], rtol=0, atol=1e-6)
-    assert all(torch.equal(method.previous[k], v) for k, v in second.items())  # pre-grafting weights kept
+    assert method.on_epoch_end(ctx, 0, last=False) == {"fg_grafted": 2.0}
+    w, w0 = conv.weight.detach(), before["3.weight"]
+    assert torch.equal(w[1], w0[1] + w0[0]) and torch.equal(w[2], w0[2] + w0[3])  # reverse matching
+    assert torch.equal(w[0], w0[0]) and torch.equal(w[3], w0[3])
+    for key, value in model.state_dict().items():  # the other layers' filters are all above the threshold
+        if key != "3.weight":
+            assert torch.equal(value, before[key]), key
     grafted = {k: v.clone() for k, v in model.state_dict().items()}
-    assert method.on_epoch_end(ctx, 2, last=True) == {}
-    assert all(torch.equal(grafted[k], v) for k, v in model.state_dict().items())  # never after the last epoch
+    assert method.on_epoch_end(ctx, 1, last=False) == {"fg_grafted": 0.0}  # now all above: nothing changes
+    assert method.on_epoch_end(ctx, 2, last=True) == {}  # never after the last epoch
+    assert all(torch.equal(grafted[k], v) for k, v in model.state_dict().items())
 
 
 def test_summary_reports_every_network_and_uses_the_best():
@@ -255,8 +261,57 @@ def _interrupted_then_resumed(tmp_path: Path, args: list[str], monkeypatch) -> t
     return ref, a["method"], b["method"]
 
 
+def _drawn_batches(cfg, epoch: int) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+    """The trainer's batches of an FG epoch, and those each further network trained on (one call per batch)."""
+    build = lambda seed: build_data("digits", "", batch_size=cfg.batch_size, data_path="device", seed=seed,
+                                    limit_train=cfg.limit_train)
+    data = build(cfg.seed)
+    model = models.create(cfg.model, num_classes=10)
+    ctx = TrainContext(model, build_optimizer(cfg, model), cfg, torch.device("cpu"), len(data.train), data=data,
+                       dist=SINGLE, build_model=lambda: models.create(cfg.model, num_classes=10),
+                       build_optimizer=lambda net, lr: build_optimizer(cfg, net, lr),
+                       build_scheduler=lambda opt: build_scheduler(cfg, opt),
+                       build_train_data=lambda seed: build(seed).train)
+    method = FGMethod(cfg)
+    method.on_train_start(ctx)
+    seen: list[list[torch.Tensor]] = [[] for _ in method.nets]
+    for j, net in enumerate(method.train_fnets):
+        method.train_fnets[j] = lambda x, j=j, net=net: (seen[j].append(x.clone()), net(x))[1]
+    data.train.set_epoch(epoch)
+    trainer_batches = []
+    for it, (x, y) in enumerate(data.train):
+        trainer_batches.append(x.clone())
+        method.after_batch(ctx, x, y, it, epoch)
+    return trainer_batches, seen
+
+
+def test_fg_networks_draw_their_own_data_order_and_augmentation():
+    cfg = load_config(None, TINY + ["method=fg", "fg_n=3"])
+    base, nets = _drawn_batches(cfg, 0)
+    assert len(nets) == 2 and all(len(batches) == len(base) == 2 for batches in nets)  # lock-step
+    for a, b in ((base, nets[0]), (base, nets[1]), (nets[0], nets[1])):  # three different streams
+        assert all(not torch.equal(x, z) for x, z in zip(a, b))
+    again_base, again = _drawn_batches(cfg, 0)  # deterministic from the run seed and the network index
+    assert all(torch.equal(x, z) for x, z in zip(base + nets[0] + nets[1], again_base + again[0] + again[1]))
+    _, later = _drawn_batches(cfg, 1)  # and from the epoch
+    assert not torch.equal(later[0][0], nets[0][0])
+    _, other_seed = _drawn_batches(cfg.replace(seed=cfg.seed + 1), 0)
+    assert not torch.equal(other_seed[0][0], nets[0][0])
+
+
+def test_fg1_through_the_trainer_and_exact_resume(tmp_path: Path, monkeypatch):
+    ref, a, b = _interrupted_then_resumed(tmp_path, ["method=fg", "fg_n=1", "fg_threshold=14"], monkeypatch)
+    rows = [json.loads(line) for line in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["fg_grafted"] > 0 and "fg_grafted" not in rows[1]  # grafted after epoch 1, not after the last
+    assert ref["status"] == "complete" and a == b and a["nets"] == []
+
+
 def test_fg_through_the_trainer_and_exact_resume(tmp_path: Path, monkeypatch):
     ref, a, b = _interrupted_then_resumed(tmp_path, ["method=fg", "fg_n=2"], monkeypatch)
+    again = main(load_config(None, TINY + ["method=fg", "fg_n=2", f"out={tmp_path / 'again'}"]))
+    c = torch.load(tmp_path / "again" / "last.pt", weights_only=False)["method"]
+    assert all(torch.equal(t, c["nets"][0][k]) for k, t in a["nets"][0].items())  # the same run twice
+    assert again["final_top1"] == ref["final_top1"] and again["fg_net1_final_top1"] == ref["fg_net1_final_top1"]
     rows = [json.loads(line) for line in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
     for key in ("fg_net1_top1", "fg_net1_top5", "fg_net1_test_loss", "fg_net1_train_loss", "fg_net1_lr"):
         assert key in rows[0] and key in rows[1], key

@@ -55,6 +55,37 @@ def test_oni_rows_orthonormal_within_each_group():
     assert _eye_error(_rows(precise)[:16] @ _rows(precise)[:16].T) < 1e-4  # T -> infinity: exact
 
 
+def test_oni_recipe_follows_the_dataset_family():
+    cifar = load_config(None, ["method=oni", "dataset=cifar100", "model=resnet110"])
+    imagenet = load_config(None, ["method=oni", "dataset=imagenet", "model=resnet34"])
+    assert (cifar.oni_group_size, cifar.oni_iters, cifar.oni_skip_shortcut) == (64, 5, False)
+    assert (imagenet.oni_group_size, imagenet.oni_iters, imagenet.oni_skip_shortcut) == (0, 2, True)
+    assert load_config(None, ["method=oni", "dataset=imagenet", "model=resnet34", "oni_iters=5"]).oni_iters == 5
+    model = METHODS["oni"](imagenet)
+    net = __import__("models").create("resnet34", num_classes=10)
+    model.prepare_model(net, imagenet)
+    convs = {n: m for n, m in net.named_modules() if isinstance(m, nn.Conv2d)}
+    plain = sorted(n for n, m in convs.items() if not parametrize.is_parametrized(m, "weight"))
+    assert plain == [f"layer{i}.0.downsample.0" for i in (2, 3, 4)]  # the 1x1 downsample convs only
+    assert "conv1" in model.layers and len(model.layers) == len(convs) - 3  # the 7x7 stem included
+    for name in ("conv1", "layer3.1.conv2"):  # one group of all filters, T = 2
+        conv = convs[name]
+        v = conv.parametrizations.weight.original.detach()
+        assert torch.allclose(conv.weight.detach(), oni_weight(v, 1, 0, 2, 1e-5) * 1.414, atol=1e-6)
+        assert not torch.allclose(conv.weight.detach(), oni_weight(v, 1, 64, 2, 1e-5) * 1.414, atol=1e-3) \
+            or conv.out_channels <= 64
+
+
+def test_oni_iters_beyond_the_float32_range_are_refused():
+    with pytest.raises(ConfigError, match="oni_iters.*at most 6"):
+        load_config(None, ["method=oni", "oni_iters=7"])
+    torch.manual_seed(0)
+    w = torch.randn(64, 64, 1, 1)  # a square group: the worst case of Newton's iteration
+    f32 = oni_weight(w, 1, 64, 6, 1e-5)
+    f64 = oni_weight(w.double(), 1, 64, 6, 1e-5)
+    assert (f32.double() - f64).abs().max() < 1e-4  # T = 6, the largest allowed, still matches float64
+
+
 def test_oni_scale_multiplies_rows_and_groups_respect_conv_groups():
     torch.manual_seed(0)
     conv = nn.Conv2d(64, 40, 1, groups=2)  # two conv groups of 20 filters over 32 inputs each
@@ -224,8 +255,10 @@ def test_repr_pruned_filters_stay_exactly_zero_then_reinit_orthogonal():
     cfg, model, opt, ctx, method = _repr_setup()
     for _ in range(3):
         _step(model, opt)
+    before_prune = {name: _rows(getattr(model, name).weight.detach()).clone() for name in ("conv1", "conv2")}
     assert method.on_epoch_end(ctx, 0, last=False)["repr_pruned"] == int(0.3 * 28)
     pruned = dict(method.pruned)
+    assert all(torch.equal(method.dropped[n], before_prune[n][idx]) for n, idx in pruned.items())
     stem_before = model.stem.weight.detach().clone()
 
     def assert_zero() -> None:
@@ -253,10 +286,38 @@ def test_repr_pruned_filters_stay_exactly_zero_then_reinit_orthogonal():
         w = _rows(conv.weight.detach()).double()
         keep = [i for i in range(w.shape[0]) if i not in idx]
         new, kept = w[idx], w[keep]
-        assert (new @ kept.T).abs().max() < 1e-5 * kept.norm(dim=1).max() ** 2  # orthogonal to the kept filters
+        old = before_prune[name][idx].double()
+        cos = lambda a, b: nn.functional.normalize(a, dim=1) @ nn.functional.normalize(b, dim=1).T
+        assert len(keep) + 2 * len(idx) <= w.shape[1]  # room for both conditions
+        assert cos(new, kept).abs().max() < 1e-6  # orthogonal to the kept filters
+        assert cos(new, old).abs().max() < 1e-6  # and to the dropped filters' values from before the prune
         assert torch.allclose(new.norm(dim=1), kept.norm(dim=1).mean().expand(len(idx)), rtol=1e-4)
         assert torch.equal(bn.weight.detach()[idx], torch.ones(len(idx)))
         assert torch.equal(bn.bias.detach()[idx], torch.zeros(len(idx)))
+
+
+def test_repr_new_filters_orthogonal_to_kept_and_to_old_dropped_values():
+    torch.manual_seed(0)
+    kept, dropped = torch.randn(16, 144), torch.randn(5, 144)  # a ResNet-20 16-filter layer, 5 pruned
+    new = orthogonal_filters(kept, 5, torch.Generator().manual_seed(1), dropped)
+    unit = lambda m: nn.functional.normalize(m.double(), dim=1)
+    assert (unit(new) @ unit(kept).T).abs().max() < 1e-12
+    assert (unit(new) @ unit(dropped).T).abs().max() < 1e-12
+    assert _eye_error(new @ new.T) < 1e-12
+    # without the dropped values only the kept filters are avoided: a random direction there is not
+    # orthogonal to them (the check above fails on re-initialisation orthogonal to the kept ones only)
+    plain = orthogonal_filters(kept, 5, torch.Generator().manual_seed(1))
+    assert (unit(plain) @ unit(dropped).T).abs().max() > 1e-3
+
+
+def test_repr_reinit_fills_what_fits_then_orthogonal_to_kept_only():
+    torch.manual_seed(0)
+    kept, dropped = torch.randn(4, 8), torch.randn(3, 8)  # 8 - 7 = 1 direction avoids both
+    new = orthogonal_filters(kept, 3, torch.Generator().manual_seed(2), dropped)
+    unit = lambda m: nn.functional.normalize(m.double(), dim=1)
+    assert (unit(new[:1]) @ unit(dropped).T).abs().max() < 1e-12
+    assert (unit(new) @ unit(kept).T).abs().max() < 1e-12  # 8 - 4 = 4 >= 3 directions avoid the kept ones
+    assert _eye_error(new @ new.T) < 1e-12
 
 
 def test_repr_orthogonal_filters_beyond_the_null_space():
@@ -328,6 +389,10 @@ def test_trainer_runs_and_resumes_bitwise(tmp_path: Path, monkeypatch, one_threa
     assert mid["epoch"] == 1
     if name == "repr":
         assert mid["method"]["pruned"]  # stopped inside the pruned phase
+        assert set(mid["method"]["dropped"]) == set(mid["method"]["pruned"])  # with the pre-prune filters
+        torch.save(mid["method"], tmp_path / "method.pt")
+        safe = torch.load(tmp_path / "method.pt", weights_only=True)  # plain tensors, lists, dicts, ints
+        assert all(torch.equal(safe["dropped"][k], v) for k, v in mid["method"]["dropped"].items())
     resumed = main(cut)
     assert resumed["status"] == "complete"
 
@@ -343,4 +408,4 @@ def test_trainer_runs_and_resumes_bitwise(tmp_path: Path, monkeypatch, one_threa
     if name == "oni":
         assert any(k.endswith("parametrizations.weight.0.scale") for k in a["model"])
     if name == "repr":
-        assert "repr_reinit" in a["history"][1] and a["method"] == {"pruned": {}, "cycles_done": 1}
+        assert "repr_reinit" in a["history"][1] and a["method"] == {"pruned": {}, "cycles_done": 1, "dropped": {}}

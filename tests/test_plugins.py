@@ -12,6 +12,7 @@ import yaml
 
 from we.errors import ConfigError
 from we.grid import assess, load_grid, resolve_cells, submit
+from we.grid.identity import identity
 from we.methods import (METHODS, ConfigKey, Method, cost_factor, method_presets, paper_name, register_method,
                         unregister_method)
 from we.report import collect
@@ -44,6 +45,40 @@ def test_run_folder_hashes_are_pinned(tmp_path, grid, key, digest):
     cells = {c.key: c for c in resolve_cells(load_grid(grid), tmp_path)}
     assert cells[key].config_hash == digest
     assert cells[key].run_dir.name == f"{key}-{digest}"
+
+
+# Hashes of cells whose method changed its results (issue 12), as they were before: their runs must move.
+CHANGED = [
+    ("table1", "cifar10-resnet110-repr-s0", "1a48d46330", "repr"),
+    ("table1", "cifar10-resnet110-fg1-s0", "407a962fce", "fg"),
+    ("table2", "cifar10-mobilenetv1-fg2-s0", "5dbb849276", "fg"),
+    ("table3", "imagenet-resnet34-repr-s0", "4b036c6b03", "repr"),
+    ("table3", "imagenet-resnet34-oni-s0", "b2bea86a97", "oni"),
+]
+
+
+@pytest.mark.parametrize("grid, key, digest, method", CHANGED)
+def test_changed_methods_get_new_run_folders(tmp_path, monkeypatch, grid, key, digest, method):
+    cell = {c.key: c for c in resolve_cells(load_grid(grid), tmp_path)}[key]
+    assert cell.config_hash != digest
+    if method == "oni":  # ImageNet's recipe moved it; its CIFAR cells keep theirs (PINNED)
+        assert [cell.config[k] for k in ("oni_group_size", "oni_iters", "oni_skip_shortcut")] == [0, 2, True]
+        assert "oni_version" not in identity(cell.config)
+        return
+    version = METHODS[method].version
+    assert version > 1 and identity(cell.config)[f"{method}_version"] == version
+    monkeypatch.setattr(METHODS[method], "version", 1)  # the version alone moved it
+    assert {c.key: c for c in resolve_cells(load_grid(grid), tmp_path)}[key].config_hash == digest
+
+
+def test_a_run_of_another_method_version_is_not_reused(tmp_path, monkeypatch):
+    cfg = load_config(None, ["dataset=digits", "model=resnet20", "limit_train=32", "batch_size=32", "workers=0",
+                             "progress=plain", "epochs=1", "method=fg", "fg_n=1", f"out={tmp_path / 'run'}"])
+    result = train_main(cfg)
+    assert result["method_version"] == METHODS["fg"].version == 2
+    monkeypatch.setattr(METHODS["fg"], "version", 3)
+    with pytest.raises(ConfigError, match="version 2 of method 'fg'"):
+        train_main(cfg)
 
 
 def test_registry_supplies_keys_presets_names_and_costs():

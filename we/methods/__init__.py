@@ -74,6 +74,18 @@ def paper_name(label: str) -> str:
     return label
 
 
+def method_version(name: str) -> int:
+    """The version of a method's behaviour (1 unless its results changed since runs were made)."""
+    return METHODS[name].version if name in METHODS else 1
+
+
+def version_keys(config: dict[str, Any]) -> dict[str, int]:
+    """`{<method>_version: v}` for the config's own method when v > 1 (entered in the run identity)."""
+    name = config.get("method", "baseline")
+    version = method_version(name)
+    return {f"{name}_version": version} if version > 1 else {}
+
+
 def cost_factor(config: dict[str, Any]) -> float:
     """Training cost of a resolved config relative to the baseline's, from its method's plug-in."""
     cls = METHODS.get(config.get("method", "baseline"), Method)
@@ -85,4 +97,5 @@ for _plugin in _PLUGINS:
     register_method(_plugin)
 
 __all__ = ["METHODS", "ConfigKey", "Method", "Preset", "TrainContext", "cost_factor", "create_method",
-           "key_owner", "method_keys", "method_presets", "paper_name", "register_method", "unregister_method"]
+           "key_owner", "method_keys", "method_presets", "method_version", "paper_name", "register_method",
+           "unregister_method", "version_keys"]

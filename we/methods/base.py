@@ -59,14 +59,21 @@ class TrainContext:
     build_optimizer: Callable[[nn.Module, float], torch.optim.Optimizer] | None = None  # (model, initial lr)
     build_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None  # the run's schedule, per epoch
     evaluate: Callable[[nn.Module, nn.Module], dict[str, float]] | None = None  # (model, its forward) -> test metrics
+    # seed -> a train iterable (with .set_epoch) like the run's, same data, batch and shard, its own
+    # order and augmentation stream (e.g. for further networks that draw their own batches)
+    build_train_data: Callable[[int], Any] | None = None
 
 
 class Method:
     """Baseline training: every hook does nothing. Subclasses override what they need."""
 
     name = "baseline"
+    version = 1  # raised when the method's results change; a version > 1 enters the run identity
     keys: dict[str, ConfigKey] = {}
     recipe_defaults: dict[str, dict[str, Any]] = {}  # dataset family -> {key: value} for keys left at None
+    # Keys whose default became None (per family) after runs were made: a run at the value they had as
+    # a plain default leaves them out of its identity, so those runs keep their folders.
+    identity_defaults: dict[str, Any] = {}
     presets: dict[str, Preset] = {"baseline": Preset(paper="Baseline")}
     bench_overrides: dict[str, Any] = {}  # config keys that make the method act within a short bench run
     sources = "plain SGD training with the recipe of the paper (Sec. 4.1.2) or of the authors' script"

@@ -1,17 +1,24 @@
 """Filter grafting (Meng et al., CVPR 2020) as a trainer plug-in (method=fg).
 
-FG-n (n >= 2) trains n networks side by side on the same batches. At every epoch end (except the
-last) network j receives from its predecessor j-1 in a ring (network 0 from network n-1), layer
-by layer, all reading the pre-exchange weights:
+FG-n (n >= 2) trains n networks side by side, each on its own data order and augmentation (as the
+authors' n processes, each with its own unseeded loader). At every epoch end (except the last)
+network j receives from its predecessor j-1 in a ring (network 0 from network n-1), layer by layer,
+all reading the pre-exchange weights:
 
     c = A/pi * arctan(k * (H_own - H_other)) + 1/2,    own <- c * own + (1 - c) * other,
 
 where H is the entropy of a `bins`-bin histogram of the layer's weights. Network 0 is the trainer's
-model (its optimizer and scheduler are the trainer's); networks 1..n-1 live here, each with its own
-optimizer and scheduler, trained in `after_batch` on the trainer's batch.
+model, trained on the trainer's batches with the trainer's optimizer and scheduler; networks
+1..n-1 live here, each with its own optimizer, scheduler and train iterable (the trainer's
+`build_train_data` with a seed derived from the run seed and the network index, so its order and
+augmentation depend only on (seed, index, epoch)), stepped in lock-step with the trainer's batches
+in `after_batch`.
 
-FG-1 grafts within one network: the "other" network is the same network's weights at the end of
-the previous epoch (pre-grafting), so the first grafting happens at the end of the second epoch.
+FG-1 is grafting within one network, the FG paper's internal-filter grafting (the authors' `inside`,
+first release): after every epoch but the last, in every conv layer, the filters whose l1 norm is
+below `threshold`, weakest first, each receive (+=) the filter of the same rank from the strong end
+(the weakest gets the strongest, the second weakest the second strongest: reverse matching), until
+the first filter at or above the threshold.
 """
 from __future__ import annotations
 
@@ -44,6 +51,31 @@ def network_seed(seed: int, index: int) -> int:
     """Initialisation seed of FG network `index` (>= 1) in the run with `seed`."""
     digest = hashlib.sha256(f"fg-network:{seed}:{index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def data_seed(seed: int, index: int) -> int:
+    """Data-order and augmentation seed of FG network `index` (>= 1) in the run with `seed`."""
+    digest = hashlib.sha256(f"fg-data:{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+@torch.no_grad()
+def internal_graft(model: nn.Module, threshold: float) -> int:
+    """FG's internal-filter grafting, in place: in each Conv2d, filters ordered by l1 norm (ascending);
+    the j-th weakest, while its l1 norm is below `threshold`, gets the j-th strongest added (the
+    authors' `inside`, sequential as theirs). Returns the number of filters grafted."""
+    grafted = 0
+    for module in model.modules():
+        if not isinstance(module, nn.Conv2d):
+            continue
+        w = module.weight
+        order = torch.argsort(w.abs().flatten(1).sum(dim=1), stable=True).tolist()
+        for j, weak in enumerate(order):
+            if not bool(w[weak].abs().sum() < threshold):
+                break
+            w[weak] += w[order[len(order) - j - 1]]
+            grafted += 1
+    return grafted
 
 
 def layer_entropy(weight: torch.Tensor, bins: int = 10) -> float:
@@ -121,13 +153,16 @@ def ring_graft(nets: list[nn.Module], a: float = 0.4, k: float = 500.0, bins: in
 
 
 class FGMethod(Method):
-    """FG-n: n networks trained on the same batches and grafted in a ring after every epoch but the last;
-    FG-1: one network grafted from its own previous-epoch weights."""
+    """FG-n: n networks, each on its own data stream, grafted in a ring after every epoch but the last;
+    FG-1: internal-filter grafting within one network."""
 
     name = "fg"
+    version = 2  # 2: FG-n networks draw their own batches; FG-1 is internal-filter grafting
     keys = {
-        "fg_n": ConfigKey(int, 2, "networks trained side by side (1: grafting from the network's previous-epoch "
-                                  "weights)", minimum=1),
+        "fg_n": ConfigKey(int, 2, "networks trained side by side (1: internal-filter grafting in one network)",
+                          minimum=1),
+        "fg_threshold": ConfigKey(float, 0.1, "FG-1: filters with l1 norm below it receive a strong filter",
+                                  minimum=0),
         "fg_a": ConfigKey(float, 0.4, "A in c = A/pi * arctan(k (H_own - H_other)) + 1/2"),
         "fg_k": ConfigKey(float, 500.0, "k in the same coefficient (the authors' script calls it c)", minimum=0),
         "fg_bins": ConfigKey(int, 10, "histogram bins of the layer entropy H", minimum=2),
@@ -170,7 +205,8 @@ class FGMethod(Method):
         self.optimizers: list[torch.optim.Optimizer] = []
         self.schedulers: list[torch.optim.lr_scheduler.LRScheduler] = []
         self.groups: list[tuple[str, list[str]]] | None = None
-        self.previous: StateDict | None = None  # FG-1: pre-grafting weights at the previous epoch end
+        self.train_data: list[Any] = []  # networks 1..n-1: their own train iterables
+        self._batches: list[Any] | None = None  # their iterators over the current epoch
         self._pending: dict[str, Any] | None = None
         self._loss_sums: list[torch.Tensor] = []
         self._correct: list[torch.Tensor] = []
@@ -194,6 +230,7 @@ class FGMethod(Method):
             self.train_fnets.append(ctx.dist.training_module(net, self.fnets[-1], cfg.compile))
             self.optimizers.append(optimizer)
             self.schedulers.append(ctx.build_scheduler(optimizer))
+            self.train_data.append(ctx.build_train_data(data_seed(cfg.seed, i)))
         self._reset_sums(ctx.device)
         if self._pending is not None:
             self._load(self._pending)
@@ -201,8 +238,18 @@ class FGMethod(Method):
 
     def after_batch(self, ctx: TrainContext, inputs: torch.Tensor, targets: torch.Tensor, iteration: int,
                     epoch: int) -> None:
-        """Train networks 1..n-1 one step each on the trainer's batch."""
+        """Train networks 1..n-1 one step each, each on the next batch of its own train iterable (the
+        trainer's batch is network 0's)."""
+        if not self.nets:
+            return
+        if self._batches is None:  # the epoch's first batch: every stream starts its epoch `epoch`
+            for data in self.train_data:
+                data.set_epoch(epoch)
+            self._batches = [iter(data) for data in self.train_data]
         for j, (fnet, optimizer) in enumerate(zip(self.train_fnets, self.optimizers)):
+            inputs, targets = next(self._batches[j])
+            if self.cfg.channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
             with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
                 out = fnet(inputs)
                 loss = F.cross_entropy(out, targets)
@@ -214,6 +261,9 @@ class FGMethod(Method):
         self._seen += targets.shape[0]
 
     def on_epoch_end(self, ctx: TrainContext, epoch: int, last: bool) -> dict[str, float]:
+        if self.n == 1:  # FG-1
+            return {} if last else {"fg_grafted": float(internal_graft(ctx.model, self.cfg.fg_threshold))}
+        self._batches = None  # the streams are in lock-step with the trainer's: each epoch is complete
         metrics: dict[str, float] = {}
         seen = max(self._seen, 1)
         for i, (net, fnet, optimizer) in enumerate(zip(self.nets, self.fnets, self.optimizers), start=1):
@@ -226,23 +276,13 @@ class FGMethod(Method):
                             f"fg_net{i}_top5": ev["test_top5"]})
         self._reset_sums(ctx.device)
         if not last:  # nothing trains after the last epoch: the reported networks are the evaluated ones
-            for j, coefficients in enumerate(self._graft(ctx.model)):
+            cfg = self.cfg
+            for j, coefficients in enumerate(ring_graft([ctx.model, *self.nets], cfg.fg_a, cfg.fg_k, cfg.fg_bins,
+                                                        self.groups)):
                 metrics[f"fg_net{j}_coef"] = sum(coefficients) / len(coefficients)
         for scheduler in self.schedulers:
             scheduler.step()
         return metrics
-
-    def _graft(self, model: nn.Module) -> list[list[float]]:
-        """One grafting step; the coefficients per grafted network and layer."""
-        cfg = self.cfg
-        if self.n > 1:
-            return ring_graft([model, *self.nets], cfg.fg_a, cfg.fg_k, cfg.fg_bins, self.groups)
-        before = detached_copy(model)
-        coefficients = []
-        if self.previous is not None:
-            coefficients.append(graft_from(model, self.previous, self.groups, cfg.fg_a, cfg.fg_k, cfg.fg_bins))
-        self.previous = before
-        return coefficients
 
     def summarize(self, history: list[dict[str, Any]]) -> dict[str, Any]:
         """Every network's final and best-epoch top-1; the best network (highest final top-1, ties to the
@@ -277,7 +317,7 @@ class FGMethod(Method):
             return self._pending or {}
         return {"nets": [net.state_dict() for net in self.nets],
                 "optimizers": [opt.state_dict() for opt in self.optimizers],
-                "schedulers": [s.state_dict() for s in self.schedulers], "previous": self.previous}
+                "schedulers": [s.state_dict() for s in self.schedulers]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.groups is None:
@@ -294,5 +334,3 @@ class FGMethod(Method):
             net.load_state_dict(n_state)
             opt.load_state_dict(o_state)
             sched.load_state_dict(s_state)
-        previous = state.get("previous")
-        self.previous = None if previous is None else {k: v.to(self.device) for k, v in previous.items()}

@@ -8,9 +8,16 @@ orthogonal (highest) scores are pruned, at least one filter kept per layer. A pr
 bias and the BatchNorm that directly consumes its output (weight and bias) are held at exactly zero
 through the pruned phase, together with their momentum buffers (masks are applied after every
 optimizer step, since momentum and weight decay would move them otherwise). At its end the pruned
-filters are re-initialised orthogonal to the layer's kept filters (a random direction projected on
-the orthogonal complement of their span, found by QR), at the kept filters' mean norm; their BN
-weight becomes 1, bias 0, running mean 0 and running variance 1.
+filters are re-initialised orthogonal to the layer's kept filters and to their own values from
+before the prune (stored at prune time): random directions projected on the orthogonal complement
+of the span of both, found by QR, then orthonormalised; they take the kept filters' mean norm.
+Their BN weight becomes 1, bias 0, running mean 0 and running variance 1.
+
+The ranking is the paper's: global over the ranked layers, the only normalisation across layers
+being the 1/J of the score (a per-layer mean). On random filters that score is about
+sqrt(2 / (pi d)) (J - 1) / J for fan-in d, so layers of small fan-in score higher and lose more
+filters (ResNet-20: most of the 16-filter layers, few of the 64-filter ones), as reimplementers
+of RePr report too (siahuat0727/RePr issues 4 and 7).
 
 A pruned phase starts only if, after it, `repr_s1` epochs of full training still fit, so a run
 always ends with the re-initialised network fully trained. With 200 epochs and the defaults (20, 10):
@@ -118,35 +125,47 @@ def rank_filters(layers: list[PrunableLayer], fraction: float) -> dict[str, list
     return out
 
 
-@torch.no_grad()
-def orthogonal_filters(kept: Tensor, count: int, generator: torch.Generator) -> Tensor:
-    """`count` unit rows orthogonal to the rows of `kept` (k, d) and to each other, as far as d allows.
+def _orthonormal_complement(span: Tensor, g: Tensor) -> Tensor:
+    """The columns of `g` (d, m) projected off the orthonormal columns `span` (d, r), then orthonormalised."""
+    proj = g - span @ (span.T @ g)
+    q, _ = torch.linalg.qr(proj)
+    return q - span @ (span.T @ q)  # once more against rounding
 
-    Random Gaussian directions are projected on the orthogonal complement of span(kept) (QR of kept^T)
-    and orthonormalised; when the complement has fewer than `count` dimensions, the rows beyond it
-    are random unit directions.
+
+@torch.no_grad()
+def orthogonal_filters(kept: Tensor, count: int, generator: torch.Generator, dropped: Tensor | None = None) -> Tensor:
+    """`count` unit rows orthogonal to each other, to the rows of `kept` (k, d) and to the rows of `dropped`
+    (the pruned filters' values from before the prune, (p, d)), as far as d allows (float64).
+
+    Random Gaussian directions are projected on the orthogonal complement of span(kept, dropped), an
+    orthonormal basis of which QR gives, and orthonormalised. When that complement has fewer than
+    `count` dimensions, the rows beyond it are orthogonal to the kept filters (and the rows before)
+    only, and beyond that random unit directions.
     """
     kept = kept.double().cpu()
     d = kept.shape[1]
-    basis, _ = torch.linalg.qr(kept.T)  # (d, min(k, d)), orthonormal basis of the kept filters' span
-    free = d - basis.shape[1]
+    dropped = torch.zeros(0, d, dtype=torch.float64) if dropped is None else dropped.double().cpu().reshape(-1, d)
     g = torch.randn(d, count, generator=generator, dtype=torch.float64)
-    n_orth = min(count, free)
-    rows = []
-    if n_orth:
-        proj = g[:, :n_orth] - basis @ (basis.T @ g[:, :n_orth])
-        q, _ = torch.linalg.qr(proj)
-        q = q - basis @ (basis.T @ q)  # once more against rounding
-        rows.append(F.normalize(q.T, dim=1))
-    if count > n_orth:
-        rows.append(F.normalize(g[:, n_orth:].T, dim=1))
-    return torch.cat(rows)
+    kept_basis, _ = torch.linalg.qr(kept.T)  # (d, min(k, d)): span of the kept filters
+    stages = [torch.linalg.qr(torch.cat([kept, dropped]).T)[0]]  # first: orthogonal to kept and dropped
+    rows: list[Tensor] = []
+    done = 0
+    for stage in range(2):
+        span = stages[0] if stage == 0 else torch.cat([kept_basis, *(r.T for r in rows)], dim=1)
+        n = min(count - done, d - span.shape[1])
+        if n > 0:
+            rows.append(_orthonormal_complement(span, g[:, done:done + n]).T)
+            done += n
+    if count > done:
+        rows.append(g[:, done:].T)
+    return F.normalize(torch.cat(rows), dim=1)
 
 
 class RePrMethod(Method):
     """Cycles of full training and training with the least orthogonal filters pruned, then re-initialised."""
 
     name = "repr"
+    version = 2  # 2: re-initialised filters also orthogonal to the pruned filters' pre-prune values
     keys = {
         "repr_s1": ConfigKey(int, 20, "epochs of full training per cycle", minimum=0, strict=True),
         "repr_s2": ConfigKey(int, 10, "epochs with the pruned filters held at zero per cycle", minimum=0, strict=True),
@@ -166,6 +185,7 @@ class RePrMethod(Method):
         super().__init__(cfg)
         self.layers: dict[str, PrunableLayer] = {}
         self.pruned: dict[str, list[int]] = {}  # layer name -> pruned filter indices (empty: full network)
+        self.dropped: dict[str, Tensor] = {}  # layer name -> pruned filters' flattened weights before the prune
         self.cycles_done = 0
         self._masks: list[tuple[Tensor, Tensor]] = []  # (parameter, keep mask of its shape)
 
@@ -210,6 +230,8 @@ class RePrMethod(Method):
     def prune(self, optimizer: torch.optim.Optimizer) -> int:
         """Rank, choose the filters to prune, and zero them (with their BN and momentum); returns how many."""
         self.pruned = rank_filters(list(self.layers.values()), self.cfg.repr_p)
+        self.dropped = {name: self.layers[name].conv.weight.detach()[idx].flatten(1).cpu().clone()
+                        for name, idx in self.pruned.items()}
         self._build_masks()
         self.apply_masks(optimizer)
         return sum(len(v) for v in self.pruned.values())
@@ -231,7 +253,8 @@ class RePrMethod(Method):
 
     @torch.no_grad()
     def reinitialise(self, seed: int) -> int:
-        """Give pruned filters directions orthogonal to their layer's kept filters; returns how many."""
+        """Give pruned filters directions orthogonal to their layer's kept filters and to their own values
+        from before the prune; returns how many."""
         generator = torch.Generator().manual_seed(seed)
         n = 0
         for name, idx in self.pruned.items():
@@ -243,7 +266,8 @@ class RePrMethod(Method):
             keep[index] = False
             kept = flat[keep]
             norm = kept.norm(dim=1).mean()
-            new = orthogonal_filters(kept, len(idx), generator).to(device=w.device, dtype=w.dtype) * norm
+            new = orthogonal_filters(kept, len(idx), generator, self.dropped.get(name))
+            new = new.to(device=w.device, dtype=w.dtype) * norm
             w[index] = new.reshape(len(idx), *w.shape[1:])
             if layer.conv.bias is not None:
                 layer.conv.bias[index] = 0
@@ -256,6 +280,7 @@ class RePrMethod(Method):
                     layer.bn.running_var[index] = 1
             n += len(idx)
         self.pruned = {}
+        self.dropped = {}
         self._masks = []
         self.cycles_done += 1
         return n
@@ -276,10 +301,14 @@ class RePrMethod(Method):
 
     # ---- checkpoint ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"pruned": {k: list(v) for k, v in self.pruned.items()}, "cycles_done": self.cycles_done}
+        return {"pruned": {k: list(v) for k, v in self.pruned.items()}, "cycles_done": self.cycles_done,
+                "dropped": {k: v.clone() for k, v in self.dropped.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.pruned = {k: list(v) for k, v in state.get("pruned", {}).items()}
+        self.dropped = {k: v.detach().cpu().clone() for k, v in state.get("dropped", {}).items()}
+        if set(self.dropped) != set(self.pruned):
+            raise ValueError("RePr state: the stored pre-prune filters do not match the pruned layers")
         self.cycles_done = int(state.get("cycles_done", 0))
         if self.layers:
             self._build_masks()

@@ -30,7 +30,7 @@ import yaml
 import models
 from we.errors import ConfigError
 from we.files import write_json, write_text
-from we.methods import Method, TrainContext, create_method
+from we.methods import Method, TrainContext, create_method, method_version
 from we.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from we.train.config import RESULT_NEUTRAL_KEYS, Config, config_diff, to_dict
 from we.train.distributed import SINGLE, DistEnv, setup as setup_distributed, shutdown as shutdown_distributed
@@ -151,6 +151,13 @@ def _check_same_run(out: Path, cfg: Config) -> None:
         raise ConfigError(f"{out}: holds a run with a different config (keys: {', '.join(diff)}); use another out")
 
 
+def _check_same_version(path: Path, version: int, cfg: Config) -> None:
+    """A run folder's result or checkpoint must come from this version of the method (else it is another run)."""
+    if version != method_version(cfg.method):
+        raise ConfigError(f"{path}: holds a run of version {version} of method {cfg.method!r}, this code trains "
+                          f"version {method_version(cfg.method)}; use another out")
+
+
 def log(msg: str) -> None:
     print(msg, flush=True)
 
@@ -179,6 +186,7 @@ def _main(cfg: Config, device: torch.device, dist_env: DistEnv) -> dict[str, Any
             raise RuntimeError(f"{result_path}: unreadable result file") from None
         if previous.get("status") in TERMINAL:
             _check_same_run(out, cfg)
+            _check_same_version(result_path, previous.get("method_version", 1), cfg)
             if dist_env.is_main:
                 log(f"{out}: already {previous['status']}; nothing to do")
             return previous
@@ -192,6 +200,7 @@ def _main(cfg: Config, device: torch.device, dist_env: DistEnv) -> dict[str, Any
 
     started = time.perf_counter()
     result: dict[str, Any] = {"status": "running", "config": to_dict(cfg),
+                              "method_version": method_version(cfg.method),
                               "provenance": provenance(device) if dist_env.is_main else {}}
     if dist_env.enabled:
         result["distributed"] = {"world_size": dist_env.world_size, "backend": dist_env.backend}
@@ -225,10 +234,12 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SIN
         torch.backends.cudnn.benchmark = True
     data_path = cfg.data_path if cfg.data_path != "auto" else ("device" if device.type == "cuda" and
                                                                  cfg.dataset != "imagenet" else "loader")
-    data = build_data(cfg.dataset, cfg.data_dir, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
-                      normalization=cfg.normalization, image_size=cfg.image_size, data_path=data_path,
-                      device=device, workers=cfg.workers, seed=cfg.seed, download=cfg.download,
-                      limit_train=cfg.limit_train or None, rank=dist_env.rank, world_size=dist_env.world_size)
+    data_for_seed = functools.partial(
+        build_data, cfg.dataset, cfg.data_dir, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
+        normalization=cfg.normalization, image_size=cfg.image_size, data_path=data_path, device=device,
+        workers=cfg.workers, download=cfg.download, limit_train=cfg.limit_train or None, rank=dist_env.rank,
+        world_size=dist_env.world_size)
+    data = data_for_seed(seed=cfg.seed)
     build_model = functools.partial(models.create, cfg.model, num_classes=data.info.num_classes)
     model = build_model().to(device)
     method = create_method(cfg)
@@ -242,7 +253,8 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SIN
                        data=data, dist=dist_env, build_model=build_model,
                        build_optimizer=lambda net, lr: build_optimizer(cfg, net, lr),
                        build_scheduler=lambda opt: build_scheduler(cfg, opt),
-                       evaluate=lambda net, fnet: evaluate(cfg, net, data, fnet, device))
+                       evaluate=lambda net, fnet: evaluate(cfg, net, data, fnet, device),
+                       build_train_data=lambda seed: data_for_seed(seed=seed).train)
     say = log if dist_env.is_main else (lambda msg: None)
 
     history: list[dict[str, Any]] = []
@@ -250,6 +262,7 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SIN
     ckpt_path = out / "last.pt"
     if ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
+        _check_same_version(ckpt_path, state.get("method_version", 1), cfg)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -293,7 +306,8 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SIN
         history.append(dist_env.broadcast_object(row))  # rank 0's timings and method statistics everywhere
         if dist_env.is_main:
             save_checkpoint(out / "last.pt", {
-                "config": to_dict(cfg), "epoch": epoch + 1, "iteration": iteration, "history": history,
+                "config": to_dict(cfg), "method_version": method_version(cfg.method), "epoch": epoch + 1,
+                "iteration": iteration, "history": history,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "method": method.state_dict(), "rng": rng_state()})
             write_metrics(out, history)
