@@ -29,7 +29,7 @@ from we.files import REPO_ROOT
 from we.grid.cli import submit
 from we.grid.identity import DEFAULT_RUNS_ROOT, Cell, parse_sets, resolve_cells
 from we.grid.local import LocalExecutor
-from we.grid.schema import load_grid
+from we.grid.schema import Grid, load_grid
 from we.report.tables import welch_p
 from we.train.datasets import TRAIN_IMAGES
 from we.train.provenance import provenance
@@ -37,10 +37,9 @@ from we.train.provenance import provenance
 CIFAR_EPOCHS, CIFAR_IMAGES = 200, TRAIN_IMAGES["cifar10"]  # the paper's CIFAR run (section 4.1.2)
 
 
-def run_cells(cells: Sequence[Cell], grid_name: str, runs_root: Path, concurrency: int, deadline_s: float) -> bool:
-    """Train `cells` on this machine, `concurrency` at once; stop them after `deadline_s` seconds.
-    Returns whether all ended in time."""
-    grid = load_grid(grid_name)
+def run_cells(grid: Grid, cells: Sequence[Cell], runs_root: Path, concurrency: int, deadline_s: float) -> bool:
+    """Train `cells` of `grid` on this machine, `concurrency` at once; stop them after `deadline_s`
+    seconds. Returns whether all ended in time."""
     executor = LocalExecutor(concurrency=concurrency, gpus=1 if torch.cuda.is_available() else 0)
     submit(grid, cells, executor, runs_root)
     runner = executor.process
@@ -137,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     cells = [c for c in resolve_cells(grid, runs_root, parse_sets(args.sets), parse_sets(args.neutral))
              if c.config["seed"] in seeds]
     started = time.perf_counter()
-    in_time = run_cells(cells, args.grid, runs_root, args.concurrency, args.deadline_s)
+    in_time = run_cells(grid, cells, runs_root, args.concurrency, args.deadline_s)
     print(f"proxy: {len(cells)} cells in {time.perf_counter() - started:.0f} s", flush=True)
     bench_path = Path(args.bench_json) if args.bench_json else None
     bench = json.loads(bench_path.read_text()) if bench_path and bench_path.is_file() else None
