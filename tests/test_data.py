@@ -113,7 +113,7 @@ def _normalise(x_uint8: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
 
 
 def test_dataset_info_constants():
-    assert DATASETS == ("digits", "cifar10", "cifar100", "imagenet")
+    assert DATASETS == ("digits", "cifar10", "cifar100", "imagenet", "fashion_mnist")
     c10 = dataset_info("cifar10")
     assert (c10.num_classes, c10.image_size, c10.num_train) == (10, 32, 50000)
     assert c10.mean == (0.4914, 0.4822, 0.4465) and c10.std == (0.2470, 0.2435, 0.2616)

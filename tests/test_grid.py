@@ -103,6 +103,23 @@ def test_figure_and_demo_grids():
     assert sorted({s.labels["method"] for s in demo}) == ["baseline", "we", "we_official"] and len(demo) == 6
 
 
+def test_proxy_grid(tmp_path: Path):
+    specs = expand(load_grid("proxy"))
+    assert len(specs) == 15
+    assert sorted({s.labels["method"] for s in specs}) == ["baseline", "we", "we_official"]
+    assert sorted({s.values["seed"] for s in specs}) == [0, 1, 2, 3, 4]
+    cells = resolve_cells(load_grid("proxy"), tmp_path)
+    for c in cells:  # one schedule for the three methods, on Fashion-MNIST
+        assert (c.config["dataset"], c.config["model"], c.config["epochs"]) == ("fashion_mnist", "resnet20", 30)
+        assert (c.config["schedule"], c.config["lr_milestones"], c.config["lr"]) == ("multistep", [15, 25], 0.1)
+    official = {c.config["we_variant"] for c in cells if c.labels["method"] == "we_official"}
+    assert official == {"official"}
+    assert len({c.config_hash for c in cells}) == 15
+    # the GPU check's scaled-down form: --set epochs and milestones change every cell's identity
+    small = resolve_cells(load_grid("proxy"), tmp_path, parse_sets(["epochs=2", "lr_milestones=[1]"]))
+    assert {c.config["epochs"] for c in small} == {2} and not {c.config_hash for c in small} & {c.config_hash for c in cells}
+
+
 def test_every_grid_resolves(tmp_path: Path):
     for path in sorted((REPO / "experiments").glob("*.yaml")):
         grid = load_grid(path)

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                    "(default resnet20 on CPU, mobilenetv1 on GPU, as the paper's overhead figures)")
     p.add_argument("--no-methods", action="store_true", help="skip the method-overhead table")
     p.add_argument("--no-paths", action="store_true", help="skip the input-path throughput table")
-    p.add_argument("--paths-dataset", default=None, help="cifar10 when present in --data-dir, else digits")
+    p.add_argument("--paths-dataset", default=None, help="cifar10 when present in --data-dir, else digits (or: fashion_mnist)")
     p.add_argument("--data-dir", default="data")
     p.add_argument("--steps", type=int, default=None, help="timed steps per input path (default 20 GPU, 3 CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile on the fast path")

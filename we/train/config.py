@@ -30,10 +30,10 @@ CORE_KEYS: dict[str, ConfigKey] = {
     "dist_backend": K(str, "auto", "several processes: auto (nccl on CUDA, gloo on CPU) | nccl | gloo",
                       choices=("auto", "nccl", "gloo")),
     # ---- data ------------------------------------------------------------------------------------
-    "dataset": K(str, "digits", "digits | cifar10 | cifar100 | imagenet", choices=DATASETS),
+    "dataset": K(str, "digits", "digits | cifar10 | cifar100 | imagenet | fashion_mnist", choices=DATASETS),
     "data_dir": K(str, "data", "dataset root"),
-    "download": K(bool, True, "CIFAR only: download into data_dir where the network allows"),
-    "image_size": K(Optional[int], None, "None: 32 (CIFAR, digits), 224 (ImageNet), 128 for mobilenetv2_050"),
+    "download": K(bool, True, "CIFAR, Fashion-MNIST: download into data_dir where the network allows"),
+    "image_size": K(Optional[int], None, "None: 32 (CIFAR, digits, Fashion-MNIST), 224 (ImageNet), 128 for mobilenetv2_050"),
     "normalization": K(Optional[str], None, "paper (dataset statistics) | official (the authors' constants)",
                        choices=NORMALIZATIONS),
     "data_path": K(str, "auto", "auto (device on CUDA, loader on CPU) | loader | device",
@@ -83,7 +83,7 @@ RECIPES: dict[tuple[str, str], dict[str, Any]] = {
 }
 RECIPES[("official", "imagenet")] = dict(RECIPES[("paper", "imagenet")])
 
-IMAGE_SIZES = {"digits": 32, "cifar10": 32, "cifar100": 32, "imagenet": 224}
+IMAGE_SIZES = {"digits": 32, "cifar10": 32, "cifar100": 32, "imagenet": 224, "fashion_mnist": 32}
 MODEL_IMAGE_SIZES = {"mobilenetv2_050": 128}  # paper Table 4: MobileNetV2-0.5 at 128x128
 
 # Keys that say where or how a run executes, not what it computes: they may differ between an
@@ -140,7 +140,7 @@ def _copy(value: Any) -> Any:
 
 
 def dataset_family(dataset: str) -> str:
-    """'imagenet' for ImageNet, else 'cifar' (CIFAR-10/100 and the 32x32 digits set)."""
+    """'imagenet' for ImageNet, else 'cifar' (CIFAR-10/100 and the 32x32 digits and Fashion-MNIST sets)."""
     return "imagenet" if dataset == "imagenet" else "cifar"
 
 

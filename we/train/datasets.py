@@ -1,7 +1,8 @@
 """Datasets of the paper (Sec. 4.1.1) and the offline digits stand-in: facts, raw datasets, transforms.
 
 CIFAR-10/100 through torchvision (download into ``data_dir`` where the network allows), ImageNet as
-``train/`` and ``val/`` class folders, and scikit-learn's 8x8 digits as 32x32 RGB images. Every
+``train/`` and ``val/`` class folders, scikit-learn's 8x8 digits as 32x32 RGB images, and Fashion-MNIST
+as 32x32 RGB images (``we.train.mnist``). Every
 sample's augmentation on the loader path runs under a seed of (run seed, epoch, index); see
 ``we.train.pipeline`` for the iterables built on these.
 """
@@ -18,14 +19,15 @@ import torch
 import torch.nn.functional as F
 
 from we.errors import DatasetNotFoundError
+from we.train.mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
 __all__ = ["DATASETS", "NORMALIZATIONS", "DATA_PATHS", "TRAIN_IMAGES", "DatasetInfo", "DatasetNotFoundError",
            "DigitsDataset", "dataset_info", "load_digits_uint8"]
 
-DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "imagenet")
+DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "imagenet", "fashion_mnist")
 NORMALIZATIONS: tuple[str, ...] = ("paper", "official")
 DATA_PATHS: tuple[str, ...] = ("loader", "device")
-DEVICE_DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100")
+DEVICE_DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "fashion_mnist")
 
 PAD = 4  # zero padding per side for the CIFAR-style random crop (paper 4.1.1)
 
@@ -66,18 +68,19 @@ class DatasetInfo:
     num_train: int | None
 
 
-TRAIN_IMAGES = {"digits": 1437, "cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167}  # training images
+TRAIN_IMAGES = {"digits": 1437, "cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167,
+                "fashion_mnist": 60_000}  # training images
 _NUM_TRAIN = {**TRAIN_IMAGES, "imagenet": None}  # ImageNet's depends on the copy on disk
-_NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
+_NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000, "fashion_mnist": 10}
 
 
 def dataset_info(name: str, normalization: str = "paper", image_size: int | None = None) -> DatasetInfo:
     """Static facts about a dataset.
 
     ``normalization="paper"``: the dataset's own channel mean/std. ``"official"``: the authors'
-    CIFAR constants for cifar10 and cifar100; digits and imagenet have no authors' constants of
-    their own, so there it equals ``"paper"`` (the authors' ImageNet script uses PyTorch's).
-    ``image_size``: 32 only for digits/CIFAR; any positive size for imagenet (default 224).
+    CIFAR constants for cifar10 and cifar100; digits, fashion_mnist and imagenet have no authors'
+    constants of their own, so there it equals ``"paper"`` (the authors' ImageNet script uses PyTorch's).
+    ``image_size``: 32 only for digits/CIFAR/Fashion-MNIST; any positive size for imagenet (default 224).
     ``num_train`` is None for imagenet (it depends on the copy on disk; ``build_data`` fills it).
     """
     _check_choice("dataset", name, DATASETS)
@@ -93,6 +96,8 @@ def dataset_info(name: str, normalization: str = "paper", image_size: int | None
         size = 32
         if name == "digits":
             mean, std = DIGITS_MEAN, DIGITS_STD
+        elif name == "fashion_mnist":
+            mean, std = FASHION_MNIST_MEAN, FASHION_MNIST_STD
         elif normalization == "official":
             mean, std = OFFICIAL_CIFAR_MEAN, OFFICIAL_CIFAR_STD
         elif name == "cifar10":

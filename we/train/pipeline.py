@@ -5,7 +5,7 @@ Two pipelines, chosen with ``data_path``:
 * ``"loader"``: a ``torch.utils.data.DataLoader`` over the torchvision dataset with torchvision
   transforms, ``workers`` worker processes (0 allowed) that live for the whole run, pinned memory
   on CUDA.
-* ``"device"`` (digits, cifar10, cifar100): the whole train set is kept on ``device`` as a uint8
+* ``"device"`` (digits, cifar10, cifar100, fashion_mnist): the whole train set is kept on ``device`` as a uint8
   NCHW tensor; every epoch is shuffled, augmented (:func:`augment_batch`) and normalised there
   with batched tensor ops.
 
@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from we.train.datasets import (DATA_PATHS, DATASETS, DEVICE_DATASETS, NORMALIZATIONS, PAD, DatasetInfo, DigitsDataset,
                                _check_choice, _epoch_seed, _load_cifar, _load_imagenet, _SeededTransform, _transforms,
                                dataset_info)
+from we.train.mnist import FashionMNISTDataset
 
 __all__ = ["Data", "TrainIterable", "build_data", "augment_batch", "shard_positions"]
 
@@ -294,8 +295,8 @@ def build_data(
 ) -> Data:
     """Build the train/test iterables (see the module docstring).
 
-    ``data_dir``: CIFAR root (holding ``cifar-10-batches-py`` / ``cifar-100-python``), or the
-    ImageNet root (holding ``train/`` and ``val/`` class folders); ignored for digits.
+    ``data_dir``: CIFAR root (holding ``cifar-10-batches-py`` / ``cifar-100-python``), the
+    Fashion-MNIST root (see ``we.train.mnist``), or the ImageNet root (holding ``train/`` and ``val/`` class folders); ignored for digits.
     ``limit_train``: keep only the first N training examples. ``Data.num_train`` is the count
     used; ``Data.info.num_train`` the full split's size.
     ``rank``, ``world_size``: with ``world_size > 1`` the train iterable yields this rank's share
@@ -324,6 +325,9 @@ def build_data(
 
     if dataset == "digits":
         train_raw, test_raw = DigitsDataset(train=True), DigitsDataset(train=False)
+    elif dataset == "fashion_mnist":
+        train_raw = FashionMNISTDataset(data_dir, train=True, download=download)
+        test_raw = FashionMNISTDataset(data_dir, train=False, download=download)
     elif dataset in ("cifar10", "cifar100"):
         train_raw = _load_cifar(dataset, data_dir, True, download)
         test_raw = _load_cifar(dataset, data_dir, False, download)
