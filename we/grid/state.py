@@ -27,7 +27,7 @@ from we.train.config import make_config, resolve, to_dict
 
 GRID_FILE = "grid.json"
 STATES = ("done", "running", "failed", "diverged", "todo", "unknown", "stale")
-REUSED_FILES = ("config.yaml", "result.json", "metrics.jsonl", "metrics.csv", "last.pt")
+REUSED_FILES = ("config.yaml", "result.json", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt")
 
 
 def check_writable(runs_root: Path) -> None:
