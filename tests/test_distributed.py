@@ -179,7 +179,7 @@ def test_ddp_we_run_ranks_agree_and_match_single_process(runs):
     assert r0["result"] == r1["result"]  # rank 0's result everywhere
     result = json.loads((runs["ddp"] / "result.json").read_text())
     assert result["status"] == "complete" and result["distributed"] == {"world_size": 2, "backend": "gloo"}
-    assert sorted(p.name for p in runs["ddp"].iterdir()) == ["config.yaml", "last.pt", "metrics.csv",
+    assert sorted(p.name for p in runs["ddp"].iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.csv",
                                                               "metrics.jsonl", "result.json"]
     assert runs["ddp_stdout"].count("epoch 1/3") == 1  # rank 0 alone reports
     ddp, single = rows(runs["ddp"]), rows(runs["single"])

@@ -13,7 +13,7 @@ from we.errors import InputError
 from we.files import read_yaml
 
 # Result-neutral config keys a cluster profile may set for its jobs (`config:` in a profile).
-PROFILE_CONFIG_KEYS = ("device", "data_dir", "download", "workers", "progress")
+PROFILE_CONFIG_KEYS = ("device", "data_dir", "download", "workers", "progress", "loggers")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from we.train.config import make_config, resolve, to_dict
 GRID_FILE = "grid.json"
 STATES = ("done", "running", "failed", "interrupted", "diverged", "todo", "unknown", "stale")
 TO_RUN = ("todo", "failed", "interrupted")  # the states `submit` (re)starts
-REUSED_FILES = ("config.yaml", "result.json", "metrics.jsonl", "metrics.csv", "last.pt")
+REUSED_FILES = ("config.yaml", "result.json", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt")
 
 
 def check_writable(runs_root: Path) -> None:

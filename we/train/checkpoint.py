@@ -1,6 +1,13 @@
-"""Checkpoints (written atomically) and the RNG states that make a resumed run exact."""
+"""Checkpoints (written atomically) and the RNG states that make a resumed run exact.
+
+A run folder holds `last.pt` (everything a resume needs) and `best.pt` (the weights of the epoch with
+the best test top-1). A new best epoch's weights are staged in `.best-epoch<N>.pt` before last.pt of
+epoch N is written and renamed to best.pt after it, so an interruption anywhere leaves a best.pt that
+matches the history last.pt holds (`settle_best`).
+"""
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -22,6 +29,32 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing here
         raise RuntimeError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err})") from None
+
+
+def staged_best(out: Path, epoch: int) -> Path:
+    return Path(out) / f".best-epoch{epoch}.pt"
+
+
+def stage_best(out: Path, epoch: int, state: dict[str, Any]) -> None:
+    save_checkpoint(staged_best(out, epoch), state)
+
+
+def promote_best(out: Path, epoch: int) -> int:
+    """The staged best of `epoch` becomes best.pt (one rename); returns the epoch."""
+    os.replace(staged_best(out, epoch), Path(out) / "best.pt")
+    return epoch
+
+
+def settle_best(out: Path, last_epoch: int) -> int | None:
+    """On resume from last.pt of `last_epoch`: a staged best of that epoch becomes best.pt, one of a later
+    (not checkpointed) epoch is dropped. Returns the epoch best.pt holds (None: there is none)."""
+    for path in Path(out).glob(".best-epoch*.pt"):
+        if path == staged_best(out, last_epoch):
+            promote_best(out, last_epoch)
+        else:
+            path.unlink()
+    best = Path(out) / "best.pt"
+    return load_checkpoint(best)["epoch"] if best.exists() else None
 
 
 def rng_state() -> dict[str, Any]:

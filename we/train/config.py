@@ -20,11 +20,12 @@ from we.errors import ConfigError, InputError
 from we.files import read_yaml
 from we.methods import METHODS, ConfigKey, method_keys
 from we.train.datasets import DATASETS, NORMALIZATIONS, TRAIN_IMAGES
+from we.train.loggers import LOGGERS, check_loggers
 
 K = ConfigKey
 CORE_KEYS: dict[str, ConfigKey] = {
     # ---- run -------------------------------------------------------------------------------------
-    "out": K(str, "results/runs/manual", "run folder: config.yaml, metrics, result.json, last.pt"),
+    "out": K(str, "results/runs/manual", "run folder: config.yaml, metrics, result.json, last.pt, best.pt"),
     "seed": K(int, 0, "seeds model init, data order and augmentation", minimum=0),
     "device": K(str, "auto", "auto | cpu | cuda | cuda:N (several processes: cuda:LOCAL_RANK each)"),
     "dist_backend": K(str, "auto", "several processes: auto (nccl on CUDA, gloo on CPU) | nccl | gloo",
@@ -64,6 +65,8 @@ CORE_KEYS: dict[str, ConfigKey] = {
     "cudnn_benchmark": K(bool, False, "cuDNN autotuner"),
     # ---- logging -----------------------------------------------------------------------------------
     "progress": K(str, "auto", "auto (tqdm on a terminal) | bar | plain", choices=("auto", "bar", "plain")),
+    "loggers": K(list[str], [], "live tracking: tensorboard (<out>/tb/) and/or wandb (offline without a key)",
+                 choices=tuple(LOGGERS)),
 }
 del K
 
@@ -88,7 +91,7 @@ MODEL_IMAGE_SIZES = {"mobilenetv2_050": 128}  # paper Table 4: MobileNetV2-0.5 a
 
 # Keys that say where or how a run executes, not what it computes: they may differ between an
 # interrupted run and its resumption, and they are not part of a run's identity.
-RESULT_NEUTRAL_KEYS = ("out", "device", "data_dir", "download", "workers", "progress", "dist_backend")
+RESULT_NEUTRAL_KEYS = ("out", "device", "data_dir", "download", "workers", "progress", "dist_backend", "loggers")
 
 assert set(TRAIN_IMAGES) == set(IMAGE_SIZES) == set(DATASETS)
 
@@ -269,8 +272,10 @@ def validate_choices(cfg: Config) -> None:
     """Check enumerated keys, the model and the method against their registries."""
     for key, spec in config_keys().items():
         value = getattr(cfg, key)
-        if spec.choices and value is not None and value not in spec.choices:
-            raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(spec.choices)}")
+        for item in value if isinstance(value, list) else [value]:  # a list key: each of its items
+            if spec.choices and item is not None and item not in spec.choices:
+                raise ConfigError(f"config key '{key}': {item!r} is not one of {', '.join(spec.choices)}")
+    check_loggers(cfg.loggers)
     if cfg.model not in models.list_models():
         raise ConfigError(f"config key 'model': unknown model {cfg.model!r} (known: {', '.join(models.list_models())})")
     if cfg.method not in METHODS:

@@ -2,7 +2,9 @@
 
 `main(cfg)` trains one model with one method into the run folder `cfg.out` and is idempotent:
 a complete (or diverged) run is returned as it is, an interrupted one resumes from `last.pt`
-and ends bitwise identical (on the CPU) to an uninterrupted run.
+and ends bitwise identical (on the CPU) to an uninterrupted run. `best.pt` holds the weights of the
+epoch with the best test top-1, as they were evaluated (result.json: `best_checkpoint_epoch`); the
+`loggers` (TensorBoard, wandb: `we.train.loggers`) get every epoch's metrics row.
 
 Launched as several processes (torchrun, or a SLURM step of several tasks), the run trains with
 DistributedDataParallel (see `we.distributed`): `batch_size` is the global batch, split over the
@@ -12,6 +14,7 @@ every epoch with identical weights; only rank 0 writes the run folder.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
@@ -31,9 +34,11 @@ import models
 from we.errors import ConfigError
 from we.files import write_json, write_text
 from we.methods import Method, TrainContext, create_method, method_version
-from we.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from we.train.checkpoint import (load_checkpoint, promote_best, rng_state, save_checkpoint, seed_everything,
+                                 set_rng_state, settle_best, stage_best)
 from we.train.config import RESULT_NEUTRAL_KEYS, Config, config_diff, to_dict
 from we.train.distributed import SINGLE, DistEnv, setup as setup_distributed, shutdown as shutdown_distributed
+from we.train.loggers import RunLoggers
 from we.train.optim import build_optimizer, build_scheduler, evaluate
 from we.train.pipeline import build_data
 from we.train.provenance import provenance
@@ -121,12 +126,17 @@ def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
     write_text(out / "metrics.csv", buf.getvalue())
 
 
+def best_row(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first epoch with the highest test top-1 (the best epoch of the tables, and of best.pt)."""
+    return max(history, key=lambda r: r["test_top1"])
+
+
 def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
     """Final and best-epoch accuracies (the authors' script reports the best epoch)."""
     if not history:
         return {}
     last = history[-1]
-    best = max(history, key=lambda r: r["test_top1"])
+    best = best_row(history)
     train_s = sum(r["train_seconds"] for r in history)
     images = sum(r["images_per_s"] * r["train_seconds"] for r in history)
     return {"epochs_done": len(history), "final_top1": last["test_top1"], "final_top5": last["test_top5"],
@@ -205,7 +215,8 @@ def _main(cfg: Config, device: torch.device, dist_env: DistEnv) -> dict[str, Any
     if dist_env.enabled:
         result["distributed"] = {"world_size": dist_env.world_size, "backend": dist_env.backend}
     try:
-        result.update(_train(cfg, out, device, dist_env))
+        with contextlib.ExitStack() as held:  # the loggers, closed however the run ends
+            result.update(_train(cfg, out, device, dist_env, held))
     except Exception as err:
         if dist_env.is_main:
             result.update(status="failed", error=f"{type(err).__name__}: {err}",
@@ -228,7 +239,8 @@ def _sync_from_rank0(dist_env: DistEnv, model: torch.nn.Module, method: Method) 
         method.load_state_dict(state)
 
 
-def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SINGLE) -> dict[str, Any]:
+def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SINGLE,
+           held: contextlib.ExitStack | None = None) -> dict[str, Any]:
     seed_everything(cfg.seed)
     if cfg.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
@@ -258,7 +270,7 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SIN
     say = log if dist_env.is_main else (lambda msg: None)
 
     history: list[dict[str, Any]] = []
-    start_epoch, iteration = 0, 0
+    start_epoch, iteration, best_saved = 0, 0, None
     ckpt_path = out / "last.pt"
     if ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
@@ -270,6 +282,11 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SIN
         set_rng_state(state["rng"])
         start_epoch, iteration, history = state["epoch"], state["iteration"], state["history"]
         say(f"{out}: resuming after epoch {start_epoch} of {cfg.epochs}")
+        if dist_env.is_main:
+            best_saved = settle_best(out, start_epoch)
+    trackers = RunLoggers(cfg.loggers if dist_env.is_main else [], out, to_dict(cfg), start_epoch)
+    if held is not None:
+        held.callback(trackers.close)
     train_model = dist_env.training_module(model, fmodel, cfg.compile)  # fmodel itself in one process
     method.on_train_start(ctx)
     where = f"device {device}" + (f", {dist_env.world_size} processes ({dist_env.backend})"
@@ -291,9 +308,13 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SIN
             history.append(dist_env.broadcast_object(
                 {"epoch": epoch + 1, "lr": lr, **tr, "test_loss": float("nan"), "test_top1": float("nan"),
                  "test_top5": float("nan"), "seconds": time.perf_counter() - t0}))
+            trackers.log_epoch(history[-1])
             break
         dist_env.broadcast_module(model)  # rank 0's BatchNorm running statistics: the same evaluation everywhere
         ev = evaluate(cfg, model, data, fmodel, device)
+        best_weights = None  # a new best epoch: its weights as evaluated, before the epoch-end hook edits them
+        if dist_env.is_main and (not history or ev["test_top1"] > best_row(history)["test_top1"]):
+            best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         t_method = time.perf_counter()
         method_stats.update(method.on_epoch_end(ctx, epoch, last=epoch == cfg.epochs - 1))
         if device.type == "cuda":
@@ -304,12 +325,18 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SIN
         scheduler.step()
         row = {"epoch": epoch + 1, "lr": lr, **tr, **ev, **method_stats, "seconds": time.perf_counter() - t0}
         history.append(dist_env.broadcast_object(row))  # rank 0's timings and method statistics everywhere
+        trackers.log_epoch(row)  # before last.pt: a resumed run purges what it logged after it
         if dist_env.is_main:
+            if best_weights is not None:  # staged, then best.pt once last.pt of this epoch is on disk
+                stage_best(out, epoch + 1, {"config": to_dict(cfg), "epoch": epoch + 1,
+                                            "test_top1": ev["test_top1"], "model": best_weights})
             save_checkpoint(out / "last.pt", {
                 "config": to_dict(cfg), "method_version": method_version(cfg.method), "epoch": epoch + 1,
                 "iteration": iteration, "history": history,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "method": method.state_dict(), "rng": rng_state()})
+            if best_weights is not None:
+                best_saved = promote_best(out, epoch + 1)
             write_metrics(out, history)
         dist_env.barrier()
         say(f"epoch {epoch + 1}/{cfg.epochs} lr {lr:.4g} train loss {tr['train_loss']:.4f} top1 "
@@ -321,6 +348,7 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SIN
     summary = {**summarize(history), **method.summarize(history)}
     if status == "diverged":
         summary["diverged_epoch"] = history[-1]["epoch"]
+    summary["best_checkpoint_epoch"] = best_saved  # the epoch best.pt holds (None: no best.pt)
     return {"status": status, **summary, "speed": {k: getattr(cfg, k) for k in
                                                     ("amp", "channels_last", "compile", "cudnn_benchmark")},
             "data_path": data_path, "seed": cfg.seed}

@@ -1,0 +1,94 @@
+"""Weight Evolution as a PyTorch Lightning callback (optional extra: `pip install lightning`).
+
+    from we.lightning import WeightEvolutionCallback
+    trainer = lightning.Trainer(max_epochs=200, callbacks=[WeightEvolutionCallback(milestones=(60, 120))])
+    trainer.fit(model, train_loader, val_loader)
+
+The callback evolves the LightningModule's weights (`we.WeightEvolution`, paper or official variant, the
+same keyword arguments) at the end of every training epoch, after that epoch's validation, and not after
+the last epoch (`max_epochs`), like the suite's trainer; or, with `every_n_steps=N`, after every N-th
+optimizer step. Its state (variant, hparams, step and unit counters) is saved in Lightning's
+checkpoints and restored by `trainer.fit(..., ckpt_path=...)`, so a resumed run evolves exactly as an
+uninterrupted one. The units evolved per kind in each epoch, and the selection rate of the paper
+variant, are logged through the module's loggers (`we/conv_weight`, ..., `we/rate`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+
+from we.core import SCHEDULE_KEYS, WeightEvolution, official_hparams, paper_hparams
+from we.core.checks import VARIANTS, check_choice, check_positive_int
+
+
+class WeightEvolutionCallback(pl.Callback):
+    """Applies Weight Evolution to the trained LightningModule (see the module docstring).
+
+    `variant`, `**hparams`: as `we.WeightEvolution` (paper defaults: r_hat 0.05, beta 2.5, eta 15,
+    gamma 0.05, milestones (60, 120): pass your own schedule's lr-decay epochs as `milestones`).
+    `every_n_steps`: evolve after every N optimizer steps instead of at epoch ends.
+    """
+
+    def __init__(self, variant: str = "paper", every_n_steps: int | None = None, **hparams: Any) -> None:
+        check_choice("variant", variant, VARIANTS)
+        if every_n_steps is not None:
+            if set(hparams) & set(SCHEDULE_KEYS):
+                raise ValueError("every_n_steps sets interval and interval_unit; give one or the other")
+            hparams = {**hparams, "interval": check_positive_int("every_n_steps", every_n_steps),
+                       "interval_unit": "iter"}
+        schedule = {k: v for k, v in hparams.items() if k in SCHEDULE_KEYS}
+        if variant == "paper":
+            paper_hparams(hparams)  # a bad key or value fails here, before any training
+        else:
+            official_hparams({k: v for k, v in hparams.items() if k not in SCHEDULE_KEYS})
+            paper_hparams(schedule)
+        self.variant, self.hparams = variant, hparams
+        self.evolution: WeightEvolution | None = None
+        self._restored: dict[str, Any] | None = None  # from a checkpoint, applied once the model is set up
+        self._seen_step = -1
+        self.epoch_counts: dict[str, int] = {}
+        self.history: list[dict[str, Any]] = []  # one row per epoch: epoch and units evolved per kind
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # after Lightning restored a checkpoint and moved the module to its device
+        self.evolution = WeightEvolution(pl_module, variant=self.variant, **self.hparams)
+        if self._restored:  # its variant and hparams replace the given ones, as in WeightEvolution
+            self.evolution.load_state_dict(self._restored)
+            self._restored = None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.epoch_counts = {}
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step - 1  # the optimizer step just taken (0-based)
+        if self.evolution is None or step == self._seen_step:  # no new step (gradient accumulation)
+            return
+        self._seen_step = step
+        self._add(self.evolution.step_iteration(step, trainer.current_epoch))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if self.evolution is None:
+            return
+        if trainer.max_epochs is None or trainer.max_epochs < 0 or epoch < trainer.max_epochs - 1:
+            self._add(self.evolution.step(epoch))
+        if self.epoch_counts and self.variant == "paper":
+            self.epoch_counts["rate"] = self.evolution.rate(epoch)
+        self.history.append({"epoch": epoch, **self.epoch_counts})
+        for kind, n in self.epoch_counts.items():
+            pl_module.log(f"we/{kind}", float(n), on_step=False, on_epoch=True)
+
+    def _add(self, counts: dict[str, int] | None) -> None:
+        for kind, n in (counts or {}).items():
+            self.epoch_counts[kind] = self.epoch_counts.get(kind, 0) + int(n)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.evolution.state_dict() if self.evolution is not None else dict(self._restored or {})
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.evolution is not None:
+            self.evolution.load_state_dict(state_dict)
+        else:
+            self._restored = dict(state_dict)
