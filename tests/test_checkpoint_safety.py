@@ -203,3 +203,22 @@ def test_old_checkpoint_is_refused_then_resumes_bitwise_on_trust(tmp_path: Path,
     for key, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][key]), key
     assert a["method"] == b["method"] and ref["final_top1"] == b["history"][-1]["test_top1"]
+
+
+def test_rng_states_are_plain_and_restore_exactly():
+    """Python, NumPy, torch and (a stand-in list of ByteTensors for) CUDA states load safely and restore."""
+    import io
+    import random
+
+    from we.train.checkpoint import plain_rng_state, rng_state, set_rng_state
+
+    state = rng_state()
+    state["cuda"] = [torch.get_rng_state()]  # the shape of torch.cuda.get_rng_state_all() on a CUDA machine
+    buffer = io.BytesIO()
+    torch.save(plain_rng_state(state), buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    draws = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(loaded)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == draws
+    assert isinstance(loaded["numpy"][1], torch.Tensor) and isinstance(loaded["cuda"][0], torch.Tensor)
