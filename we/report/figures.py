@@ -16,8 +16,8 @@ import pandas as pd
 import torch
 
 import models
-from we.errors import CheckpointError
 from we.core import FLAVOURS, PAPER_DEFAULTS, selection_rate
+from we.errors import CheckpointError
 from we.report.runs import (ALPHA_LABEL, BASELINE, CORE_LABELS, DATASET_ORDER, Run, _finite, _hashable,
                             _method_sort_key, _read_run, _stats, load_runs, read_metrics)
 from we.train.checkpoint import load_checkpoint
