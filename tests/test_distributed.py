@@ -77,7 +77,7 @@ def assert_same_state(a: dict, b: dict) -> None:
 
 
 def load_probe(probe: Path, rank: int) -> dict:
-    return torch.load(probe / f"rank{rank}.pt", weights_only=False)
+    return torch.load(probe / f"rank{rank}.pt", weights_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +187,7 @@ def test_ddp_we_run_ranks_agree_and_match_single_process(runs):
     assert ddp[0]["train_loss"] == pytest.approx(single[0]["train_loss"], rel=LOSS_RTOL)
     assert ddp[-1]["test_top1"] >= MIN_TOP1 and single[-1]["test_top1"] >= MIN_TOP1
     assert result["final_top1"] == ddp[-1]["test_top1"]
-    ckpt = torch.load(runs["ddp"] / "last.pt", weights_only=False)
+    ckpt = torch.load(runs["ddp"] / "last.pt", weights_only=True)
     assert_same_state({"model": ckpt["model"], "optimizer": ckpt["optimizer"]}, r0)  # rank 0 wrote it
 
 
@@ -197,7 +197,7 @@ def test_ddp_resume_after_interruption_is_bitwise(runs):
     assert first.returncode != 0
     failed = json.loads((out / "result.json").read_text())
     assert failed["status"] == "failed" and "interrupted at the end of epoch 2" in failed["error"]
-    assert torch.load(out / "last.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
     second = launch(probe, RUN + [f"out={out}"])
     assert second.stdout.count("resuming after epoch 1 of 3") == 1
     assert json.loads((out / "result.json").read_text())["status"] == "complete"

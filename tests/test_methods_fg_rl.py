@@ -248,11 +248,11 @@ def _interrupted_then_resumed(tmp_path: Path, args: list[str], monkeypatch) -> t
     monkeypatch.setattr(we.train.trainer, "write_metrics", stop)  # called right after epoch 1's checkpoint
     with pytest.raises(RuntimeError, match="interrupted"):
         main(load_config(None, TINY + args + [f"out={tmp_path / 'cut'}"]))
-    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 1
     monkeypatch.setattr(we.train.trainer, "write_metrics", real)
     main(load_config(None, TINY + args + [f"out={tmp_path / 'cut'}"]))
-    a = torch.load(tmp_path / "ref" / "last.pt", weights_only=False)
-    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
+    a = torch.load(tmp_path / "ref" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     timing = TIMING_KEYS
@@ -329,7 +329,7 @@ def test_fg_through_the_trainer_and_exact_resume(tmp_path: Path, monkeypatch):
         assert torch.equal(pa["momentum_buffer"], pb["momentum_buffer"])
     assert a["schedulers"] == b["schedulers"]
     assert not any(torch.equal(t, a["nets"][0][k]) for k, t in
-                   torch.load(tmp_path / "ref" / "last.pt", weights_only=False)["model"].items()
+                   torch.load(tmp_path / "ref" / "last.pt", weights_only=True)["model"].items()
                    if k.endswith("conv1.weight"))  # two distinct networks
 
 

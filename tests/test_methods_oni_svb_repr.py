@@ -385,7 +385,7 @@ def test_trainer_runs_and_resumes_bitwise(tmp_path: Path, monkeypatch, one_threa
     with pytest.raises(KeyboardInterrupt):
         main(cut)
     monkeypatch.setattr(we.train.trainer, "save_checkpoint", real_save)
-    mid = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
+    mid = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     assert mid["epoch"] == 1
     if name == "repr":
         assert mid["method"]["pruned"]  # stopped inside the pruned phase
@@ -396,8 +396,8 @@ def test_trainer_runs_and_resumes_bitwise(tmp_path: Path, monkeypatch, one_threa
     resumed = main(cut)
     assert resumed["status"] == "complete"
 
-    a = torch.load(tmp_path / "ref" / "last.pt", weights_only=False)
-    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
+    a = torch.load(tmp_path / "ref" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     assert a["model"].keys() == b["model"].keys()
     for key, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][key]), key

@@ -42,7 +42,7 @@ def test_run_folder_outputs(tmp_path: Path):
     assert prov["versions"]["torch"] == torch.__version__ and "hardware" in prov and "git_commit" in prov
     assert saved["config"]["seed"] == 0 and saved["final_top1"] == rows[-1]["test_top1"]
     assert saved["best_top1"] == max(r["test_top1"] for r in rows)
-    ckpt = torch.load(tmp_path / "last.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "method", "rng", "epoch", "config"} <= set(ckpt)
     assert ckpt["epoch"] == 2 and ckpt["config"]["method"] == "we"
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["lr"] == 0.1
@@ -86,12 +86,12 @@ def test_killed_run_resumes_bitwise(tmp_path: Path, method: str):
     assert proc.poll() is None, "run finished before it could be interrupted"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = torch.load(cut / "last.pt", weights_only=False)["epoch"]
+    done = torch.load(cut / "last.pt", weights_only=True)["epoch"]
     assert 1 <= done < 4
     out = subprocess.run(_train_cmd(cut, 4, method), cwd=REPO, env=env, check=True, capture_output=True, text=True)
     assert f"resuming after epoch {done}" in out.stdout
-    a = torch.load(ref / "last.pt", weights_only=False)
-    b = torch.load(cut / "last.pt", weights_only=False)
+    a = torch.load(ref / "last.pt", weights_only=True)
+    b = torch.load(cut / "last.pt", weights_only=True)
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     strip = lambda h: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in h]

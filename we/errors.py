@@ -21,5 +21,9 @@ class InputError(SuiteError):
         super().__init__(f"{self.file}: {key}: {message}")
 
 
+class CheckpointError(SuiteError):
+    """A checkpoint refused: it does not load without executing code, or does not load at all (names the file)."""
+
+
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset's files are missing (or corrupted) and could not be downloaded."""

@@ -17,8 +17,10 @@ import torch
 
 import models
 from we.core import FLAVOURS, PAPER_DEFAULTS, selection_rate
+from we.errors import CheckpointError
 from we.report.runs import (ALPHA_LABEL, BASELINE, CORE_LABELS, DATASET_ORDER, Run, _finite, _hashable,
                             _method_sort_key, _read_run, _stats, load_runs, read_metrics)
+from we.train.checkpoint import load_checkpoint
 
 # Figure 3's settings (paper Sec. 4.1.2). CIFAR: the WE core's paper defaults. ImageNet: r_hat as for
 # CIFAR, eta and milestones of the authors' ImageNet script (the official variant's "imagenet" flavour),
@@ -180,16 +182,17 @@ def _find_trained_checkpoint(runs_root: Path, dataset: str, model: str) -> Optio
 
 
 def _load_state_dict(path: Path) -> Optional[dict[str, Any]]:
+    """The model weights of a checkpoint read without executing code; a refused one is one line on stderr."""
     try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - checkpoints also hold RNG states and plain objects
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001
-        print(f"{path}: unreadable checkpoint ({type(err).__name__}: {err})", file=sys.stderr)
+        obj = load_checkpoint(path)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
         return None
-    state = obj.get("model") if isinstance(obj, dict) else None
-    return state if isinstance(state, dict) else None
+    state = obj.get("model")
+    if not isinstance(state, dict):
+        print(f"error: {path}: holds no model weights", file=sys.stderr)
+        return None
+    return state
 
 
 def figure_l1_norms(runs_root: Path, out_dir: Path, dataset: str = "cifar10", model: str = "mobilenetv2",
@@ -204,7 +207,8 @@ def figure_l1_norms(runs_root: Path, out_dir: Path, dataset: str = "cifar10", mo
     if state is None:
         torch.manual_seed(0)
         state = models.create(model, num_classes=num_classes).state_dict()
-        source = "at initialisation (seed 0; no trained checkpoint found)"
+        source = ("at initialisation (seed 0; no trained checkpoint found)" if ckpt is None else
+                  f"at initialisation (seed 0; {ckpt} refused)")
     norms = average_l1_norms(state)
     fig, (ax,) = _new_figure(1, width=7.0, height=3.4)
     ax.bar(np.arange(1, len(norms) + 1), [v for _, v in norms], width=0.8)

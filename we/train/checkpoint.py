@@ -1,4 +1,7 @@
-"""Checkpoints (written atomically) and the RNG states that make a resumed run exact.
+"""Checkpoints (written atomically, read without executing code) and the RNG states that make a resumed run exact.
+
+A checkpoint holds tensors and plain containers only (dict, list, tuple, str, int, float, bool, None),
+so `torch.load(weights_only=True)` reads it: no pickled object in a copied run folder can run code.
 
 A run folder holds `last.pt` (everything a resume needs) and `best.pt` (the weights of the epoch with
 the best test top-1). A new best epoch's weights are staged in `.best-epoch<N>.pt` before last.pt of
@@ -7,15 +10,22 @@ matches the history last.pt holds (`settle_best`).
 """
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import random
+import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from we.errors import CheckpointError
 from we.files import atomic_write
+
+TRUST_FLAG = "--trust-checkpoint"
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -23,12 +33,76 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(state, f), mode="wb")
 
 
+def _first_line(err: Exception) -> str:
+    text = str(err)
+    marker = "WeightsUnpickler error: "  # torch's restricted unpickler names the refused global or opcode here
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint on the CPU; a corrupt file is a one-line error naming it."""
+    """Load a checkpoint on the CPU with torch's restricted unpickler (weights_only=True), never anything else.
+
+    A file that needs more (an object whose unpickling could run code, or a checkpoint written before
+    checkpoints held plain types only) or that is not a checkpoint at all is refused: CheckpointError,
+    one line naming the file and how to proceed."""
+    if not zipfile.is_zipfile(path):  # torch.save's format; anything else would go to torch's legacy reader
+        raise CheckpointError(f"{path}: unreadable checkpoint (not a torch.save zip archive)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing here
-        raise RuntimeError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err})") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: refused, loading it would need full unpickling, which can run code ({_first_line(err)}); "
+            f"move the run folder away and rerun from scratch, or, only if you wrote this file yourself with an "
+            f"earlier version of the suite, convert it once with `python -m we.train {TRUST_FLAG} "
+            f"--config {Path(path).parent / 'config.yaml'}`") from None
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file means the same thing here
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(err).__name__}: {_first_line(err)})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a checkpoint (holds a {type(state).__name__}, not a dict)")
+    return state
+
+
+def convert_trusted_checkpoint(path: Path) -> bool:
+    """`--trust-checkpoint`: a checkpoint the restricted unpickler refuses is loaded ONCE with full unpickling
+    (which runs whatever code it holds) and rewritten in the current plain format; True when rewritten.
+
+    Only a checkpoint that then loads with weights_only=True is written back; anything else is refused."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+        return False  # already safe: nothing to trust
+    except pickle.UnpicklingError:
+        pass
+    state = torch.load(path, map_location="cpu", weights_only=False)  # the user's explicit, typed choice
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a checkpoint (holds a {type(state).__name__}, not a dict)")
+    if "rng" in state:
+        state["rng"] = plain_rng_state(state["rng"])
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    try:
+        torch.load(buffer, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path}: still not loadable without full unpickling after conversion "
+                              f"({_first_line(err)}); not rewritten") from None
+    save_checkpoint(path, state)
+    print(f"{path}: loaded with full unpickling ({TRUST_FLAG}) and rewritten in the safe format", file=sys.stderr)
+    return True
+
+
+def plain_rng_state(state: dict[str, Any]) -> dict[str, Any]:
+    """RNG states as tensors and plain values (also converts the format written before: NumPy's array)."""
+    version, internal, gauss_next = state["python"]  # random.getstate(): (3, tuple of 625 ints, None|float)
+    name, keys, pos, has_gauss, cached = state["numpy"]  # np.random.get_state(): ('MT19937', uint32[624], ...)
+    out = {"python": (int(version), tuple(int(x) for x in internal), None if gauss_next is None else float(gauss_next)),
+           "numpy": (str(name), torch.as_tensor(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss),
+                     float(cached)),
+           "torch": state["torch"]}
+    if "cuda" in state:
+        out["cuda"] = list(state["cuda"])
+    return out
 
 
 def staged_best(out: Path, epoch: int) -> Path:
@@ -58,16 +132,17 @@ def settle_best(out: Path, last_epoch: int) -> int | None:
 
 
 def rng_state() -> dict[str, Any]:
-    """RNG states of Python, NumPy, torch (CPU) and every CUDA device."""
+    """RNG states of Python, NumPy, torch (CPU) and every CUDA device, as tensors and plain values."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    return plain_rng_state(state)
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

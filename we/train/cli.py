@@ -1,7 +1,7 @@
 """`python -m we.train [--config FILE] [key=value ...]`: one run from the command line.
 
 Exit codes: 0 complete, 1 failed (the error is in result.json and on one line here), 2 bad config
-(one line naming the key), 3 diverged.
+(one line naming the key) or a refused checkpoint (one line naming the file; nothing written), 3 diverged.
 """
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import argparse
 import os
 import sys
 
-from we.errors import ConfigError
+from we.errors import CheckpointError, ConfigError
+from we.train.checkpoint import TRUST_FLAG
 from we.train.config import load_config
 from we.train.trainer import EXIT_CODES, log, main
 
@@ -18,11 +19,14 @@ def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m we.train", description="Train one run (resumes from its folder).")
     parser.add_argument("--config", help="YAML file of config keys (overridden by key=value arguments)")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. model=resnet56 method=we epochs=10")
+    parser.add_argument(TRUST_FLAG, action="store_true",
+                        help="only for a last.pt you wrote yourself with an earlier version of the suite: load it "
+                             "once with full unpickling (which can run code) and rewrite it in the safe format")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        result = main(cfg)
-    except ConfigError as err:
+        result = main(cfg, trust_checkpoint=args.trust_checkpoint)
+    except (ConfigError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # noqa: BLE001 - reported in result.json and as one line here

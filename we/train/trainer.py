@@ -34,8 +34,8 @@ import models
 from we.errors import ConfigError
 from we.files import write_json, write_text
 from we.methods import Method, TrainContext, create_method, method_version
-from we.train.checkpoint import (load_checkpoint, promote_best, rng_state, save_checkpoint, seed_everything,
-                                 set_rng_state, settle_best, stage_best)
+from we.train.checkpoint import (convert_trusted_checkpoint, load_checkpoint, promote_best, rng_state,
+                                 save_checkpoint, seed_everything, set_rng_state, settle_best, stage_best)
 from we.train.config import RESULT_NEUTRAL_KEYS, Config, config_diff, to_dict
 from we.train.distributed import SINGLE, DistEnv, setup as setup_distributed, shutdown as shutdown_distributed
 from we.train.loggers import RunLoggers
@@ -172,23 +172,33 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def main(cfg: Config) -> dict[str, Any]:
+def main(cfg: Config, trust_checkpoint: bool = False) -> dict[str, Any]:
     """Train (or resume, or return) the run described by a resolved config; returns result.json's content.
 
     Under a distributed launch every rank calls this; it joins (and at the end leaves) the process
     group, and every rank returns rank 0's result.
+
+    `last.pt` is read without executing code; one that does not load so is refused (CheckpointError)
+    before anything in the folder is written. `trust_checkpoint` (the CLI's --trust-checkpoint, typed
+    knowingly) first rewrites such a file, loaded once with full unpickling, in the safe format.
     """
     dist_env, device, created = setup_distributed(resolve_device(cfg.device), cfg.dist_backend)
     try:
-        return _main(cfg, device, dist_env)
+        return _main(cfg, device, dist_env, trust_checkpoint)
     finally:
         if created:
             shutdown_distributed()
 
 
-def _main(cfg: Config, device: torch.device, dist_env: DistEnv) -> dict[str, Any]:
+def _main(cfg: Config, device: torch.device, dist_env: DistEnv, trust_checkpoint: bool = False) -> dict[str, Any]:
     out = Path(cfg.out)
     result_path = out / "result.json"
+    ckpt_path = out / "last.pt"
+    if trust_checkpoint and ckpt_path.exists():
+        _check_same_run(out, cfg)
+        if dist_env.is_main:
+            convert_trusted_checkpoint(ckpt_path)
+        dist_env.barrier()
     if result_path.exists():
         try:
             previous = json.loads(result_path.read_text())
@@ -201,6 +211,7 @@ def _main(cfg: Config, device: torch.device, dist_env: DistEnv) -> dict[str, Any
                 log(f"{out}: already {previous['status']}; nothing to do")
             return previous
     _check_same_run(out, cfg)
+    resume = load_checkpoint(ckpt_path) if ckpt_path.exists() else None  # refused: nothing written yet
     if cfg.batch_size % dist_env.world_size:
         raise ConfigError(f"config key 'batch_size': the global batch {cfg.batch_size} must be a multiple of "
                           f"the {dist_env.world_size} processes")
@@ -216,7 +227,7 @@ def _main(cfg: Config, device: torch.device, dist_env: DistEnv) -> dict[str, Any
         result["distributed"] = {"world_size": dist_env.world_size, "backend": dist_env.backend}
     try:
         with contextlib.ExitStack() as held:  # the loggers, closed however the run ends
-            result.update(_train(cfg, out, device, dist_env, held))
+            result.update(_train(cfg, out, device, dist_env, held, resume))
     except Exception as err:
         if dist_env.is_main:
             result.update(status="failed", error=f"{type(err).__name__}: {err}",
@@ -240,7 +251,7 @@ def _sync_from_rank0(dist_env: DistEnv, model: torch.nn.Module, method: Method) 
 
 
 def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SINGLE,
-           held: contextlib.ExitStack | None = None) -> dict[str, Any]:
+           held: contextlib.ExitStack | None = None, resume: dict[str, Any] | None = None) -> dict[str, Any]:
     seed_everything(cfg.seed)
     if cfg.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
@@ -271,10 +282,9 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SIN
 
     history: list[dict[str, Any]] = []
     start_epoch, iteration, best_saved = 0, 0, None
-    ckpt_path = out / "last.pt"
-    if ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        _check_same_version(ckpt_path, state.get("method_version", 1), cfg)
+    if resume is not None:
+        state = resume
+        _check_same_version(out / "last.pt", state.get("method_version", 1), cfg)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
