@@ -129,7 +129,7 @@ def _own_state(run_dir: Path, active: dict[str, bool | None],
             return "unknown", f"cannot query {last['executor']} job {last['job_id']}", last
         return "failed", f"{last['executor']} {last['job_id']} ended" + (
             f": {result.get('error')}" if result and result.get("error") else ""), last
-    if status == "failed":
+    if status in ("failed", "interrupted"):  # an interrupted run resumes from last.pt when submitted again
         return "failed", str(result.get("error", "")), last
     return "todo", "", last
 

@@ -34,11 +34,12 @@ from we.methods import Method, TrainContext, create_method
 from we.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from we.train.config import RESULT_NEUTRAL_KEYS, Config, config_diff, to_dict
 from we.train.distributed import SINGLE, DistEnv, setup as setup_distributed, shutdown as shutdown_distributed
+from we.train.interrupt import Interrupted, held
 from we.train.optim import build_optimizer, build_scheduler, evaluate
 from we.train.pipeline import build_data
 from we.train.provenance import provenance
 
-TERMINAL = ("complete", "diverged")
+TERMINAL = ("complete", "diverged")  # any other status (failed, interrupted) resumes
 TIMING_KEYS = ("seconds", "train_seconds", "images_per_s", "method_seconds")  # per-epoch columns that vary run to run
 EXIT_CODES = {"complete": 0, "failed": 1, "diverged": 3}
 
@@ -121,6 +122,15 @@ def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
     write_text(out / "metrics.csv", buf.getvalue())
 
 
+def saved_history(out: Path) -> list[dict[str, Any]]:
+    """The epoch rows of metrics.jsonl (written with last.pt, so the epochs last.pt holds)."""
+    try:
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
 def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
     """Final and best-epoch accuracies (the authors' script reports the best epoch)."""
     if not history:
@@ -197,6 +207,14 @@ def _main(cfg: Config, device: torch.device, dist_env: DistEnv) -> dict[str, Any
         result["distributed"] = {"world_size": dist_env.world_size, "backend": dist_env.backend}
     try:
         result.update(_train(cfg, out, device, dist_env))
+    except Interrupted as stop:  # SIGINT/SIGTERM under `python -m we.train`: last.pt keeps the finished epochs
+        saved = saved_history(out)
+        stop.done, stop.epochs = len(saved), cfg.epochs
+        if dist_env.is_main:
+            result.update(status="interrupted", signal=stop.name, error=f"{stop} {stop.where()} (resumable)",
+                          **summarize(saved), wall_seconds=time.perf_counter() - started)
+            write_json(result_path, result)
+        raise
     except Exception as err:
         if dist_env.is_main:
             result.update(status="failed", error=f"{type(err).__name__}: {err}",
@@ -292,11 +310,12 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SIN
         row = {"epoch": epoch + 1, "lr": lr, **tr, **ev, **method_stats, "seconds": time.perf_counter() - t0}
         history.append(dist_env.broadcast_object(row))  # rank 0's timings and method statistics everywhere
         if dist_env.is_main:
-            save_checkpoint(out / "last.pt", {
-                "config": to_dict(cfg), "epoch": epoch + 1, "iteration": iteration, "history": history,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "method": method.state_dict(), "rng": rng_state()})
-            write_metrics(out, history)
+            with held():  # a signal waits until last.pt and the metrics both hold this epoch
+                save_checkpoint(out / "last.pt", {
+                    "config": to_dict(cfg), "epoch": epoch + 1, "iteration": iteration, "history": history,
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "method": method.state_dict(), "rng": rng_state()})
+                write_metrics(out, history)
         dist_env.barrier()
         say(f"epoch {epoch + 1}/{cfg.epochs} lr {lr:.4g} train loss {tr['train_loss']:.4f} top1 "
             f"{tr['train_top1']:.2f} | test loss {ev['test_loss']:.4f} top1 {ev['test_top1']:.2f} top5 "
