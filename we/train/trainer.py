@@ -125,10 +125,9 @@ def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
 def saved_history(out: Path) -> list[dict[str, Any]]:
     """The epoch rows of metrics.jsonl (written with last.pt, so the epochs last.pt holds)."""
     try:
-        lines = (out / "metrics.jsonl").read_text().splitlines()
-    except OSError:
+        return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
         return []
-    return [json.loads(line) for line in lines if line.strip()]
 
 
 def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
