@@ -14,7 +14,7 @@ import yaml
 from we.files import write_json
 from we.grid import load_grid, resolve_cells, write_cell, write_grid_file
 from we.report import collect
-from we.report.paper_layout import draw_vs_paper
+from we.report.paper_layout import draw_vs_paper, layout_markdown, paper_layout
 from we.train import main as train
 from we.train.config import make_config, resolve
 
@@ -78,8 +78,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
-def _markdown_rows(path: Path) -> tuple[list[str], dict[str, list[str]]]:
-    lines = [line for line in path.read_text().splitlines() if line.startswith("|")]
+def _markdown_rows(text: str) -> tuple[list[str], dict[str, list[str]]]:
+    lines = [line for line in text.splitlines() if line.startswith("|")]
     split = lambda line: [c.strip() for c in line.strip("|").split("|")]
     return split(lines[0]), {split(line)[0]: split(line)[1:] for line in lines[2:]}
 
@@ -95,7 +95,7 @@ def test_files_honour_the_umask(table1: dict):
 
 
 def test_markdown_in_the_papers_layout(table1: dict):
-    header, rows = _markdown_rows(table1["out"]["paper_markdown"])
+    header, rows = _markdown_rows(table1["out"]["paper_markdown"].read_text())
     assert header == ["Method", "CIFAR-10 ResNet-56", "paper", "Δ", "CIFAR-10 ResNet-110", "paper", "Δ",
                       "CIFAR-100 ResNet-56", "paper", "Δ"]
     assert list(rows) == ["Baseline", "FG-1", "WE"]  # the paper's names, in the paper's order
@@ -118,6 +118,18 @@ def test_markdown_in_the_papers_layout(table1: dict):
             assert diff == f"{mean - p:+.2f}".replace("-", "−")
     assert rows["WE"][1] == "**93.85**" and rows["Baseline"][4] == "93.72" and rows["WE"][4] == "**94.31**"
     assert "(n=" not in rows["Baseline"][0]  # five runs: as many as the paper's
+
+
+def test_bold_marks_the_columns_best_only(table1: dict):
+    """Tiny runs may tie (all at chance): one mean raised in the long table makes it the column's only best."""
+    df = table1["out"]["table"].copy()
+    df.attrs = dict(table1["out"]["table"].attrs)
+    fg1 = df.index[(df.dataset == "cifar10") & (df.model == "resnet56") & (df.method == "fg1")][0]
+    df.loc[fg1, "final_top1_mean"] = df.final_top1_mean.max() + 1.0
+    _, rows = _markdown_rows(layout_markdown(paper_layout(df, "table1")))
+    best = f"{df.final_top1_mean.max():.2f}"
+    assert rows["FG-1"][0] == f"**{best}** (n=1)"
+    assert not rows["Baseline"][0].startswith("**") and not rows["WE"][0].startswith("**")
 
 
 def test_latex_booktabs(table1: dict):
