@@ -14,6 +14,8 @@ from PIL import Image
 from scipy import stats
 
 from we import report
+from we.report import figures
+from we.report.runs import BASELINE
 from we.report.tables import PAPER_CSV
 
 PAPER = """table,dataset,model,method,top1,top5
@@ -320,3 +322,24 @@ def test_grid_file_limits_the_table_to_the_grids_cells(tmp_path: Path, paper_csv
     assert mean() == pytest.approx(40.0)  # no grid.json: every folder counts
     (root / "g" / "grid.json").write_text(json.dumps({"cells": {"cifar10-mobilenetv1-we-s0": "cifar10-mobilenetv1-we-s0-aaaa"}}))
     assert mean() == pytest.approx(70.0)
+
+
+def test_convergence_figure_legend_ticks_and_band(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    for seed, final in enumerate((60.0, 64.0, 62.0)):
+        write_run(root, "g", f"we{seed}", labels("we", seed), final=final, epochs=7)
+    write_run(root, "g", "base0", labels(BASELINE, 0), final=55.0, epochs=7)
+    fig = figures.draw_convergence("g", report.load_runs(root / "g"))
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["baseline (n=1)", "we (n=3)", "± 1 std over seeds", "lr decay"]
+    decays = [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == ":"]
+    assert decays == [4]  # lr 0.1 for epochs 1-3, 0.01 from epoch 4
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert ax.get_xlim() == (1.0, 7.0)
+    band_top = max(float(p.get_paths()[0].vertices[:, 1].max()) for p in ax.collections)
+    assert band_top == pytest.approx(62.0 + 2.0)  # mean 62 ± std 2 at the last epoch
+    assert ax.get_ylim()[1] >= band_top  # the band's top lies inside the axis
+    assert ax.get_title(loc="left") == "mobilenetv1 on cifar10" and ax.get_title() == ""
+    assert fig._suptitle.get_ha() == "left"

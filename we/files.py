@@ -14,12 +14,28 @@ from we.errors import InputError
 REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout (experiments/, slurm/, results/)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (Linux /proc); elsewhere set and restored at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
-    """Write through `write(fileobj)` into a temp file beside `path`, then rename over it."""
+    """Write through `write(fileobj)` into a temp file beside `path`, then rename over it; the file
+    gets the mode a plain open() would give it (0o666 less the umask, e.g. 0644 under umask 022),
+    not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()

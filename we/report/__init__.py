@@ -3,10 +3,12 @@
 A grid's runs live in ``results/runs/<grid>/<cell-dir>/`` (cell.json, result.json, metrics.jsonl,
 last.pt). ``collect`` turns them into one row per (dataset, model, method label) with mean, std
 and n of final and best-epoch top-1, the paper's number, the difference and Welch's t-test against
-the baseline, written as ``results/<grid>.md|.csv|.tex``. ``make_figures`` draws Figures 2, 3, 5
-and 6 of the paper under ``results/figures/`` as PNG and PDF.
+the baseline, written as ``results/<grid>.md|.csv|.tex`` (a paper table's grid also in the paper's
+layout, ``results/<grid>-paper.md|.tex``, with a figure of ours against the paper). ``make_figures``
+draws Figures 2, 3, 5 and 6 of the paper under ``results/figures/`` as PNG and PDF.
 
-runs (reading run folders), tables (statistics, formatting, collect), figures, cli.
+runs (reading run folders), tables (statistics, formatting, collect), paper_layout (the paper's table
+layout and its figure), figures, cli.
 
 Usage::
 
@@ -14,13 +16,17 @@ Usage::
     python -m we.report figures
 """
 from we.report.cli import cli
-from we.report.figures import (average_l1_norms, figure_alpha, figure_convergence, figure_l1_norms,
-                               figure_selection_rate, make_figures)
+from we.report.figures import (average_l1_norms, draw_convergence, figure_alpha, figure_convergence,
+                               figure_l1_norms, figure_selection_rate, make_figures)
+from we.report.paper_layout import (PaperLayout, draw_vs_paper, figure_vs_paper, layout_latex, layout_markdown,
+                                    paper_layout)
 from we.report.runs import Run, load_runs, problems, read_metrics
 from we.report.tables import collect, format_latex, format_markdown, summarize_runs, table_number, welch_p
 
 __all__ = [
     "Run", "load_runs", "read_metrics", "summarize_runs", "collect", "make_figures",
     "figure_convergence", "figure_selection_rate", "figure_l1_norms", "figure_alpha",
-    "average_l1_norms", "format_markdown", "format_latex", "problems", "table_number", "welch_p", "cli",
+    "average_l1_norms", "draw_convergence", "PaperLayout", "paper_layout", "layout_markdown", "layout_latex",
+    "draw_vs_paper", "figure_vs_paper", "format_markdown", "format_latex", "problems", "table_number", "welch_p",
+    "cli",
 ]

@@ -38,7 +38,8 @@ def cli(argv: Optional[list[str]] = None) -> int:
         except FileNotFoundError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        print("wrote " + ", ".join(str(out[k]) for k in ("markdown", "csv", "tex"))
+        print("wrote " + ", ".join(str(out[k]) for k in ("markdown", "csv", "tex", "paper_markdown", "paper_tex")
+                                   if k in out)
               + "".join(f", {p}" for p in out["figures"]))
         return 0
     paths = make_figures(args.runs_root, args.out_dir)

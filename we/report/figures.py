@@ -76,6 +76,19 @@ def figure_convergence(grid_name: str, runs: list[Run], out_dir: Path) -> list[P
 
     Complete and still-running runs are drawn; nothing is written when no run has metrics.
     """
+    fig = draw_convergence(grid_name, runs)
+    if fig is None:
+        return []
+    return _save(fig, out_dir, f"fig5-convergence-{_safe(grid_name)}", f"Convergence curves ({grid_name})")
+
+
+def draw_convergence(grid_name: str, runs: list[Run]) -> Any:
+    """Figure 5 as a matplotlib Figure (None when no run has metrics): integer epoch ticks, the std band
+    (±1 sample std, n > 1) and the lr decays (dotted lines) in each panel's legend, the y range zoomed on
+    the late stage with the bands inside it, titles left-aligned."""
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
+
     curves: dict[tuple[str, str], dict[str, list[pd.Series]]] = {}
     lrs: dict[tuple[str, str], pd.Series] = {}
     varying = _varying_axes(runs)
@@ -95,38 +108,53 @@ def figure_convergence(grid_name: str, runs: list[Run], out_dir: Path) -> list[P
         if "lr" in m and _panel_key(r) not in lrs:
             lrs[_panel_key(r)] = pd.to_numeric(m["lr"], errors="coerce")
     if not curves:
-        return []
+        return None
     panels = sorted(curves, key=_panel_rank)
     fig, axes = _new_figure(len(panels))
     for ax, key in zip(axes, panels):
         methods = sorted(curves[key], key=lambda m: (_method_sort_key(m.split(",")[0], []), m))
+        drawn: list[pd.Series] = []  # every plotted value, bands included, for the y range
+        banded = False
         for method in methods:
             frame = pd.concat(curves[key][method], axis=1)
             mean = frame.mean(axis=1)
             n = frame.notna().sum(axis=1)
             line, = ax.plot(mean.index, mean.values, lw=1.2, label=f"{method} (n={frame.shape[1]})")
+            drawn.append(mean)
             if frame.shape[1] > 1:
                 std = frame.std(axis=1, ddof=1).where(n > 1)
                 ax.fill_between(mean.index, (mean - std).values, (mean + std).values,
                                 color=line.get_color(), alpha=0.2, lw=0)
+                drawn += [mean - std, mean + std]
+                banded = True
+        handles = ax.get_legend_handles_labels()[0]
+        if banded:
+            handles.append(Patch(color="0.5", alpha=0.3, lw=0, label="± 1 std over seeds"))
         lr = lrs.get(key)
         if lr is not None:
-            for epoch in lr.index[1:][(lr.values[1:] < lr.values[:-1] * 0.999)]:
-                ax.axvline(epoch, color="0.6", ls=":", lw=0.8)
-        ax.set_title(f"{key[1]} on {key[0]}")
+            decays = lr.index[1:][(lr.values[1:] < lr.values[:-1] * 0.999)]
+            for i, epoch in enumerate(decays):
+                vline = ax.axvline(epoch, color="0.6", ls=":", lw=0.8, label="lr decay" if i == 0 else None)
+                if i == 0:
+                    handles.append(vline)
+        ax.set_title(f"{key[1]} on {key[0]}", loc="left")
         ax.set_xlabel("epoch")
         ax.set_ylabel("test top-1 (%)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        epochs = pd.concat(drawn).index
+        if epochs.max() > epochs.min():
+            ax.set_xlim(epochs.min(), epochs.max())
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        _zoom_accuracy(ax, curves[key])
-    title = f"Convergence curves ({grid_name})"
-    fig.suptitle(title)
-    return _save(fig, out_dir, f"fig5-convergence-{_safe(grid_name)}", title)
+        ax.legend(handles=handles, fontsize=7)
+        _zoom_accuracy(ax, drawn)
+    fig.suptitle(f"Convergence curves ({grid_name})", x=0.01, ha="left")
+    return fig
 
 
-def _zoom_accuracy(ax: Any, curves: dict[str, list[pd.Series]]) -> None:
-    """Show the last 60% of the accuracy range so that late-stage differences stay visible."""
-    values = pd.concat([s for ss in curves.values() for s in ss]).dropna()
+def _zoom_accuracy(ax: Any, drawn: list[pd.Series]) -> None:
+    """Show the top of the range of everything drawn (means and their std bands: from the 10th
+    percentile up, the largest band edge inside) so that late-stage differences stay visible."""
+    values = pd.concat(drawn).dropna()
     if len(values) > 10:
         hi = float(values.max())
         lo = float(np.percentile(values, 10))

@@ -2,7 +2,8 @@
 
 ``collect`` turns a grid's run folders into rows with mean, std and n of final and best-epoch top-1,
 the paper's number, the difference and Welch's t-test against the baseline, written as
-``results/<grid>.md|.csv|.tex`` (with the grid's Figures 5 and 6).
+``results/<grid>.md|.csv|.tex`` (with the grid's Figures 5 and 6); a paper table's grid also in the
+paper's layout (``results/<grid>-paper.md|.tex`` and its figure against the paper, see paper_layout).
 """
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ import pandas as pd
 
 from we.files import REPO_ROOT
 from we.report.figures import figure_alpha, figure_convergence
+from we.report.paper_layout import PAPER_RUNS, figure_vs_paper, layout_latex, layout_markdown, paper_layout
 from we.report.runs import (BASELINE, CORE_LABELS, DATASET_ORDER, Run, _finite, _hashable, _method_sort_key,
                             _stats, load_runs, problems)
 
 PAPER_CSV = REPO_ROOT / "results" / "paper" / "reported-results.csv"
-PAPER_RUNS = 5  # "The experiments are run for 5 times and the mean results are reported" (4.1.2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,8 +293,12 @@ def collect(grid_name: str, runs_root: Path = Path("results/runs"), out_dir: Pat
             paper_csv: Path = PAPER_CSV, *, figures: bool = True, echo: bool = True) -> dict[str, Any]:
     """Tabulate one grid into ``out_dir/<grid>.md|.csv|.tex`` (and its convergence figure).
 
-    Returns ``{"markdown", "csv", "tex": Path, "figures": [Path], "table": DataFrame,
-    "runs": [Run], "problems": [str]}``. Raises FileNotFoundError when the grid folder is missing.
+    A paper table's grid (``tableN``, ``tableN-official``) also gets ``<grid>-paper.md|.tex`` (the
+    paper's layout) and ``figures/<grid>-vs-paper.png|.pdf``.
+
+    Returns ``{"markdown", "csv", "tex": Path, ["paper_markdown", "paper_tex": Path,] "figures": [Path],
+    "table": DataFrame, "runs": [Run], "problems": [str], ["paper_layout": PaperLayout]}``. Raises
+    FileNotFoundError when the grid folder is missing.
     """
     runs_root, out_dir = Path(runs_root), Path(out_dir)
     grid_dir = runs_root / grid_name
@@ -310,14 +315,23 @@ def collect(grid_name: str, runs_root: Path = Path("results/runs"), out_dir: Pat
     paths["markdown"].write_text(md)
     df.to_csv(paths["csv"], index=False, float_format="%.6g")
     paths["tex"].write_text(format_latex(grid_name, df))
+    layout = paper_layout(df, grid_name) if table_number(grid_name) is not None else None
+    if layout is not None:
+        paths["paper_markdown"] = out_dir / f"{grid_name}-paper.md"
+        paths["paper_tex"] = out_dir / f"{grid_name}-paper.tex"
+        paths["paper_markdown"].write_text(layout_markdown(layout))
+        paths["paper_tex"].write_text(layout_latex(layout))
 
     written: list[Path] = []
     if figures:
         written += figure_convergence(grid_name, runs, out_dir / "figures")
         written += figure_alpha(grid_name, runs, out_dir / "figures")
+        if layout is not None:
+            written += figure_vs_paper(layout, out_dir / "figures")
     unreadable = problems(runs)
     for line in unreadable:
         print(line, file=sys.stderr)
     if echo:
         print(md, end="")
-    return {**paths, "figures": written, "table": df, "runs": runs, "problems": unreadable}
+    return {**paths, "figures": written, "table": df, "runs": runs, "problems": unreadable,
+            **({"paper_layout": layout} if layout is not None else {})}

@@ -1,17 +1,21 @@
 """`python -m we.train [--config FILE] [key=value ...]`: one run from the command line.
 
 Exit codes: 0 complete, 1 failed (the error is in result.json and on one line here), 2 bad config
-(one line naming the key) or a refused checkpoint (one line naming the file; nothing written), 3 diverged.
+(one line naming the key) or a refused checkpoint (one line naming the file; nothing written), 3 diverged,
+130 / 143 interrupted by SIGINT / SIGTERM (result.json says `interrupted`, last.pt keeps the finished
+epochs, one line here says how to resume: the same command).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 from we.errors import CheckpointError, ConfigError
 from we.train.checkpoint import TRUST_FLAG
 from we.train.config import load_config
+from we.train.interrupt import Interrupted, interrupts_raise
 from we.train.trainer import EXIT_CODES, log, main
 
 
@@ -23,15 +27,20 @@ def cli(argv: list[str] | None = None) -> int:
                         help="only for a last.pt you wrote yourself with an earlier version of the suite: load it "
                              "once with full unpickling (which can run code) and rewrite it in the safe format")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        result = main(cfg, trust_checkpoint=args.trust_checkpoint)
-    except (ConfigError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # noqa: BLE001 - reported in result.json and as one line here
-        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
+    with interrupts_raise():
+        try:
+            cfg = load_config(args.config, args.overrides)
+            result = main(cfg, trust_checkpoint=args.trust_checkpoint)
+        except (ConfigError, CheckpointError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except Exception as err:  # noqa: BLE001 - reported in result.json and as one line here
+            print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+            return 1
+        except Interrupted as stop:
+            again = shlex.join(["python", "-m", "we.train", *(sys.argv[1:] if argv is None else argv)])
+            print(f"{stop} {stop.where()}; resume with: {again}", file=sys.stderr, flush=True)
+            return stop.exit_code
     summary = {k: result.get(k) for k in ("status", "final_top1", "best_top1", "epochs_done")}
     if int(os.environ.get("RANK", "0")) == 0:  # rank 0 only under a distributed launch
         log(f"result: {summary}")

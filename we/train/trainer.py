@@ -38,12 +38,13 @@ from we.train.checkpoint import (convert_trusted_checkpoint, load_checkpoint, pr
                                  save_checkpoint, seed_everything, set_rng_state, settle_best, stage_best)
 from we.train.config import RESULT_NEUTRAL_KEYS, Config, config_diff, to_dict
 from we.train.distributed import SINGLE, DistEnv, setup as setup_distributed, shutdown as shutdown_distributed
+from we.train.interrupt import Interrupted, held
 from we.train.loggers import RunLoggers
 from we.train.optim import build_optimizer, build_scheduler, evaluate
 from we.train.pipeline import build_data
 from we.train.provenance import provenance
 
-TERMINAL = ("complete", "diverged")
+TERMINAL = ("complete", "diverged")  # any other status (failed, interrupted) resumes
 TIMING_KEYS = ("seconds", "train_seconds", "images_per_s", "method_seconds")  # per-epoch columns that vary run to run
 EXIT_CODES = {"complete": 0, "failed": 1, "diverged": 3}
 
@@ -129,6 +130,14 @@ def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
 def best_row(history: list[dict[str, Any]]) -> dict[str, Any]:
     """The first epoch with the highest test top-1 (the best epoch of the tables, and of best.pt)."""
     return max(history, key=lambda r: r["test_top1"])
+
+
+def saved_history(out: Path) -> list[dict[str, Any]]:
+    """The epoch rows of metrics.jsonl (written with last.pt, so the epochs last.pt holds)."""
+    try:
+        return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []
 
 
 def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -226,8 +235,16 @@ def _main(cfg: Config, device: torch.device, dist_env: DistEnv, trust_checkpoint
     if dist_env.enabled:
         result["distributed"] = {"world_size": dist_env.world_size, "backend": dist_env.backend}
     try:
-        with contextlib.ExitStack() as held:  # the loggers, closed however the run ends
-            result.update(_train(cfg, out, device, dist_env, held, resume))
+        with contextlib.ExitStack() as cleanup:  # the loggers, closed however the run ends
+            result.update(_train(cfg, out, device, dist_env, cleanup, resume))
+    except Interrupted as stop:  # SIGINT/SIGTERM under `python -m we.train`: last.pt keeps the finished epochs
+        saved = saved_history(out)
+        stop.done, stop.epochs = len(saved), cfg.epochs
+        if dist_env.is_main:
+            result.update(status="interrupted", signal=stop.name, error=f"{stop} {stop.where()} (resumable)",
+                          **summarize(saved), wall_seconds=time.perf_counter() - started)
+            write_json(result_path, result)
+        raise
     except Exception as err:
         if dist_env.is_main:
             result.update(status="failed", error=f"{type(err).__name__}: {err}",
@@ -251,7 +268,7 @@ def _sync_from_rank0(dist_env: DistEnv, model: torch.nn.Module, method: Method) 
 
 
 def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SINGLE,
-           held: contextlib.ExitStack | None = None, resume: dict[str, Any] | None = None) -> dict[str, Any]:
+           cleanup: contextlib.ExitStack | None = None, resume: dict[str, Any] | None = None) -> dict[str, Any]:
     seed_everything(cfg.seed)
     if cfg.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
@@ -295,8 +312,8 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SIN
         if dist_env.is_main:
             best_saved = settle_best(out, start_epoch)
     trackers = RunLoggers(cfg.loggers if dist_env.is_main else [], out, to_dict(cfg), start_epoch)
-    if held is not None:
-        held.callback(trackers.close)
+    if cleanup is not None:
+        cleanup.callback(trackers.close)
     train_model = dist_env.training_module(model, fmodel, cfg.compile)  # fmodel itself in one process
     method.on_train_start(ctx)
     where = f"device {device}" + (f", {dist_env.world_size} processes ({dist_env.backend})"
@@ -337,17 +354,18 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SIN
         history.append(dist_env.broadcast_object(row))  # rank 0's timings and method statistics everywhere
         trackers.log_epoch(row)  # before last.pt: a resumed run purges what it logged after it
         if dist_env.is_main:
-            if best_weights is not None:  # staged, then best.pt once last.pt of this epoch is on disk
-                stage_best(out, epoch + 1, {"config": to_dict(cfg), "epoch": epoch + 1,
-                                            "test_top1": ev["test_top1"], "model": best_weights})
-            save_checkpoint(out / "last.pt", {
-                "config": to_dict(cfg), "method_version": method_version(cfg.method), "epoch": epoch + 1,
-                "iteration": iteration, "history": history,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "method": method.state_dict(), "rng": rng_state()})
-            if best_weights is not None:
-                best_saved = promote_best(out, epoch + 1)
-            write_metrics(out, history)
+            with held():  # a signal waits until best.pt, last.pt and the metrics all hold this epoch
+                if best_weights is not None:  # staged, then best.pt once last.pt of this epoch is on disk
+                    stage_best(out, epoch + 1, {"config": to_dict(cfg), "epoch": epoch + 1,
+                                                "test_top1": ev["test_top1"], "model": best_weights})
+                save_checkpoint(out / "last.pt", {
+                    "config": to_dict(cfg), "method_version": method_version(cfg.method), "epoch": epoch + 1,
+                    "iteration": iteration, "history": history,
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "method": method.state_dict(), "rng": rng_state()})
+                if best_weights is not None:
+                    best_saved = promote_best(out, epoch + 1)
+                write_metrics(out, history)
         dist_env.barrier()
         say(f"epoch {epoch + 1}/{cfg.epochs} lr {lr:.4g} train loss {tr['train_loss']:.4f} top1 "
             f"{tr['train_top1']:.2f} | test loss {ev['test_loss']:.4f} top1 {ev['test_top1']:.2f} top5 "

@@ -1,0 +1,247 @@
+"""A paper table's grid in the paper's layout: ``results/<grid>-paper.md|.tex`` and
+``results/figures/<grid>-vs-paper.png|.pdf`` (for grids named ``tableN`` or ``tableN-official``).
+
+Rows are the methods under their names in the paper (from the method plug-ins, ``we.methods.paper_name``)
+in the paper's order; columns are the models, a block per dataset (top-1 and top-5 for ImageNet). Each
+column holds ours (mean ± std over complete runs, with n when fewer than the paper's 5), the paper's
+number and the difference; the best of each column is bold. The figure draws, for every cell, our
+mean ± std against the paper's number.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from we.methods import paper_name
+from we.report.runs import _finite
+
+PAPER_RUNS = 5  # "The experiments are run for 5 times and the mean results are reported" (4.1.2)
+# The rows of Tables 1-8 in the paper's order (every table lists its methods in this order, WE last).
+PAPER_ROWS = ("Baseline", "FG-1", "FG-2", "FG-4", "ONI", "SVB", "RePr", "RL", "WE-G", "WE-L", "WE-RM",
+              "Filter-level-GL", "WE without BN", "WE without CONV", "WE")
+DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet"}
+MODEL_NAMES = {"resnet20": "ResNet-20", "resnet34": "ResNet-34", "resnet56": "ResNet-56", "resnet110": "ResNet-110",
+               "densenet40": "DenseNet-40", "mobilenetv1": "MobileNetV1", "mobilenetv2": "MobileNetV2",
+               "shufflenetv1": "ShuffleNetV1", "mobilenetv2_050": "MobileNetV2-0.5"}
+MEASURES = {"final": "final-epoch", "best": "best-epoch"}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One model column (per dataset, other varying axes, and top-1 or top-5)."""
+
+    dataset: str
+    model: str
+    metric: str  # "top1" | "top5"
+    extra: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def block(self) -> str:
+        return DATASET_NAMES.get(self.dataset, self.dataset)
+
+    @property
+    def head(self) -> str:
+        name = MODEL_NAMES.get(self.model, self.model) + "".join(f" {k}={v}" for k, v in self.extra)
+        return f"{name} top-{self.metric[-1]}" if self.dataset == "imagenet" else name
+
+    @property
+    def title(self) -> str:
+        return f"{self.block} {self.head}"
+
+
+@dataclass
+class Entry:
+    """Ours (mean, sample std, number of complete runs) and the paper's number for one method and column."""
+
+    mean: float
+    std: float
+    n: int
+    paper: float
+
+    @property
+    def diff(self) -> float:
+        return self.mean - self.paper
+
+
+@dataclass
+class PaperLayout:
+    grid: str
+    measure: str
+    rows: list[str]
+    columns: list[Column]
+    entries: dict[tuple[str, int], Entry] = field(default_factory=dict)  # (row, column index) -> entry
+
+    def entry(self, row: str, col: int) -> Entry | None:
+        return self.entries.get((row, col))
+
+    def best(self, col: int, paper: bool = False) -> set[str]:
+        """The rows holding the column's highest mean (or the paper's highest number)."""
+        values = {r: (e.paper if paper else e.mean) for (r, c), e in self.entries.items() if c == col}
+        values = {r: v for r, v in values.items() if _finite(v)}
+        top = max(values.values(), default=math.nan)
+        return {r for r, v in values.items() if v == top}
+
+
+def _row_rank(name: str, seen: list[str]) -> tuple[int, int]:
+    return (PAPER_ROWS.index(name), 0) if name in PAPER_ROWS else (len(PAPER_ROWS), seen.index(name))
+
+
+def paper_layout(df: pd.DataFrame, grid_name: str, measure: str = "final") -> PaperLayout:
+    """The wide table of a long table (``we.report.tables.summarize_runs``'s rows, already in the
+    order of datasets and models of the paper)."""
+    if measure not in MEASURES:
+        raise ValueError(f"measure must be one of {', '.join(MEASURES)}, not {measure!r}")
+    axes = df.attrs.get("axes", ["dataset", "model", "method"])
+    extra_axes = [a for a in axes if a not in ("dataset", "model", "method")]
+    names = [paper_name(str(m)) for m in df.method] if len(df) else []
+    rows = sorted(dict.fromkeys(names), key=lambda n: _row_rank(n, list(dict.fromkeys(names))))
+    layout = PaperLayout(grid_name, measure, rows, [])
+    for name, (_, r) in zip(names, df.iterrows()):
+        extra = tuple((a, str(r[a])) for a in extra_axes)
+        for metric in ("top1", "top5") if str(r.dataset) == "imagenet" else ("top1",):
+            col = Column(str(r.dataset), str(r.model), metric, extra)
+            if col not in layout.columns:
+                layout.columns.append(col)
+            layout.entries[(name, layout.columns.index(col))] = Entry(
+                float(r[f"{measure}_{metric}_mean"]), float(r[f"{measure}_{metric}_std"]), int(r.n),
+                float(r[f"paper_{metric}"]))
+    return layout
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown and LaTeX
+# ---------------------------------------------------------------------------------------------
+def _fmt(x: float, sign: bool = False) -> str:
+    if not _finite(x):
+        return "–"
+    return f"{x:+.2f}".replace("-", "−") if sign else f"{x:.2f}"
+
+
+def _ours(e: Entry, pm: str) -> str:
+    return _fmt(e.mean) + (f"{pm}{e.std:.2f}" if _finite(e.std) else "")
+
+
+def _cells(layout: PaperLayout, row: str, col: int, pm: str, bold: Any, n_note: Any) -> list[str]:
+    """[ours, paper, difference] of one row and column ("–" where there is nothing)."""
+    e = layout.entry(row, col)
+    if e is None:
+        return ["–", "–", "–"]
+    ours = "–" if not _finite(e.mean) else _ours(e, pm)
+    if _finite(e.mean) and row in layout.best(col):
+        ours = bold(ours)
+    if _finite(e.mean) and e.n < PAPER_RUNS:
+        ours += n_note(e.n)
+    paper = _fmt(e.paper)
+    if _finite(e.paper) and row in layout.best(col, paper=True):
+        paper = bold(paper)
+    return [ours, paper, _fmt(e.diff, sign=True)]
+
+
+def caption(layout: PaperLayout) -> str:
+    return (f"{MEASURES[layout.measure].capitalize()} test accuracy (%): ours is the mean ± sample std over "
+            f"complete runs (n given when fewer than the paper's {PAPER_RUNS}), paper: the number the paper "
+            "reports, Δ: ours minus the paper; the best of each column in bold.")
+
+
+def layout_markdown(layout: PaperLayout) -> str:
+    out = [f"# {layout.grid} in the paper's layout", "", caption(layout), ""]
+    if not layout.columns:
+        return "\n".join(out + ["No runs to tabulate.", ""])
+    header = ["Method"] + [h for c in layout.columns for h in (c.title, "paper", "Δ")]
+    out.append("| " + " | ".join(header) + " |")
+    out.append("|---|" + "---:|" * (len(header) - 1))
+    for row in layout.rows:
+        cells = [row] + [x for i in range(len(layout.columns))
+                         for x in _cells(layout, row, i, " ± ", lambda s: f"**{s}**", lambda n: f" (n={n})")]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _tex(s: str) -> str:
+    return s.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("−", "$-$").replace("–", "--")
+
+
+def _spans(labels: list[str], width: int) -> list[tuple[str, int, int]]:
+    """(label, first, last) 1-based table columns of consecutive equal labels, each `width` wide, after
+    the method column."""
+    spans: list[tuple[str, int, int]] = []
+    for i, label in enumerate(labels):
+        first = 2 + i * width
+        if spans and spans[-1][0] == label:
+            spans[-1] = (label, spans[-1][1], first + width - 1)
+        else:
+            spans.append((label, first, first + width - 1))
+    return spans
+
+
+def layout_latex(layout: PaperLayout) -> str:
+    """A booktabs tabular: a header row of datasets, one of models, one of ours / paper / Δ."""
+    if not layout.columns:
+        return f"% {layout.grid}: no runs to tabulate\n"
+    lines = [f"% {layout.grid}: " + _tex(caption(layout)).replace("±", r"$\pm$").replace("Δ", r"$\Delta$"),
+             r"\begin{tabular}{l" + "rrr" * len(layout.columns) + "}", r"\toprule"]
+    for labels in ([c.block for c in layout.columns], [c.head for c in layout.columns]):
+        spans = _spans(labels, 3)
+        lines.append(" & ".join([""] + [rf"\multicolumn{{{b - a + 1}}}{{c}}{{{_tex(s)}}}" for s, a, b in spans])
+                     + r" \\")
+        lines.append(" ".join(rf"\cmidrule(lr){{{a}-{b}}}" for _, a, b in spans))
+    lines.append("Method & " + " & ".join([r"ours & paper & $\Delta$"] * len(layout.columns)) + r" \\")
+    lines.append(r"\midrule")
+    for row in layout.rows:
+        cells = [_tex(row)] + [_tex(x) for i in range(len(layout.columns)) for x in _cells(
+            layout, row, i, r" $\pm$ ", lambda s: rf"\textbf{{{s}}}", lambda n: f"$^{{n={n}}}$")]
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# The figure: ours against the paper, cell by cell
+# ---------------------------------------------------------------------------------------------
+def draw_vs_paper(layout: PaperLayout) -> Any:
+    """One panel per column: our mean ± std (error bars) and the paper's number (crosses) per method.
+
+    Each panel's error-bar container is labelled "ours (mean ± std)" and its paper line "paper"."""
+    from matplotlib.figure import Figure
+
+    cols = min(len(layout.columns), 3) or 1
+    rows = max(1, math.ceil(len(layout.columns) / cols))
+    fig = Figure(figsize=(4.4 * cols, 3.4 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
+    for ax in axes[len(layout.columns):]:
+        ax.set_visible(False)
+    for i, (ax, col) in enumerate(zip(axes, layout.columns)):
+        methods = [r for r in layout.rows if layout.entry(r, i) is not None]
+        entries = [layout.entry(r, i) for r in methods]
+        xs = list(range(len(methods)))
+        ours = [(x, e.mean, e.std if _finite(e.std) else 0.0) for x, e in zip(xs, entries) if _finite(e.mean)]
+        paper = [(x, e.paper) for x, e in zip(xs, entries) if _finite(e.paper)]
+        if ours:
+            ax.errorbar([o[0] for o in ours], [o[1] for o in ours], yerr=[o[2] for o in ours], fmt="o", ms=5,
+                        capsize=3, color="C0", label="ours (mean ± std)")
+        if paper:
+            ax.plot([p[0] for p in paper], [p[1] for p in paper], "x", ms=8, mew=2, color="C3", label="paper")
+        ax.set_xticks(xs, methods, rotation=30, ha="right", fontsize=8)
+        ax.set_xlim(-0.6, len(xs) - 0.4)
+        ax.set_title(col.title, fontsize=10)
+        ax.set_ylabel(f"{MEASURES[layout.measure]} top-{col.metric[-1]} (%)")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{layout.grid}: ours against the paper")
+    return fig
+
+
+def figure_vs_paper(layout: PaperLayout, out_dir: Path) -> list[Path]:
+    """``out_dir/<grid>-vs-paper.png`` and ``.pdf`` (nothing when the table has no columns)."""
+    if not layout.columns:
+        return []
+    fig = draw_vs_paper(layout)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{layout.grid}-vs-paper.png", out_dir / f"{layout.grid}-vs-paper.pdf"]
+    for p in paths:
+        fig.savefig(p, dpi=150, metadata={"Title": f"{layout.grid}: ours against the paper"})
+    return paths

@@ -1,0 +1,83 @@
+"""A clean stop of a plain run on SIGINT (Ctrl-C) or SIGTERM: `python -m we.train` only.
+
+While `interrupts_raise()` is active, either signal raises `Interrupted` in the main thread (a
+BaseException, like KeyboardInterrupt, so `except Exception` lets it through); the trainer records
+status `interrupted` in result.json and the command line exits 128 + the signal's number (130, 143).
+A `held()` section (an epoch's checkpoint and metrics) is never cut: a signal that arrives inside
+it is raised at its end, so last.pt and metrics.jsonl always hold the same finished epochs.
+
+Inside a submitit job (SUBMITIT_EXECUTOR set) nothing is installed: submitit's own handlers for
+preemption, timeout and requeue stay in charge.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_state: dict[str, Any] = {"holding": 0, "pending": None, "stopping": False}
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived; `done`/`epochs` say how far the run got (None before training)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        self.exit_code = 128 + signum  # as a shell reports a process ended by the signal
+        self.done: int | None = None  # finished epochs held by last.pt
+        self.epochs: int | None = None
+        super().__init__(f"interrupted by {self.name}")
+
+    def where(self) -> str:
+        if self.done is None or self.epochs is None:
+            return "before training started"
+        return f"during epoch {self.done + 1}/{self.epochs}; last.pt holds " + (
+            f"epoch {self.done}" if self.done else "no finished epoch")
+
+
+def in_submitit_job() -> bool:
+    return bool(os.environ.get("SUBMITIT_EXECUTOR"))
+
+
+def _raise(signum: int, frame: Any = None) -> None:
+    if _state["stopping"]:
+        return  # a second signal does not cut short the writing of result.json
+    if _state["holding"]:
+        _state["pending"] = signum
+        return
+    _state["stopping"] = True
+    raise Interrupted(signum)
+
+
+@contextmanager
+def interrupts_raise() -> Iterator[bool]:
+    """SIGINT and SIGTERM raise `Interrupted` inside the block; yields whether handlers were installed
+    (not inside a submitit job, nor off the main thread). The previous handlers come back at its end."""
+    if in_submitit_job() or threading.current_thread() is not threading.main_thread():
+        yield False
+        return
+    previous = {s: signal.signal(s, _raise) for s in SIGNALS}
+    _state.update(holding=0, pending=None, stopping=False)
+    try:
+        yield True
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _state.update(holding=0, pending=None, stopping=False)
+
+
+@contextmanager
+def held() -> Iterator[None]:
+    """A section a signal does not interrupt; one that arrived meanwhile is raised when it ends."""
+    _state["holding"] += 1
+    try:
+        yield
+    finally:
+        _state["holding"] -= 1
+    if not _state["holding"] and _state["pending"] is not None:
+        signum, _state["pending"] = _state["pending"], None
+        _raise(signum)
