@@ -309,7 +309,7 @@ def test_fg1_through_the_trainer_and_exact_resume(tmp_path: Path, monkeypatch):
 def test_fg_through_the_trainer_and_exact_resume(tmp_path: Path, monkeypatch):
     ref, a, b = _interrupted_then_resumed(tmp_path, ["method=fg", "fg_n=2"], monkeypatch)
     again = main(load_config(None, TINY + ["method=fg", "fg_n=2", f"out={tmp_path / 'again'}"]))
-    c = torch.load(tmp_path / "again" / "last.pt", weights_only=False)["method"]
+    c = torch.load(tmp_path / "again" / "last.pt", weights_only=True)["method"]
     assert all(torch.equal(t, c["nets"][0][k]) for k, t in a["nets"][0].items())  # the same run twice
     assert again["final_top1"] == ref["final_top1"] and again["fg_net1_final_top1"] == ref["fg_net1_final_top1"]
     rows = [json.loads(line) for line in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]

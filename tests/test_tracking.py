@@ -120,8 +120,8 @@ def test_logging_leaves_results_bitwise_and_reads_back(reference: Path, tmp_path
     assert strip(rows(out)) == strip(rows(reference))
     assert config_hash(result["config"]) == config_hash(ref_result["config"])
     for name in ("last.pt", "best.pt"):
-        assert_same_weights(torch.load(out / name, weights_only=False)["model"],
-                            torch.load(reference / name, weights_only=False)["model"])
+        assert_same_weights(torch.load(out / name, weights_only=True)["model"],
+                            torch.load(reference / name, weights_only=True)["model"])
 
     history, scalars = rows(out), tb_scalars(out)
     assert scalars["test/top1"] == [(r["epoch"], pytest.approx(r["test_top1"])) for r in history]
@@ -143,7 +143,7 @@ def test_logging_leaves_results_bitwise_and_reads_back(reference: Path, tmp_path
 
 def test_best_checkpoint_holds_the_best_epoch_as_evaluated(reference: Path):
     result = json.loads((reference / "result.json").read_text())
-    best = torch.load(reference / "best.pt", weights_only=False)
+    best = torch.load(reference / "best.pt", weights_only=True)
     assert best["epoch"] == result["best_checkpoint_epoch"] == result["best_epoch"]
     assert best["test_top1"] == result["best_top1"]
     assert not list(reference.glob(".best-epoch*"))
@@ -176,7 +176,7 @@ def test_interrupted_run_logs_each_epoch_once_and_keeps_the_best(reference: Path
     with pytest.raises(RuntimeError, match="interrupted"):
         main(run_config(out, "loggers=[tensorboard]"))
     assert [s for s, _ in tb_scalars(out)["test/top1"]] == [1, 2]
-    best, last = torch.load(out / "best.pt", weights_only=False), torch.load(out / "last.pt", weights_only=False)
+    best, last = torch.load(out / "best.pt", weights_only=True), torch.load(out / "last.pt", weights_only=True)
     assert best["epoch"] == last["epoch"] == 1
     # best.pt holds epoch 1's weights as evaluated; last.pt holds them after WE's epoch-end step edited them
     assert last["history"][0]["we_bn_bias"] > 0
@@ -192,8 +192,8 @@ def test_interrupted_run_logs_each_epoch_once_and_keeps_the_best(reference: Path
     assert scalars["test/top1"] == [(r["epoch"], pytest.approx(r["test_top1"])) for r in rows(reference)]
     assert [s for s, _ in scalars["method/we_bn_bias"]] == [1, 2]
     assert result["best_checkpoint_epoch"] == ref_result["best_checkpoint_epoch"]
-    assert_same_weights(torch.load(out / "best.pt", weights_only=False)["model"],
-                        torch.load(reference / "best.pt", weights_only=False)["model"])
+    assert_same_weights(torch.load(out / "best.pt", weights_only=True)["model"],
+                        torch.load(reference / "best.pt", weights_only=True)["model"])
     assert not list(out.glob(".best-epoch*"))
 
 
@@ -203,5 +203,5 @@ def test_settle_best_keeps_best_in_step_with_last(tmp_path: Path):
     assert settle_best(tmp_path, 1) == 1 and not (tmp_path / ".best-epoch2.pt").exists()
     stage_best(tmp_path, 2, {"epoch": 2})  # staged, last.pt of epoch 2 written, interrupted before the rename
     assert settle_best(tmp_path, 2) == 2 and not list(tmp_path.glob(".best-epoch*"))
-    assert torch.load(tmp_path / "best.pt", weights_only=False)["epoch"] == 2
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 2
     assert settle_best(tmp_path / "none", 0) is None
