@@ -6,6 +6,8 @@ Usage::
     net = models.create("resnet56", num_classes=100)
     models.list_models()          # ['densenet40', 'mobilenetv1', ...]
     models.model_info("resnet34") # ModelInfo(name='resnet34', family='imagenet', input_size=224)
+    models.create("timm:resnet18", num_classes=10)     # any timm model, randomly initialised
+    models.create("mypkg.nets:build", num_classes=10)  # your own: build(num_classes=...) -> nn.Module
 
 Every factory takes ``num_classes`` plus its own documented keyword arguments; ``create`` checks
 keyword names against the factory's signature, so a misspelt option fails loudly with a TypeError.
@@ -13,6 +15,7 @@ The CIFAR models are written here; the ImageNet ones come from torchvision and t
 pretrained weights). This package does not depend on ``we``.
 """
 from models import cifar_resnet, densenet, imagenet, mobilenet, shufflenet  # noqa: F401 (registers the zoo)
-from models.registry import ModelInfo, create, list_models, model_info, register_model
+from models.registry import ModelInfo, list_models, model_info, register_model
+from models.spec import check_spec, create, is_zoo
 
-__all__ = ["ModelInfo", "create", "list_models", "model_info", "register_model"]
+__all__ = ["ModelInfo", "check_spec", "create", "is_zoo", "list_models", "model_info", "register_model"]

@@ -12,6 +12,8 @@ import yaml
 from we.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout (experiments/, slurm/, results/)
+# False when `we` runs from an installed package (site-packages holds `we` and `models` only)
+IN_CHECKOUT = (REPO_ROOT / "experiments").is_dir() and (REPO_ROOT / "we" / "files.py").is_file()
 
 
 def current_umask() -> int:

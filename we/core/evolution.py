@@ -12,6 +12,7 @@ from torch import nn
 
 from we.core.checks import (INTERVAL_UNITS, KINDS, LEVELS, MATCHINGS, SELECTIONS, VARIANTS, check_alpha, check_bool,
                             check_choice, check_keys, check_milestones, check_number, check_positive_int)
+from we.core.layers import model_sources
 from we.core.official import OfficialEvolution
 from we.core.paper import evolve
 from we.core.rate import selection_rate
@@ -54,6 +55,8 @@ class WeightEvolution:
 
     variant "paper": the paper's equations (hparams: see PAPER_DEFAULTS).
     variant "official": the authors' public script (see we.core.official.OFFICIAL_DEFAULTS).
+    A model with no layer to evolve (see we.core.layers) or a weight that cannot be written is a
+    ValueError here, not a silent no-op later.
     """
 
     def __init__(self, model: nn.Module, variant: str = "paper", **hparams: Any) -> None:
@@ -73,6 +76,7 @@ class WeightEvolution:
             self.official = OfficialEvolution(
                 self.model, **{k: v for k, v in hparams.items() if k not in SCHEDULE_KEYS})
             self.hparams = {**self.official.hparams, **schedule}
+        model_sources(self.model, conv=self.hparams["conv"], bn=self.hparams["bn"])  # nothing to evolve: ValueError
 
     def rate(self, epoch: int) -> float:
         """Global selection rate of the paper variant at a 0-based epoch (Eq. 2)."""

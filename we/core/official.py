@@ -36,7 +36,7 @@ from we.core.crossover import Cross, cross_pool, crossover
 from we.core.matching import unsort_pairs
 from we.core.rate import sigmoid, training_stage
 from we.core.units import (Layout, Pool, filter_importance, gather_units, host_counts, join_pools,
-                           kind_counts, segment_order)
+                           kind_counts, segment_order, write_pools)
 
 OFFICIAL_KINDS: tuple[str, ...] = ("conv_weight", "bn_weight", "bn_bias")
 RATE_KEYS: dict[str, str] = {"conv_weight": "radio_conv", "bn_weight": "radio_bn",
@@ -192,6 +192,7 @@ def evolve_official(model: nn.Module, rates: Mapping[str, float], *, lab: float 
         joint = join_pools([pools[kind] for kind in kinds])  # pairs and crossovers of all kinds at once
         partner, evolved = pair_descending(joint.importance, torch.cat(per_layer), joint.layout)
         cross_pool(joint, partner, evolved, official_rule)
+        write_pools({kind: pools[kind] for kind in kinds})
         counts.update(kind_counts({kind: pools[kind] for kind in kinds}, evolved))
     return host_counts(counts) if sync else counts
 

@@ -20,13 +20,14 @@ from we.core.checks import (KINDS, LEVELS, MATCHINGS, SELECTIONS, Alpha, check_a
 from we.core.crossover import cross_pool, paper_rule
 from we.core.matching import match_forward, match_reverse
 from we.core.selection import select_global, select_local
-from we.core.units import gather_units, host_counts, join_pools, kind_counts, segment_order
+from we.core.units import gather_units, host_counts, join_pools, kind_counts, segment_order, write_pools
 
 
 def evolve(model: nn.Module, rate: float, *, gamma: float = 0.05, matching: str = "forward",
            conv: bool = True, bn: bool = True, selection: str = "global+local",
            alpha: Alpha = "adaptive", level: str = "element", sync: bool = True) -> dict[str, int]:
     """One weight-evolution step in place; returns the number of evolved units per kind.
+    ValueError naming the model's class when it has no layer to evolve (see we.core.layers).
 
     sync=False returns the counts as device tensors instead of ints, so the step never waits
     for the device (the caller reads them when it synchronises anyway).
@@ -63,5 +64,6 @@ def evolve(model: nn.Module, rate: float, *, gamma: float = 0.05, matching: str 
                                 None if selection == "global" else gamma)
         partner, evolved = match(order, inferior, joint.layout)
         cross_pool(joint, partner, evolved, paper_rule(alpha, level))
+        write_pools(pools)
         counts.update(kind_counts(pools, evolved))
     return host_counts(counts) if sync else counts

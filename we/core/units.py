@@ -1,7 +1,7 @@
 """Units and their importance (Eq. 1): the four pools of a network.
 
-A pool gathers one kind of unit (Conv2d filters, Conv2d bias scalars, BatchNorm2d weight
-scalars, BatchNorm2d bias scalars) over the whole network, with its layout (layer, local group
+A pool gathers one kind of unit (Conv2d filters, Conv2d bias scalars, BatchNorm weight
+scalars, BatchNorm bias scalars; we.core.layers says which tensors) over the whole network, with its layout (layer, local group
 and crossover class of every unit), the sort by (segment, importance) that selection and
 matching share, and the per-kind counts of evolved units.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from we.core.checks import KINDS
+from we.core.layers import Source, model_sources, write_back
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class Pool:
     groups: list[int]
     importance: Tensor  # (P,) every unit's importance, layers concatenated
     layout: Layout
+    sources: tuple[Source, ...] = ()  # where each layer's tensor comes from (write_pools)
 
     @property
     def layers(self) -> list[Units]:
@@ -75,11 +76,6 @@ def filter_importance(weight: Tensor, average: bool = True) -> Tensor:
     """Importance of each output filter: sum(|w|) / weight.shape[1] (Eq. 1), or sum(|w|)."""
     l1 = weight.detach().abs().flatten(1).sum(1)
     return l1 / weight.shape[1] if average else l1
-
-
-def local_groups(conv: nn.Conv2d) -> int:
-    """Local groups of a conv: its groups for 1 < groups < in_channels, else one group."""
-    return conv.groups if 1 < conv.groups < conv.in_channels else 1
 
 
 _LAYOUTS: dict[tuple[Any, ...], Layout] = {}
@@ -159,24 +155,22 @@ def join_pools(pools: Sequence[Pool]) -> Pool:
 
 
 def gather_units(model: nn.Module, conv: bool = True, bn: bool = True) -> dict[str, Pool]:
-    """The four pools of a model, layers in module order; Linear layers are never included."""
-    found: dict[str, list[tuple[str, Tensor, int]]] = {kind: [] for kind in KINDS}
-    for name, module in model.named_modules():
-        if conv and isinstance(module, nn.Conv2d):
-            groups = local_groups(module)
-            found["conv_weight"].append((f"{name}.weight", module.weight.detach(), groups))
-            if module.bias is not None:
-                found["conv_bias"].append((f"{name}.bias", module.bias.detach(), groups))
-        elif bn and isinstance(module, nn.BatchNorm2d) and module.weight is not None:
-            found["bn_weight"].append((f"{name}.weight", module.weight.detach(), 1))
-            found["bn_bias"].append((f"{name}.bias", module.bias.detach(), 1))
+    """The four pools of a model, layers in module order (see we.core.layers: which layers and
+    tensors, shared and parametrized ones); Linear layers are never included. ValueError naming the
+    model's class when it has nothing to evolve."""
     pools = {}
-    for kind, layers in found.items():
-        if layers:
-            names, tensors, groups = (list(column) for column in zip(*layers))
+    for kind, sources in model_sources(model, conv=conv, bn=bn).items():
+        if sources:
+            tensors, groups = [s.tensor for s in sources], [s.groups for s in sources]
             layout = pool_layout(tensors, groups)
-            pools[kind] = Pool(names, tensors, groups, pool_importance(tensors, layout), layout)
+            pools[kind] = Pool([s.name for s in sources], tensors, groups, pool_importance(tensors, layout), layout,
+                               tuple(sources))
     return pools
+
+
+def write_pools(pools: Mapping[str, Pool]) -> None:
+    """After a step's crossover: make the model's effective tensors equal to the pools' tensors."""
+    write_back([source for pool in pools.values() for source in pool.sources])
 
 
 def kind_counts(pools: Mapping[str, Pool], evolved: Tensor) -> dict[str, Tensor]:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from we.errors import ConfigError, InputError
-from we.files import REPO_ROOT, read_yaml
+from we.files import IN_CHECKOUT, REPO_ROOT, read_yaml
 from we.grid.profiles import RESOURCE_KEYS, check_profile_values
 from we.methods import method_presets
 from we.train.config import make_config
@@ -66,6 +66,10 @@ def find_grid_file(ref: str | Path) -> Path:
     candidate = GRID_DIR / f"{ref}.yaml"
     if candidate.exists():
         return candidate
+    if not IN_CHECKOUT:
+        raise InputError(ref, "grid", "no such grid file; grid names resolve in a checkout's experiments/ only, "
+                         "and this `we` is an installed package: give the grid as a path "
+                         "(e.g. path/to/checkout/experiments/demo.yaml)")
     known = sorted(p.stem for p in GRID_DIR.glob("*.yaml"))
     raise InputError(ref, "grid", f"no such grid file or name in experiments/ (known: {', '.join(known)})")
 

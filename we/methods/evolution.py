@@ -8,9 +8,9 @@ from we.core.evolution import WeightEvolution
 from we.errors import ConfigError
 from we.methods.base import ConfigKey, Method, Preset, TrainContext
 
-# The authors' step (we_variant official) has fixed behaviour; only we_conv / we_bn switch it.
-OFFICIAL_FIXED = ("we_r_hat", "we_gamma", "we_matching", "we_interval", "we_interval_unit", "we_selection",
-                  "we_alpha", "we_level")
+# The authors' step (we_variant official) has fixed behaviour; only we_conv / we_bn switch it, and
+# we_interval / we_interval_unit schedule it as they schedule the paper's step.
+OFFICIAL_FIXED = ("we_r_hat", "we_gamma", "we_matching", "we_selection", "we_alpha", "we_level")
 
 
 def stage_starts(values: dict[str, Any]) -> list[int]:
@@ -26,7 +26,8 @@ def stage_starts(values: dict[str, Any]) -> list[int]:
 def we_hparams(cfg: Any) -> dict[str, Any]:
     """WeightEvolution keyword arguments from the run config's `we_*` keys."""
     if cfg.we_variant == "official":
-        return dict(flavour="imagenet" if cfg.dataset == "imagenet" else "cifar", conv=cfg.we_conv, bn=cfg.we_bn)
+        return dict(flavour="imagenet" if cfg.dataset == "imagenet" else "cifar", conv=cfg.we_conv, bn=cfg.we_bn,
+                    interval=cfg.we_interval, interval_unit=cfg.we_interval_unit)
     return dict(r_hat=cfg.we_r_hat, beta=cfg.we_beta, eta=cfg.we_eta, gamma=cfg.we_gamma,
                 milestones=tuple(cfg.we_milestones), matching=cfg.we_matching, conv=cfg.we_conv,
                 bn=cfg.we_bn, interval=cfg.we_interval, interval_unit=cfg.we_interval_unit,

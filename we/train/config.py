@@ -42,7 +42,7 @@ CORE_KEYS: dict[str, ConfigKey] = {
     "workers": K(int, 2, "DataLoader worker processes (loader path)", minimum=0),
     "limit_train": K(int, 0, "keep only the first N training images (0: all); for smoke runs", minimum=0),
     # ---- model and method ------------------------------------------------------------------------
-    "model": K(str, "resnet20", "a zoo model (models.list_models())"),
+    "model": K(str, "resnet20", "a zoo model (models.list_models()) | timm:<name> | <module>:<callable>"),
     "method": K(str, "baseline", "a registered method (we.methods.METHODS)"),
     "recipe": K(str, "paper", "paper | official (the authors' CIFAR script)", choices=("paper", "official")),
     # ---- optimisation (None: from the recipe) ------------------------------------------------------
@@ -276,12 +276,14 @@ def validate_choices(cfg: Config) -> None:
             if spec.choices and item is not None and item not in spec.choices:
                 raise ConfigError(f"config key '{key}': {item!r} is not one of {', '.join(spec.choices)}")
     check_loggers(cfg.loggers)
-    if cfg.model not in models.list_models():
-        raise ConfigError(f"config key 'model': unknown model {cfg.model!r} (known: {', '.join(models.list_models())})")
+    try:
+        models.check_spec(cfg.model)
+    except ValueError as err:
+        raise ConfigError(f"config key 'model': {err}") from None
     if cfg.method not in METHODS:
         raise ConfigError(f"config key 'method': unknown method {cfg.method!r} (known: {', '.join(METHODS)})")
-    family = models.model_info(cfg.model).family
-    if family != dataset_family(cfg.dataset):
+    family = models.model_info(cfg.model).family if models.is_zoo(cfg.model) else dataset_family(cfg.dataset)
+    if family != dataset_family(cfg.dataset):  # zoo models only: timm and your own models fit any dataset
         raise ConfigError(f"config key 'model': {cfg.model!r} is a {family} model, dataset {cfg.dataset!r} is not")
     if cfg.device != "auto" and not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
         raise ConfigError(f"config key 'device': {cfg.device!r} is not auto, cpu, cuda or cuda:N")

@@ -1,6 +1,7 @@
 """Provenance of a run: git commit, library versions, hardware and SLURM ids, for result.json."""
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import socket
@@ -12,10 +13,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from we.files import REPO_ROOT
+from we.files import IN_CHECKOUT, REPO_ROOT
+
+
+def package_version() -> str | None:
+    """The installed we-repro distribution's version (None when it runs from a checkout only)."""
+    try:
+        return importlib.metadata.version("we-repro")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _git(*args: str) -> str | None:
+    """git in the checkout; None from an installed package (never another repository around it)."""
+    if not IN_CHECKOUT:
+        return None
     try:
         out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
@@ -24,8 +36,10 @@ def _git(*args: str) -> str | None:
 
 
 def provenance(device: torch.device) -> dict[str, Any]:
-    """Git commit, library versions and hardware of this process, for result.json."""
-    versions = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__}
+    """Git commit (in a checkout), package version, library versions and hardware of this process,
+    for result.json."""
+    versions = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__,
+                "we-repro": package_version()}
     for name in ("torchvision", "timm", "submitit", "pandas"):
         try:
             versions[name] = __import__(name).__version__

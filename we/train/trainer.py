@@ -280,7 +280,8 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SIN
         workers=cfg.workers, download=cfg.download, limit_train=cfg.limit_train or None, rank=dist_env.rank,
         world_size=dist_env.world_size)
     data = data_for_seed(seed=cfg.seed)
-    build_model = functools.partial(models.create, cfg.model, num_classes=data.info.num_classes)
+    build_model = functools.partial(models.create, cfg.model, num_classes=data.info.num_classes,
+                                    image_size=cfg.image_size)
     model = build_model().to(device)
     method = create_method(cfg)
     method.prepare_model(model, cfg)
