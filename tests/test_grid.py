@@ -209,6 +209,25 @@ def test_state_detection(tmp_path: Path):
     assert assess([live_job], tmp_path / "runs")[0].state == "failed"
 
 
+@pytest.mark.parametrize("sacct, state", [
+    ("echo 'sacct: error: Problem talking to the database' >&2; exit 1", "unknown"),
+    ("printf 'JobID|State\\n4242_0|RUNNING\\n'", "running"),
+    ("printf 'JobID|State\\n4242_0|TIMEOUT\\n'", "failed"),
+])
+def test_slurm_job_state_from_accounting(tmp_path: Path, monkeypatch, sacct: str, state: str):
+    """A submitted cell without a result: its state is whatever sacct (a stand-in on PATH) says,
+    and unknown when accounting does not answer."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sacct").write_text(f"#!/bin/sh\n{sacct}\n")
+    (bin_dir / "sacct").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    grid = load_grid(write_grid(tmp_path, axes={"method": ["baseline"]}, seeds=[0]))
+    (cell,) = resolve_cells(grid, tmp_path / "runs")
+    write_cell(cell, record={"job_id": "4242_0", "executor": "slurm", "time": "2026-01-01T00:00:00+00:00"})
+    assert assess([cell], tmp_path / "runs")[0].state == state
+
+
 def test_a_folder_holding_another_config_is_stale(tmp_path: Path):
     grid = load_grid(write_grid(tmp_path, axes={"method": ["baseline"]}, seeds=[0]))
     (cell,) = resolve_cells(grid, tmp_path / "runs")
