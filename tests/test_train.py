@@ -252,8 +252,8 @@ def test_last_pt_is_never_half_written(tmp_path: Path, monkeypatch):
 
 def test_fg1_resumes_exactly(tmp_path: Path, monkeypatch):
     """FG-1 cut after epoch 3 (its grafting state in the checkpoint) and resumed ends as the
-    uninterrupted run: model, optimizer, method state and metrics."""
-    args = ["epochs=4", "method=fg", "fg_n=1", "limit_train=64"]
+    uninterrupted run, epoch 4's grafting included: model, optimizer, method state and metrics."""
+    args = ["epochs=5", "method=fg", "fg_n=1", "limit_train=64"]
     main(tiny(tmp_path / "ref", *args))
     fg = METHODS["fg"]
     monkeypatch.setitem(METHODS, "fg", crashing(fg, 3))
