@@ -320,3 +320,22 @@ def test_grid_file_limits_the_table_to_the_grids_cells(tmp_path: Path, paper_csv
     assert mean() == pytest.approx(40.0)  # no grid.json: every folder counts
     (root / "g" / "grid.json").write_text(json.dumps({"cells": {"cifar10-mobilenetv1-we-s0": "cifar10-mobilenetv1-we-s0-aaaa"}}))
     assert mean() == pytest.approx(70.0)
+
+
+def test_figure3_plots_eq2(tmp_path: Path, monkeypatch) -> None:
+    """What Figure 3 draws, read from the figure: the CIFAR curve over 200 epochs is Eq. 2 with
+    r_hat 0.05, beta 2.5, eta 15, stages at 60 and 120 (hand-worked points); ImageNet's has 90."""
+    import we.report.figures as figures
+
+    drawn = []
+    save = figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, *a: drawn.append(fig) or save(fig, *a))
+    figures.figure_selection_rate(tmp_path)
+    (fig,) = drawn
+    cifar, imagenet = (ax.get_lines()[0] for ax in fig.axes if ax.get_visible())
+    x, y = cifar.get_xdata(), cifar.get_ydata()
+    assert list(x) == list(range(200)) and len(imagenet.get_xdata()) == 90
+    sigmoid = lambda t: 1 / (1 + math.exp(-t))
+    for epoch, rate in [(0, 0.025), (59, 0.05 * sigmoid(59 / 15)), (60, 0.01), (119, 0.02 * sigmoid(59 / 15)),
+                        (120, 0.004), (199, 0.008 * sigmoid(79 / 15))]:
+        assert y[epoch] == pytest.approx(rate), epoch
