@@ -3,8 +3,9 @@
     python tests/ddp_worker.py PROBE_DIR [--crash-at EPOCH] key=value ...
 
 Runs `we.train.main` on the config; the configured method is replaced, in this process only, by a
-subclass that keeps the TrainContext, so that afterwards this rank's final model and optimizer state
-and the returned result land in PROBE_DIR/rank{RANK}.pt. `--crash-at E` raises at the end of the
+subclass that keeps the TrainContext, so that afterwards this rank's final model, optimizer and
+method state, every evaluation this rank computed (the trainer's and the method's, in order) and the
+returned result land in PROBE_DIR/rank{RANK}.pt. `--crash-at E` raises at the end of the
 0-based epoch E (after epoch E's training; the checkpoint of epoch E - 1 is on disk), on every rank,
 rank 0 first.
 """
@@ -22,7 +23,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from we.train.config import load_config  # noqa: E402
 from we.methods import METHODS  # noqa: E402
-from we.train import main  # noqa: E402
+from we.train import main, trainer  # noqa: E402
+
+EVALUATIONS: list[dict] = []  # every evaluation of this rank, as computed here (not rank 0's row)
+
+
+def recording_evaluate(*args, **kwargs):
+    metrics = EVALUATE(*args, **kwargs)
+    EVALUATIONS.append(dict(metrics))
+    return metrics
+
+
+EVALUATE, trainer.evaluate = trainer.evaluate, recording_evaluate
 
 
 class Interrupted(RuntimeError):
@@ -34,9 +46,10 @@ def probe_class(base: type, crash_at: int | None) -> type:
 
     class Probe(base):
         ctx = None
+        instance = None
 
         def on_train_start(self, ctx):
-            type(self).ctx = ctx
+            type(self).ctx, type(self).instance = ctx, self
             super().on_train_start(ctx)
 
         def on_epoch_end(self, ctx, epoch, last):
@@ -64,6 +77,7 @@ def run(argv: list[str]) -> None:
     rank = int(os.environ.get("RANK", "0"))
     Path(args.probe_dir).mkdir(parents=True, exist_ok=True)
     torch.save({"model": ctx.model.state_dict(), "optimizer": ctx.optimizer.state_dict(), "result": result,
+                "method": probe.instance.state_dict(), "evaluations": EVALUATIONS,
                 "world_size": ctx.dist.world_size}, Path(args.probe_dir) / f"rank{rank}.pt")
 
 

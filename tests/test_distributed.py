@@ -5,14 +5,14 @@ Tolerances against the single-process run. With the global batch B split over 2 
 gradient is the mean over the same B samples (the shards are the single process's batches, sample
 and augmentation alike), but each rank's BatchNorm normalises with the statistics of its own B/2
 samples (and the running statistics are rank 0's), and sums are reduced in another order. So the
-runs agree closely, not bitwise: the first epoch's training loss within 2% (relative; observed:
-below 0.3%, while two seeds differ by about 10%), and, once the two trajectories have drifted apart
-like two seeds, the final test top-1 within 10 points (observed: about 2; three seeds span about 5).
+runs agree closely, not bitwise: the first epoch's training loss within 8% (relative; see LOSS_RTOL),
+and both runs learn. Every rank evaluates for itself: the worker records each rank's evaluations.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +78,40 @@ def assert_same_state(a: dict, b: dict) -> None:
 
 def load_probe(probe: Path, rank: int) -> dict:
     return torch.load(probe / f"rank{rank}.pt", weights_only=True)
+
+
+def assert_same_tree(a, b, where: str = "method") -> None:
+    """Nested state (dicts, lists, tensors, numbers) equal, tensors bitwise."""
+    assert type(a) is type(b), where
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same_tree(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tree(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+def assert_ranks_agree(probe: Path, history: list[dict]) -> list[dict]:
+    """Both ranks end with the same weights, momentum and method state, and each computed the
+    same evaluations itself; the trainer's rows hold those numbers. Returns rank 0's evaluations."""
+    r0, r1 = load_probe(probe, 0), load_probe(probe, 1)
+    assert r0["world_size"] == r1["world_size"] == 2
+    assert_same_state(r0, r1)
+    # (a scheduler's `milestones` Counter comes back in another form after load_state_dict: compared by epoch)
+    strip = lambda state: {k: v for k, v in state.items() if k != "schedulers"}
+    assert_same_tree(strip(r0["method"]), strip(r1["method"]))
+    assert ([s["last_epoch"] for s in r0["method"].get("schedulers", [])]
+            == [s["last_epoch"] for s in r1["method"].get("schedulers", [])])
+    assert r0["evaluations"] and r0["evaluations"] == r1["evaluations"]
+    trainer_evals = r0["evaluations"][::len(r0["evaluations"]) // len(history)]  # the model's, first each epoch
+    assert [{k: row[k] for k in e} for row, e in zip(history, trainer_evals)] == trainer_evals
+    return r0["evaluations"]
 
 
 @pytest.fixture(scope="module")
@@ -174,8 +208,8 @@ def test_single_process_environment_is_untouched(monkeypatch):
 
 def test_ddp_we_run_ranks_agree_and_match_single_process(runs):
     r0, r1 = load_probe(runs["probe2"], 0), load_probe(runs["probe2"], 1)
-    assert r0["world_size"] == r1["world_size"] == 2
-    assert_same_state(r0, r1)  # every rank ends with the same weights, buffers and momentum
+    # every rank ends with the same weights, buffers, momentum and WE state, and evaluated the same
+    assert len(assert_ranks_agree(runs["probe2"], rows(runs["ddp"]))) == 3
     assert r0["result"] == r1["result"]  # rank 0's result everywhere
     result = json.loads((runs["ddp"] / "result.json").read_text())
     assert result["status"] == "complete" and result["distributed"] == {"world_size": 2, "backend": "gloo"}
@@ -198,6 +232,7 @@ def test_ddp_resume_after_interruption_is_bitwise(runs):
     failed = json.loads((out / "result.json").read_text())
     assert failed["status"] == "failed" and "interrupted at the end of epoch 2" in failed["error"]
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+    shutil.copytree(out, runs["root"] / "cut_one_process")
     second = launch(probe, RUN + [f"out={out}"])
     assert second.stdout.count("resuming after epoch 1 of 3") == 1
     assert json.loads((out / "result.json").read_text())["status"] == "complete"
@@ -217,3 +252,43 @@ def test_ddp_repr_prune_and_reinit_stay_in_sync(tmp_path: Path):
     history = rows(tmp_path / "run")
     assert history[0]["repr_pruned"] > 0 and history[1]["repr_reinit"] == history[0]["repr_pruned"]
     assert all(torch.isfinite(t).all() for t in r0["model"].values() if t.is_floating_point())
+
+
+def test_ddp_resume_with_another_number_of_processes(runs):
+    """The two-process run cut after epoch 1 (test above) resumes in one process."""
+    out = runs["root"] / "cut_one_process"
+    cut_rows = rows(out)
+    resumed = launch(runs["root"] / "probe_one", RUN + [f"out={out}"], nproc=1)
+    assert resumed.stdout.count("resuming after epoch 1 of 3") == 1
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "complete" and "distributed" not in result
+    history = rows(out)
+    assert [r["epoch"] for r in history] == [1, 2, 3] and history[0] == cut_rows[0]  # epoch 1 kept as it ran
+    # epoch 2 continued the two-process weights and momentum: its loss is near that run's epoch 2
+    # (a restart from scratch would repeat epoch 1's much higher loss)
+    assert history[1]["train_loss"] == pytest.approx(rows(runs["ddp"])[1]["train_loss"], rel=LOSS_RTOL)
+    assert history[1]["train_loss"] < 0.8 * history[0]["train_loss"]
+    assert result["final_top1"] >= MIN_TOP1
+
+
+SMALL = ["dataset=digits", "model=resnet20", "workers=0", "progress=plain", "limit_train=256", "batch_size=64",
+         "epochs=2", "lr=0.05"]
+
+
+def test_ddp_we_every_n_iterations_keeps_ranks_identical(tmp_path: Path):
+    # 256 / 64 = 4 steps per epoch, interval 2: evolution after iterations 2, 4, 6 and 8
+    launch(tmp_path / "probe", SMALL + ["method=we", "we_interval_unit=iter", "we_interval=2",
+                                        f"out={tmp_path / 'run'}"])
+    history = rows(tmp_path / "run")
+    assert_ranks_agree(tmp_path / "probe", history)
+    assert load_probe(tmp_path / "probe", 1)["method"]["steps"] == 4
+    assert all(sum(r[k] for k in ("conv_weight", "conv_bias", "bn_weight", "bn_bias")) > 0 for r in history)
+
+
+def test_ddp_fg_trains_every_network_on_every_rank(tmp_path: Path):
+    launch(tmp_path / "probe", SMALL + ["method=fg", "fg_n=2", f"out={tmp_path / 'run'}"])
+    history = rows(tmp_path / "run")
+    evaluations = assert_ranks_agree(tmp_path / "probe", history)  # network 1's evaluations included
+    assert len(evaluations) == 4  # per epoch: network 0 (trainer), then network 1 (FG's hook)
+    assert [r["fg_net1_top1"] for r in history] == [e["test_top1"] for e in evaluations[1::2]]
+    assert "fg_net0_coef" in history[0] and "fg_net0_coef" not in history[1]  # grafted after epoch 1, not after the last

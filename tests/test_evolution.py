@@ -254,13 +254,16 @@ def test_crossover_when_both_genes_are_zero_keeps_zero():
     net = nn.Sequential(bn([0.0, 0.0, 0.0, 0.0]))
     assert evolve(net, 0.5, conv=False, selection="global")["bn_weight"] == 2
     assert torch.equal(net[0].weight.detach(), torch.zeros(4))
-    # element level: inferior slice zero, dominant slice zero -> alpha = 1, stays 0 (no nan)
+    # element level, WE-G (no gamma test): zeroing filter 1's slice 1 leaves filter 0 the inferior
+    # unit (floor(0.5 * 2) = 1) with filter 1 as partner. Slice 0: q = -0.02, p = -4.0 ->
+    # alpha = 0.02 / 4.02. Slice 1: q = 0.0 (first zero), p = 0.0 (all zero) -> 0 / 0, alpha = 1.
     net = two_filter_conv()
     with torch.no_grad():
         net[0].weight[1, 1] = 0.0
-    evolve(net, 1.0, bn=False)
+    assert evolve(net, 0.5, bn=False, selection="global")["conv_weight"] == 1
     assert torch.isfinite(net[0].weight).all()
-    assert net[0].weight[0, 1, 0, 0].item() == 0.0
+    assert net[0].weight[0, 0, 0, 1].item() == pytest.approx(blend(-0.02, -4.0))
+    assert_values(net[0].weight[0, 1].detach(), [[0.0, 0.2], [-0.1, 0.0]])
 
 
 @pytest.mark.parametrize("alpha, slice0, slice1", [
@@ -344,7 +347,10 @@ def test_bn_false_leaves_bn_weight_and_bias():
 def test_linear_layers_are_never_touched():
     net = random_net(1)
     linear = net[-1].weight.detach().clone()
-    evolve(net, 1.0, gamma=1.0, selection="local")
+    convs = [m.weight.detach().clone() for m in net if isinstance(m, nn.Conv2d)]
+    assert evolve(net, 1.0, gamma=1.0, selection="local")["conv_weight"] > 0
+    # the step did evolve conv filters (every layer has units below gamma = 1 of its strongest)
+    assert all(not torch.equal(m.weight, w) for m, w in zip((m for m in net if isinstance(m, nn.Conv2d)), convs))
     assert torch.equal(net[-1].weight.detach(), linear)
 
 

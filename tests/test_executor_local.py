@@ -91,13 +91,19 @@ def test_runners_share_the_concurrency_slots(tmp_path: Path):
     try:
         assert main(["submit", str(path), "--runs-root", str(runs), "--concurrency", "1"]) == 0
         (cell,) = resolve_cells(load_grid(path), runs)
-        time.sleep(3)
+        (runner_log,) = (runs / "slots" / ".local").glob("runner-*.log")
+        deadline = time.monotonic() + 300  # a guard against a hang, not a timing assertion
+        while "waiting for a free slot" not in runner_log.read_text():  # the runner found slot 0 held
+            assert time.monotonic() < deadline, runner_log.read_text()
+            time.sleep(0.2)
         (rec,) = read_cell_file(cell.run_dir)["submitted"]
         assert "started" not in rec and assess([cell], runs)[0].state == "running"  # queued
     finally:
         busy.release()
     states = wait(load_grid(path), [cell], runs, poll_s=0.5)
     assert [s.state for s in states] == ["done"]
+    log = runner_log.read_text()
+    assert log.index("waiting for a free slot") < log.index("started")  # it started once slot 0 was free
 
 
 def test_status_from_another_directory_sees_the_done_cells(tmp_path: Path, capsys, monkeypatch):

@@ -15,13 +15,14 @@ import yaml
 from we.errors import InputError
 from we.grid.cli import main, submit
 from we.grid.cost import DEFAULT_IMAGES_PER_S
-from we.grid.identity import Cell, config_hash, expand, parse_sets, resolve_cells, result_neutral_keys
+from we.grid.identity import Cell, config_hash, expand, parse_sets, resolve_cells
 from we.grid.local import process_start_ticks
 from we.grid.profiles import load_profile
 from we.grid.schema import load_grid
 from we.grid.slurm import SlurmExecutor, pack_cells
 from we.grid.state import assess, write_cell
-from we.train.config import RESULT_NEUTRAL_KEYS, Config, to_dict
+from we.methods import METHODS
+from we.train.config import Config, to_dict
 
 REPO = Path(__file__).resolve().parent.parent
 PAPER = REPO / "results" / "paper" / "reported-results.csv"
@@ -172,11 +173,16 @@ def test_run_folder_is_key_plus_config_hash(tmp_path: Path):
     assert not {c.run_dir for c in base_changed} & {c.run_dir for c in a}
 
 
-def test_hash_ignores_only_the_trainer_resume_keys():
-    assert result_neutral_keys() == tuple(RESULT_NEUTRAL_KEYS)
-    cfg = {"a": 1, "out": "x", "device": "cpu"}
-    assert config_hash(cfg) == config_hash({"a": 1, "out": "y", "device": "cuda"})
-    assert config_hash(cfg) != config_hash({"a": 2, "out": "x", "device": "cpu"})
+# where and how a run executes, not what it computes (written out here, not read from the code)
+WHERE_AND_HOW = {"out", "device", "data_dir", "download", "workers", "progress", "dist_backend", "recipe"}
+
+
+def test_hash_ignores_only_where_and_how_a_run_executes():
+    cfg = {**to_dict(Config()), "method": "we", "epochs": 3}
+    others = {k for m, plugin in METHODS.items() if m != "we" for k in plugin.keys}  # keys the run does not use
+    for key in cfg:
+        changed = config_hash({**cfg, key: "another value"}) != config_hash(cfg)
+        assert changed == (key not in WHERE_AND_HOW | others), key
 
 
 def test_keys_of_other_methods_do_not_split_runs(tmp_path: Path):
@@ -219,6 +225,25 @@ def test_state_detection(tmp_path: Path):
     rec["exit_code"] = 1
     write_cell(live_job, record=rec)
     assert assess([live_job], tmp_path / "runs")[0].state == "failed"
+
+
+@pytest.mark.parametrize("sacct, state", [
+    ("echo 'sacct: error: Problem talking to the database' >&2; exit 1", "unknown"),
+    ("printf 'JobID|State\\n4242_0|RUNNING\\n'", "running"),
+    ("printf 'JobID|State\\n4242_0|TIMEOUT\\n'", "failed"),
+])
+def test_slurm_job_state_from_accounting(tmp_path: Path, monkeypatch, sacct: str, state: str):
+    """A submitted cell without a result: its state is whatever sacct (a stand-in on PATH) says,
+    and unknown when accounting does not answer."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sacct").write_text(f"#!/bin/sh\n{sacct}\n")
+    (bin_dir / "sacct").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    grid = load_grid(write_grid(tmp_path, axes={"method": ["baseline"]}, seeds=[0]))
+    (cell,) = resolve_cells(grid, tmp_path / "runs")
+    write_cell(cell, record={"job_id": "4242_0", "executor": "slurm", "time": "2026-01-01T00:00:00+00:00"})
+    assert assess([cell], tmp_path / "runs")[0].state == state
 
 
 def test_a_folder_holding_another_config_is_stale(tmp_path: Path):

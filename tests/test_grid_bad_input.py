@@ -195,7 +195,3 @@ def test_unwritable_runs_root(tmp_path: Path, capsys, monkeypatch):
     (tmp_path / "afile").write_text("not a folder")
     code, err = run_cli(["submit", "grid.yaml", "--runs-root", str(tmp_path / "afile" / "runs")], capsys)
     assert_one_line_error(code, err, str(tmp_path / "afile" / "runs"), "runs_root", "not a folder")
-
-
-def test_case_count():
-    assert len(GRID_CASES) + len(PROFILE_CASES) + len(OPTION_CASES) + 1 >= 30

@@ -12,23 +12,46 @@ from torch import nn
 
 import models
 
-# Parameter counts at (10, 100, 1000) classes. The CIFAR-10/100 counts of resnet56, resnet110,
-# mobilenetv1, mobilenetv2, shufflenetv1 and densenet40 are those of the authors' script and
-# the paper's model descriptions; the rest were measured (resnet34 and mobilenetv2_050 are the
-# torchvision / timm models as they are).
-EXPECTED: dict[str, tuple[int, int, int]] = {
-    "resnet20": (269_722, 275_572, 334_072),
-    "resnet32": (464_154, 470_004, 528_504),
-    "resnet44": (658_586, 664_436, 722_936),
-    "resnet56": (853_018, 858_868, 917_368),
-    "resnet110": (1_727_962, 1_733_812, 1_792_312),
-    "densenet40": (1_019_722, 1_060_132, 1_464_232),
-    "mobilenetv1": (3_217_226, 3_309_476, 4_231_976),
-    "mobilenetv2": (2_296_922, 2_412_212, 3_565_112),
-    "shufflenetv1": (925_618, 1_012_108, 1_877_008),
-    "resnet34": (21_289_802, 21_335_972, 21_797_672),
-    "mobilenetv2_050": (700_490, 815_780, 1_968_680),
+
+def cifar_resnet_params(depth: int, classes: int, shortcut: str = "A") -> int:
+    """He et al.'s CIFAR ResNet (6n + 2 layers, widths 16/32/64, 3x3 convs without bias, BN with
+    weight and bias), counted by hand: stem conv + BN, n basic blocks per stage, the classifier;
+    option B adds a 1x1 projection + BN at the two widening blocks (option A's shortcut is free)."""
+    n = (depth - 2) // 6
+    total = 3 * 16 * 9 + 2 * 16
+    c_in = 16
+    for width in (16, 32, 64):
+        for _ in range(n):
+            total += c_in * width * 9 + 2 * width + width * width * 9 + 2 * width
+            if shortcut == "B" and c_in != width:
+                total += c_in * width + 2 * width
+            c_in = width
+    return total + 64 * classes + classes
+
+
+# Published counts: ResNet-20 0.27M and ResNet-56 0.85M (He et al., Table 6) are these formulas'
+# 269,722 and 853,018. At 10 classes, from the authors' script and the paper's model descriptions:
+# densenet40, mobilenetv1, mobilenetv2, shufflenetv1; at 1000 classes, torchvision's resnet34
+# (21,797,672) and timm's mobilenetv2_050 (1,968,680). Other class counts only swap the classifier:
+# FEATURES[name] inputs -> k outputs with bias.
+PUBLISHED: dict[str, tuple[int, int]] = {  # name: (classes, parameters)
+    "densenet40": (10, 1_019_722), "mobilenetv1": (10, 3_217_226), "mobilenetv2": (10, 2_296_922),
+    "shufflenetv1": (10, 925_618), "resnet34": (1000, 21_797_672), "mobilenetv2_050": (1000, 1_968_680),
 }
+FEATURES = {"densenet40": 16 + 3 * 12 * 12,  # growth 12, 12 layers per dense block
+            "mobilenetv1": 1024, "mobilenetv2": 1280, "shufflenetv1": 960, "resnet34": 512, "mobilenetv2_050": 1280}
+CIFAR_RESNETS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56, "resnet110": 110}
+
+
+def expected_params(name: str, classes: int) -> int:
+    if name in CIFAR_RESNETS:
+        return cifar_resnet_params(CIFAR_RESNETS[name], classes)
+    known, count = PUBLISHED[name]
+    return count + (classes - known) * (FEATURES[name] + 1)
+
+
+EXPECTED = {name: tuple(expected_params(name, k) for k in (10, 100, 1000)) for name in [*CIFAR_RESNETS, *PUBLISHED]}
+assert EXPECTED["resnet20"][0] == 269_722 and EXPECTED["resnet56"][0] == 853_018  # the published figures
 IMAGENET = {"resnet34", "mobilenetv2_050"}
 TEST_SIZE = {"cifar": 32, "imagenet": 64}  # small ImageNet inputs keep the CPU tests fast
 
@@ -74,8 +97,8 @@ def test_default_num_classes_is_10() -> None:
 
 
 @pytest.mark.parametrize("name,kw,count", [
-    ("resnet20", {"shortcut": "B"}, 272_474),  # option-B projection shortcuts
-    ("resnet56", {"shortcut": "B"}, 855_770),
+    ("resnet20", {"shortcut": "B"}, cifar_resnet_params(20, 10, "B")),  # option-B projection shortcuts
+    ("resnet56", {"shortcut": "B"}, cifar_resnet_params(56, 10, "B")),
     ("shufflenetv1", {"conv_bias": False}, 913_378),
 ])
 def test_options(name: str, kw: dict, count: int) -> None:

@@ -343,3 +343,20 @@ def test_convergence_figure_legend_ticks_and_band(tmp_path: Path) -> None:
     assert ax.get_ylim()[1] >= band_top  # the band's top lies inside the axis
     assert ax.get_title(loc="left") == "mobilenetv1 on cifar10" and ax.get_title() == ""
     assert fig._suptitle.get_ha() == "left"
+def test_figure3_plots_eq2(tmp_path: Path, monkeypatch) -> None:
+    """What Figure 3 draws, read from the figure: the CIFAR curve over 200 epochs is Eq. 2 with
+    r_hat 0.05, beta 2.5, eta 15, stages at 60 and 120 (hand-worked points); ImageNet's has 90."""
+    import we.report.figures as figures
+
+    drawn = []
+    save = figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, *a: drawn.append(fig) or save(fig, *a))
+    figures.figure_selection_rate(tmp_path)
+    (fig,) = drawn
+    cifar, imagenet = (ax.get_lines()[0] for ax in fig.axes if ax.get_visible())
+    x, y = cifar.get_xdata(), cifar.get_ydata()
+    assert list(x) == list(range(200)) and len(imagenet.get_xdata()) == 90
+    sigmoid = lambda t: 1 / (1 + math.exp(-t))
+    for epoch, rate in [(0, 0.025), (59, 0.05 * sigmoid(59 / 15)), (60, 0.01), (119, 0.02 * sigmoid(59 / 15)),
+                        (120, 0.004), (199, 0.008 * sigmoid(79 / 15))]:
+        assert y[epoch] == pytest.approx(rate), epoch

@@ -178,3 +178,43 @@ def test_missing_data_submits_nothing(tmp_path: Path, capsys, monkeypatch):
                                text=True, timeout=30)
     assert queued.returncode == 0 and queued.stdout.strip() == "", queued.stdout
     assert accounted.returncode == 0 and accounted.stdout.strip() == "", accounted.stdout
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_packed_task_checkpoints_on_timeout_and_resumes(tmp_path: Path, capsys):
+    """A packed task (two cells) with a 4-minute limit and submitit's signal 120 s before it: on the
+    signal submitit calls the task's checkpoint, which stops both cells, and requeues the task; the
+    requeued task resumes each cell from its own last.pt. Waits for one such resume, then cancels."""
+    require_slurm()
+    grid = {"name": "slurm-timeout", "base": {"dataset": "digits", "model": "resnet20", "epochs": 200,
+                                              "limit_train": 64, "batch_size": 32},
+            "axes": {"method": ["baseline", "we"]}, "seeds": [0]}
+    path = tmp_path / "slurm-timeout.yaml"
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    profile = yaml.safe_load((REPO / "slurm" / "ci.yaml").read_text())
+    profile_path = tmp_path / "ci-timeout.yaml"
+    profile_path.write_text(yaml.safe_dump({**profile, "pack": 2, "timeout_min": 4, "signal_delay_s": 120,
+                                            "max_num_timeout": 2}))
+    runs = tmp_path / "runs"
+    assert main(["submit", str(path), "--executor", "slurm", "--profile", str(profile_path),
+                 "--runs-root", str(runs)]) == 0
+    cells = resolve_cells(load_grid(path), runs)
+    (job,) = {read_cell_file(c.run_dir)["submitted"][-1]["job_id"] for c in cells}  # one task, both cells
+    log = lambda c: (c.run_dir / "logs" / f"slurm-{job}.cell.log")
+    resumed: dict[str, list[int]] = {}
+    try:
+        deadline = time.time() + 480  # a guard against a hang, not a timing assertion
+        while time.time() < deadline and len(resumed) < len(cells):
+            for cell in cells:
+                found = [int(n) for n in re.findall(r"resuming after epoch (\d+)",
+                                                    log(cell).read_text() if log(cell).exists() else "")]
+                if found and found[0] > 0:
+                    resumed[cell.key] = found
+            time.sleep(2)
+        task_log = next((runs / "slurm-timeout" / ".submitit").rglob(f"{job}_0_log.err"), None)
+        detail = task_log.read_text()[-3000:] if task_log else "no task log"
+        assert len(resumed) == len(cells), (resumed, detail)
+    finally:
+        subprocess.run(["scancel", job.split("_")[0]], timeout=30)
+    for cell in cells:  # the resumed run continued from the checkpointed epoch, nothing logged twice
+        logged = epochs_logged(cell.run_dir)
+        assert logged == list(range(1, len(logged) + 1)), logged

@@ -161,3 +161,158 @@ def test_every_method_runs_from_the_command_line(tmp_path: Path, method: str):
                        "rl_warmup=0", "rl_update=1", f"out={tmp_path}"])
     result = json.loads((tmp_path / "result.json").read_text())
     assert code == 0 and result["status"] == "complete" and result["config"]["method"] == method
+
+
+class Crash(RuntimeError):
+    """The simulated failure."""
+
+
+def crashing(base: type, at_epoch: int) -> type:
+    """`base` that raises at the end of the 0-based epoch `at_epoch` (its checkpoint is not written)."""
+
+    class Crashing(base):
+        def on_epoch_end(self, ctx, epoch, last):
+            if epoch == at_epoch:
+                raise Crash(f"crashed at the end of epoch {epoch + 1}")
+            return super().on_epoch_end(ctx, epoch, last)
+
+    return Crashing
+
+
+def test_a_crash_writes_failed_and_exits_1(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.setitem(METHODS, "baseline", crashing(METHODS["baseline"], 0))
+    code = cli(TINY + ["limit_train=64", "epochs=2", f"out={tmp_path}"])
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert code == 1 and result["status"] == "failed"
+    assert result["error"] == "Crash: crashed at the end of epoch 1" and "Crash" in result["traceback"]
+    assert capsys.readouterr().err.strip() == "error: Crash: crashed at the end of epoch 1"
+
+
+def test_diverged_run_is_not_retrained(tmp_path: Path, capsys):
+    args = TINY + ["epochs=3", "lr=1e30", "momentum=0.0", f"out={tmp_path}"]
+    assert cli(args) == 3
+    before = (tmp_path / "result.json").read_text()
+    capsys.readouterr()
+    assert cli(args) == 3
+    assert "already diverged; nothing to do" in capsys.readouterr().out
+    assert (tmp_path / "result.json").read_text() == before  # not rewritten: no second run
+
+
+def test_train_evaluate_then_hook_and_the_saved_model_is_the_evaluated_one(tmp_path: Path, monkeypatch):
+    import we.train.trainer as trainer
+
+    calls, evaluated = [], []
+    evaluate = trainer.evaluate
+
+    def recording_evaluate(cfg, model, *args, **kwargs):
+        calls.append("evaluate")
+        evaluated.append({k: v.clone() for k, v in model.state_dict().items()})
+        return evaluate(cfg, model, *args, **kwargs)
+
+    class Recorder(METHODS["we"]):
+        def after_optimizer_step(self, ctx, iteration, epoch):
+            calls.append("train")
+            return super().after_optimizer_step(ctx, iteration, epoch)
+
+        def on_epoch_end(self, ctx, epoch, last):
+            calls.append("hook")
+            return super().on_epoch_end(ctx, epoch, last)
+
+    monkeypatch.setattr(trainer, "evaluate", recording_evaluate)
+    monkeypatch.setitem(METHODS, "we", Recorder)
+    # 64 / 32 = 2 steps an epoch; a high rate so that WE's step changes the weights after epoch 1
+    main(tiny(tmp_path, "epochs=2", "method=we", "limit_train=64", "we_r_hat=0.5", "we_gamma=0.5"))
+    assert calls == ["train", "train", "evaluate", "hook"] * 2
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert sum(rows[0][f"we_{k}"] for k in ("conv_weight", "conv_bias", "bn_weight", "bn_bias")) > 0
+    saved = torch.load(tmp_path / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(saved[k], v) for k, v in evaluated[-1].items())  # no WE step after the last evaluation
+
+
+def test_last_pt_is_never_half_written(tmp_path: Path, monkeypatch):
+    """A crash while writing epoch 2's checkpoint leaves epoch 1's, whole, and no stray file."""
+    save, calls = torch.save, []
+
+    def failing_save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            f.write(b"\x80\x02 half a checkpoint")
+            raise OSError("disk full")
+        return save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        main(tiny(tmp_path, "epochs=2", "limit_train=64"))
+    monkeypatch.setattr(torch, "save", save)
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["epoch"] == 1
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "failed"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "last.pt", "metrics.csv", "metrics.jsonl",
+                                                          "result.json"]
+
+
+def test_fg1_resumes_exactly(tmp_path: Path, monkeypatch):
+    """FG-1 cut after epoch 3 (its grafting state in the checkpoint) and resumed ends as the
+    uninterrupted run, epoch 4's grafting included: model, optimizer, method state and metrics."""
+    args = ["epochs=5", "method=fg", "fg_n=1", "limit_train=64"]
+    main(tiny(tmp_path / "ref", *args))
+    fg = METHODS["fg"]
+    monkeypatch.setitem(METHODS, "fg", crashing(fg, 3))
+    with pytest.raises(Crash):
+        main(tiny(tmp_path / "cut", *args))
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["epoch"] == 3
+    monkeypatch.setitem(METHODS, "fg", fg)
+    assert main(tiny(tmp_path / "cut", *args))["status"] == "complete"
+    a = torch.load(tmp_path / "ref" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
+    assert_same_tree({k: a[k] for k in ("model", "optimizer", "scheduler", "method")},
+                     {k: b[k] for k in ("model", "optimizer", "scheduler", "method")})
+    strip = lambda h: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in h]
+    assert strip(a["history"]) == strip(b["history"])
+
+
+def assert_same_tree(a, b, where: str = "") -> None:
+    """Nested state equal, tensors bitwise."""
+    assert type(a) is type(b), where
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same_tree(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tree(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_bar_only_on_a_terminal(tmp_path: Path, terminal: bool):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    cmd = [sys.executable, "-m", "we.train", *TINY, "limit_train=64", "epochs=1", "progress=auto", f"out={tmp_path}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if terminal:  # stdout and stderr on a pseudo-terminal
+        leader, follower = pty.openpty()
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # 80 columns, as a terminal has
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower)
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal closed
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(leader)
+        output = b"".join(chunks).decode(errors="replace")
+        assert proc.wait() == 0
+    else:
+        output = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=True).stderr
+    assert ("epoch 1/1:" in output and ("it/s" in output or "s/it" in output)) == terminal, output[-2000:]

@@ -186,12 +186,16 @@ def run_local(queue_path: str | Path) -> int:
     env = dict(os.environ)
     if not gpus and concurrency > 1:  # share the CPU cores between the concurrent cells
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // concurrency)))
-    failures = 0
+    failures, waiting = 0, False
     while pending or running:
         while pending:
             slot = free_slot()
             if slot is None:
+                if not waiting:  # every slot is held, by this runner's cells or by another runner's
+                    print(f"{now_iso()} waiting for a free slot ({concurrency} in {slots_dir})", flush=True)
+                waiting = True
                 break
+            waiting = False
             index, cell = pending.pop(0)
             child_env = dict(env)
             if gpus:

@@ -267,6 +267,7 @@ class FGMethod(Method):
         metrics: dict[str, float] = {}
         seen = max(self._seen, 1)
         for i, (net, fnet, optimizer) in enumerate(zip(self.nets, self.fnets, self.optimizers), start=1):
+            ctx.dist.broadcast_module(net)  # rank 0's BatchNorm running statistics: the same evaluation everywhere
             ev = ctx.evaluate(net, fnet)  # pre-grafting, as network 0
             net.train()
             metrics.update({f"fg_net{i}_lr": optimizer.param_groups[0]["lr"],
