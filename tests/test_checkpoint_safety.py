@@ -135,7 +135,7 @@ METHOD_STATES = {  # config, and what the method state must hold after the run (
     "baseline": (["method=baseline"], lambda s: s == {}),
     "we_official": (["method=we", "we_variant=official", "recipe=official"],
                     lambda s: s["variant"] == "official" and s["official"]["counters"]),
-    "fg1": (["method=fg", "fg_n=1"], lambda s: isinstance(s["previous"], dict) and s["previous"]),
+    "fg1": (["method=fg", "fg_n=1"], lambda s: s["nets"] == [] and s["optimizers"] == []),  # one network: the model
     "rl_before_snapshot": (["method=rl", "rl_warmup=5"], lambda s: s["past"] is None),
 }
 

@@ -38,11 +38,11 @@ def _git(*args: str) -> str | None:
 def provenance(device: torch.device) -> dict[str, Any]:
     """Git commit (in a checkout), package version, library versions and hardware of this process,
     for result.json."""
-    versions = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__,
+    versions = {"python": sys.version.split()[0], "torch": str(torch.__version__), "numpy": np.__version__,
                 "we-repro": package_version()}
     for name in ("torchvision", "timm", "submitit", "pandas"):
         try:
-            versions[name] = __import__(name).__version__
+            versions[name] = str(__import__(name).__version__)  # plain str (torch's is a TorchVersion)
         except ImportError:
             pass
     status = _git("status", "--porcelain", "--untracked-files=no")
