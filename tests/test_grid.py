@@ -174,7 +174,7 @@ def test_run_folder_is_key_plus_config_hash(tmp_path: Path):
 
 
 # where and how a run executes, not what it computes (written out here, not read from the code)
-WHERE_AND_HOW = {"out", "device", "data_dir", "download", "workers", "progress", "dist_backend", "recipe"}
+WHERE_AND_HOW = {"out", "device", "data_dir", "download", "workers", "progress", "dist_backend", "loggers", "recipe"}
 
 
 def test_hash_ignores_only_where_and_how_a_run_executes():

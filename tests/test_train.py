@@ -230,12 +230,12 @@ def test_train_evaluate_then_hook_and_the_saved_model_is_the_evaluated_one(tmp_p
 
 
 def test_last_pt_is_never_half_written(tmp_path: Path, monkeypatch):
-    """A crash while writing epoch 2's checkpoint leaves epoch 1's, whole, and no stray file."""
-    save, calls = torch.save, []
+    """A crash while writing epoch 2's last.pt leaves epoch 1's, whole, and no stray file but the
+    staged best of epoch 2, which the resumed run drops."""
+    save = torch.save
 
     def failing_save(obj, f, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
+        if isinstance(obj, dict) and obj.get("epoch") == 2 and "optimizer" in obj:  # epoch 2's last.pt
             f.write(b"\x80\x02 half a checkpoint")
             raise OSError("disk full")
         return save(obj, f, *args, **kwargs)
@@ -244,10 +244,15 @@ def test_last_pt_is_never_half_written(tmp_path: Path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         main(tiny(tmp_path, "epochs=2", "limit_train=64"))
     monkeypatch.setattr(torch, "save", save)
-    assert torch.load(tmp_path / "last.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 1
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "failed"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "last.pt", "metrics.csv", "metrics.jsonl",
-                                                          "result.json"]
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert set(files) - {".best-epoch2.pt"} == {"best.pt", "config.yaml", "last.pt", "metrics.csv",
+                                                 "metrics.jsonl", "result.json"}, files
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 1
+    main(tiny(tmp_path, "epochs=2", "limit_train=64"))  # resumes from epoch 1
+    assert not (tmp_path / ".best-epoch2.pt").exists()
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 2
 
 
 def test_fg1_resumes_exactly(tmp_path: Path, monkeypatch):
