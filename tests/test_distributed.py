@@ -24,6 +24,7 @@ from we.train import distributed
 from we.train.config import ConfigError
 from we.train.pipeline import build_data, shard_positions
 from we.train.trainer import TIMING_KEYS
+from tree_utils import assert_same_tree  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER = REPO / "tests" / "ddp_worker.py"
@@ -78,23 +79,6 @@ def assert_same_state(a: dict, b: dict) -> None:
 
 def load_probe(probe: Path, rank: int) -> dict:
     return torch.load(probe / f"rank{rank}.pt", weights_only=True)
-
-
-def assert_same_tree(a, b, where: str = "method") -> None:
-    """Nested state (dicts, lists, tensors, numbers) equal, tensors bitwise."""
-    assert type(a) is type(b), where
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            assert_same_tree(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_tree(x, y, f"{where}[{i}]")
-    elif isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    else:
-        assert a == b, where
 
 
 def assert_ranks_agree(probe: Path, history: list[dict]) -> list[dict]:

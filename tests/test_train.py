@@ -15,6 +15,7 @@ from we.train.config import ConfigError, load_config
 from we.methods import METHODS, Method
 from we.train import cli, main
 from we.train.trainer import TIMING_KEYS
+from tree_utils import assert_same_tree  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["dataset=digits", "model=resnet20", "limit_train=128", "batch_size=32", "workers=0", "progress=plain"]
@@ -264,32 +265,15 @@ def test_fg1_resumes_exactly(tmp_path: Path, monkeypatch):
     monkeypatch.setitem(METHODS, "fg", crashing(fg, 3))
     with pytest.raises(Crash):
         main(tiny(tmp_path / "cut", *args))
-    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["epoch"] == 3
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 3
     monkeypatch.setitem(METHODS, "fg", fg)
     assert main(tiny(tmp_path / "cut", *args))["status"] == "complete"
-    a = torch.load(tmp_path / "ref" / "last.pt", weights_only=False)
-    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
+    a = torch.load(tmp_path / "ref" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     assert_same_tree({k: a[k] for k in ("model", "optimizer", "scheduler", "method")},
                      {k: b[k] for k in ("model", "optimizer", "scheduler", "method")})
     strip = lambda h: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in h]
     assert strip(a["history"]) == strip(b["history"])
-
-
-def assert_same_tree(a, b, where: str = "") -> None:
-    """Nested state equal, tensors bitwise."""
-    assert type(a) is type(b), where
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            assert_same_tree(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_tree(x, y, f"{where}[{i}]")
-    elif isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    else:
-        assert a == b, where
 
 
 @pytest.mark.parametrize("terminal", [True, False])

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from we.errors import DatasetNotFoundError
+from we.train.arrays import ArrayImageDataset
 from we.train.mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
 __all__ = ["DATASETS", "NORMALIZATIONS", "DATA_PATHS", "TRAIN_IMAGES", "DatasetInfo", "DatasetNotFoundError",
@@ -164,27 +165,14 @@ def load_digits_uint8(train: bool) -> tuple[np.ndarray, np.ndarray]:
     return (xtr, ytr) if train else (xte, yte)
 
 
-class DigitsDataset(torch.utils.data.Dataset):
+class DigitsDataset(ArrayImageDataset):
     """scikit-learn's 8x8 digits as 32x32 RGB images, CIFAR-like interface."""
 
     classes = [str(i) for i in range(10)]
 
     def __init__(self, train: bool, transform: Optional[Callable] = None) -> None:
         self.train = train
-        self.transform = transform
-        self.data, targets = load_digits_uint8(train)
-        self.targets = targets.tolist()
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int):
-        from PIL import Image
-
-        img = Image.fromarray(self.data[index])
-        if self.transform is not None:
-            img = self.transform(img)
-        return img, self.targets[index]
+        super().__init__(*load_digits_uint8(train), transform)
 
 
 def _load_cifar(name: str, root: str, train: bool, download: bool):

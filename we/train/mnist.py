@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 
 from we.errors import DatasetNotFoundError
+from we.train.arrays import ArrayImageDataset
 
 __all__ = ["FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "FASHION_MNIST_SYSTEM_DIR", "FashionMNISTDataset",
            "fashion_mnist_raw_folder", "load_fashion_mnist_uint8"]
@@ -103,7 +103,7 @@ def load_fashion_mnist_uint8(train: bool, data_dir: str | os.PathLike = "data",
     return _arrays(fashion_mnist_raw_folder(data_dir, download), bool(train))
 
 
-class FashionMNISTDataset(torch.utils.data.Dataset):
+class FashionMNISTDataset(ArrayImageDataset):
     """Fashion-MNIST as 32x32 RGB images, CIFAR-like interface (``.data`` NHWC uint8, ``.targets``)."""
 
     classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -112,17 +112,4 @@ class FashionMNISTDataset(torch.utils.data.Dataset):
     def __init__(self, data_dir: str | os.PathLike, train: bool, download: bool = True,
                  transform: Optional[Callable] = None) -> None:
         self.train = train
-        self.transform = transform
-        self.data, targets = load_fashion_mnist_uint8(train, data_dir, download)
-        self.targets = targets.tolist()
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int):
-        from PIL import Image
-
-        img = Image.fromarray(self.data[index])
-        if self.transform is not None:
-            img = self.transform(img)
-        return img, self.targets[index]
+        super().__init__(*load_fashion_mnist_uint8(train, data_dir, download), transform)
