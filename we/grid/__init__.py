@@ -10,7 +10,7 @@ the grid lock), slurm and local (the executors), worker (the processes they star
 from we.grid.cli import main, plan, status, submit, wait
 from we.grid.cost import DEFAULT_IMAGES_PER_S, Throughput, gpu_hours, load_throughput
 from we.grid.identity import (DEFAULT_RUNS_ROOT, Cell, CellSpec, config_hash, expand, identity, parse_sets,
-                              resolve_cells, result_neutral_keys, runs_root)
+                              resolve_cells, runs_root)
 from we.grid.prepare import prepare_data
 from we.grid.local import LocalExecutor
 from we.grid.profiles import Profile, load_profile
@@ -23,7 +23,7 @@ from we.grid.state import (CellState, adopt_twin, assess, cell_state, check_writ
 __all__ = [
     "main", "plan", "status", "submit", "wait", "DEFAULT_IMAGES_PER_S", "Throughput", "gpu_hours", "load_throughput",
     "DEFAULT_RUNS_ROOT", "Cell", "CellSpec", "config_hash", "expand", "identity", "parse_sets", "resolve_cells",
-    "result_neutral_keys", "LocalExecutor", "Profile", "load_profile", "read_cell_file", "GRID_DIR", "Grid",
+    "LocalExecutor", "Profile", "load_profile", "read_cell_file", "GRID_DIR", "Grid",
     "MethodEntry", "display_path", "find_grid_file", "load_grid", "SlurmExecutor", "pack_cells", "CellState",
     "adopt_twin", "assess", "check_writable", "write_cell", "write_grid_file", "runs_root", "prepare_data",
     "cell_state", "run_states",

@@ -42,11 +42,6 @@ def runs_root(option: str | Path | None = None) -> tuple[Path, str]:
     return DEFAULT_RUNS_ROOT, "default: the checkout's results/runs; --runs-root or $WE_RUNS_ROOT change it"
 
 
-def result_neutral_keys() -> tuple[str, ...]:
-    """Config keys that say where or how a run executes, not what it computes (the trainer's list)."""
-    return tuple(RESULT_NEUTRAL_KEYS)
-
-
 @dataclass
 class CellSpec:
     """An expanded, not yet resolved cell: its labels and the config keys it sets (with origins)."""
@@ -141,7 +136,7 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
     run of the old behaviour is never taken for the new one."""
     method = METHODS.get(config.get("method", "baseline"))
     defaults = {**to_dict(Config()), **(method.identity_defaults if method else {})}
-    neutral = set(result_neutral_keys()) | {"recipe"}
+    neutral = set(RESULT_NEUTRAL_KEYS) | {"recipe"}
     unused = {k for m, plugin in METHODS.items() if m != config.get("method") for k in plugin.keys}
     return {**{k: v for k, v in config.items()
                if k not in neutral and k not in unused and (k not in defaults or v != defaults[k])},
