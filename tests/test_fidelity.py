@@ -134,3 +134,70 @@ def test_the_trainer_builds_the_model_with_the_options(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="built"):
         trainer.main(cfg)
     assert calls and calls[0]["init"] == "authors" and calls[0]["arch"] == "authors"
+
+
+# ---- Tables 5-7 -official: the paper's full WE under the authors' recipe is the ablations' reference --
+@pytest.mark.parametrize("table, ablations", [("table5-official", ["we_global_only", "we_local_only"]),
+                                              ("table6-official", ["we_reverse_matching"]),
+                                              ("table7-official", ["filter_level_gl"])])
+def test_official_ablation_tables_hold_the_paper_step_reference(tmp_path, table, ablations):
+    from we.grid import load_grid, resolve_cells
+
+    cells = {(c.labels["model"], c.labels["method"]): c.config for c in resolve_cells(load_grid(table), tmp_path)
+             if c.labels["seed"] == 0}
+    for model in ("mobilenetv1", "shufflenetv1"):
+        ref, authors = cells[(model, "we_paper_step")], cells[(model, "we")]
+        assert ref["we_variant"] == "paper" and authors["we_variant"] == "official"
+        for label in ablations:  # the same step, recipe and model as the reference, one switch apart
+            ablated = cells[(model, label)]
+            differing = {k for k in ref if k not in ("out",) and ref[k] != ablated[k]}
+            assert len(differing) == 1 and differing <= {"we_selection", "we_matching", "we_level"}
+
+
+def _layout(rows: dict[str, float], grid: str):
+    import pandas as pd
+
+    from we.report.paper_layout import paper_layout
+
+    df = pd.DataFrame([{"dataset": "cifar100", "model": "mobilenetv1", "method": m, "n": 5, "final_top1_mean": v,
+                        "final_top1_std": 0.1, "paper_top1": float("nan")} for m, v in rows.items()])
+    return paper_layout(df, grid)
+
+
+def test_paper_layout_takes_each_ablation_against_its_reference_row():
+    from we.report.paper_layout import layout_latex, layout_markdown
+
+    official = _layout({"baseline": 68.0, "we_global_only": 69.0, "we_paper_step": 70.5, "we": 71.0}, "table5-official")
+    assert official.rows == ["Baseline", "WE-G", "WE (paper's step)", "WE"]
+    assert official.references == {"WE-G": "WE (paper's step)"}
+    assert official.reference_diff("WE-G", 0) == pytest.approx(-1.5)  # against the paper's step, not the authors' WE
+    md = layout_markdown(official)
+    assert "| against |" in md and "Δ ref" in md and "| WE-G | WE (paper's step) |" in md and "−1.50" in md
+    assert r"\begin{tabular}{llrrrr}" in layout_latex(official)
+    paper = _layout({"baseline": 68.0, "we_global_only": 69.0, "we": 71.0}, "table5")
+    assert paper.references == {"WE-G": "WE"} and paper.reference_diff("WE-G", 0) == pytest.approx(-2.0)
+    plain = _layout({"baseline": 68.0, "we": 71.0}, "table1")
+    assert not plain.references and "against" not in layout_markdown(plain)
+
+
+# ---- figure twins ----------------------------------------------------------------------------------
+def test_figure_twins_reuse_the_official_tables_runs(tmp_path):
+    from we.grid import load_grid, resolve_cells
+
+    table2 = {c.config_hash for c in resolve_cells(load_grid("table2-official"), tmp_path)}
+    for grid in ("figure2-official", "figure5-official"):
+        cells = resolve_cells(load_grid(grid), tmp_path)
+        assert cells and {c.config_hash for c in cells} <= table2
+    assert not load_grid("figure3-official").train
+
+
+def test_figure3_official_draws_the_authors_per_pool_rates(tmp_path):
+    from we.core import FLAVOURS, stage_rate
+    from we.report.figures import OFFICIAL_POOLS, figure_selection_rate_official
+
+    paths = figure_selection_rate_official(tmp_path)
+    assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
+    h = FLAVOURS["cifar"]
+    rate = lambda e: stage_rate(e, h["radio_conv"], divisors=h["divisors"], eta=h["eta"], milestones=h["milestones"])
+    assert rate(130) == pytest.approx(0.2 / 5 * (1 / (1 + 2.718281828 ** (-10 / 15))), rel=1e-6)  # third stage: /5
+    assert set(OFFICIAL_POOLS.values()) == {"radio_conv", "radio_bn", "radio_bias"}
