@@ -40,11 +40,16 @@ PINNED = [
 ]
 
 
+def shipped_cell(grid: str, key: str, root, sets=None):
+    """The cell `key` of the shipped grid `grid`, resolved under `root` (with `sets` applied to every cell)."""
+    return {c.key: c for c in resolve_cells(load_grid(grid), root, sets)}[key]
+
+
 @pytest.mark.parametrize("grid, key, digest", PINNED)
 def test_run_folder_hashes_are_pinned(tmp_path, grid, key, digest):
-    cells = {c.key: c for c in resolve_cells(load_grid(grid), tmp_path)}
-    assert cells[key].config_hash == digest
-    assert cells[key].run_dir.name == f"{key}-{digest}"
+    cell = shipped_cell(grid, key, tmp_path)
+    assert cell.config_hash == digest
+    assert cell.run_dir.name == f"{key}-{digest}"
 
 
 # Hashes of cells whose method changed its results (issue 12), as they were before: their runs must move.
@@ -69,10 +74,9 @@ AUTHORS_MODELS = [
 
 @pytest.mark.parametrize("grid, key, digest", AUTHORS_MODELS)
 def test_authors_model_files_move_only_their_cells(tmp_path, grid, key, digest):
-    cell = {c.key: c for c in resolve_cells(load_grid(grid), tmp_path)}[key]
+    cell = shipped_cell(grid, key, tmp_path)
     assert cell.config_hash != digest and cell.config["model_init"] == "authors"
-    zoo = {c.key: c for c in resolve_cells(load_grid(grid), tmp_path, sets={"model_init": "zoo", "model_arch": "zoo"})}
-    assert zoo[key].config_hash == digest
+    assert shipped_cell(grid, key, tmp_path, {"model_init": "zoo", "model_arch": "zoo"}).config_hash == digest
 
 
 @pytest.mark.parametrize("grid, key, digest, method", CHANGED)
