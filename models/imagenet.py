@@ -104,16 +104,21 @@ def resnet34(num_classes: int = 1000) -> nn.Module:
     return tv_resnet34(weights=None, num_classes=num_classes)
 
 
+def check_mobilenetv2_050(init: str = "zoo", arch: str = "zoo") -> None:
+    """ValueError unless `init` and `arch` go together (the authors' network has their init only)."""
+    check_init(init)
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    if arch == "authors" and init != "authors":
+        raise ValueError("arch 'authors' comes with the authors' initialisation only: set init 'authors'")
+
+
 @register_model("imagenet")
 def mobilenetv2_050(num_classes: int = 1000, init: str = "zoo", arch: str = "zoo") -> nn.Module:
     """MobileNetV2 with width multiplier 0.5, randomly initialised: timm's (``arch`` zoo, with timm's
     init or, ``init`` authors, the authors') or the authors' network (``arch`` authors, their init)."""
-    check_init(init)
-    if arch not in ARCHS:
-        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    check_mobilenetv2_050(init, arch)
     if arch == "authors":
-        if init != "authors":
-            raise ValueError("arch 'authors' comes with the authors' initialisation only: set init 'authors'")
         return MobileNetV2Authors(0.5, num_classes)
     import timm
 
@@ -121,3 +126,6 @@ def mobilenetv2_050(num_classes: int = 1000, init: str = "zoo", arch: str = "zoo
     if init == "authors":
         init_authors_imagenet(model)
     return model
+
+
+mobilenetv2_050.check_options = check_mobilenetv2_050  # checked before anything is built (models.check_options)

@@ -417,3 +417,9 @@ def test_every_row_with_a_key_has_a_test():
     names = [n for n in globals() if n.startswith("test_")]
     missing = [row for row in keyed if not any(re.search(rf"_{row}(_|$)", n) for n in names)]
     assert keyed and not missing, missing
+
+
+def test_m7_m8_the_authors_mobilenetv2_without_their_init_is_refused_before_building():
+    with pytest.raises(ConfigError, match="config key 'model_arch'.*init 'authors'"):
+        load_config(None, ["dataset=imagenet", "model=mobilenetv2_050", "recipe=official", "model_init=zoo"])
+    assert load_config(None, ["dataset=imagenet", "model=mobilenetv2_050", "model_init=authors"]).model_arch == "zoo"

@@ -295,6 +295,11 @@ def _check_model_options(cfg: Config) -> None:
         if getattr(cfg, key) == "authors" and not _takes(cfg.model, option):
             raise ConfigError(f"config key '{key}': model {cfg.model!r} has no authors' variant of its {option} "
                               "(its zoo one is theirs, or their code has no such model); use zoo")
+    if models.is_zoo(cfg.model):
+        try:
+            models.check_options(cfg.model, **model_options(cfg))
+        except ValueError as err:
+            raise ConfigError(f"config key 'model_arch': {cfg.model}: {err}") from None
 
 
 def validate_choices(cfg: Config) -> None:
