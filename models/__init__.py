@@ -15,7 +15,8 @@ The CIFAR models are written here; the ImageNet ones come from torchvision and t
 pretrained weights). This package does not depend on ``we``.
 """
 from models import cifar_resnet, densenet, imagenet, mobilenet, shufflenet  # noqa: F401 (registers the zoo)
-from models.registry import ModelInfo, list_models, model_info, register_model
+from models.registry import ModelInfo, check_options, list_models, model_info, model_options, register_model
 from models.spec import check_spec, create, is_zoo
 
-__all__ = ["ModelInfo", "check_spec", "create", "is_zoo", "list_models", "model_info", "register_model"]
+__all__ = ["ModelInfo", "check_options", "check_spec", "create", "is_zoo", "list_models", "model_info", "model_options",
+           "register_model"]

@@ -7,7 +7,10 @@ zero-pads the channels (option A). Counts (CIFAR-10): ResNet-20 269,722, ResNet-
 ResNet-110 1,727,962; each extra block per stage adds 97,216. ``shortcut="B"`` (1x1 conv + BN
 projection on the two down-sampling blocks) adds 2,752, e.g. ResNet-20 272,474.
 
-This module also holds :func:`init_cifar`, the initialisation shared by all CIFAR models.
+This module also holds :func:`init_cifar`, the initialisation shared by all CIFAR models, and
+``INITS``, the ``init`` option of every zoo model that takes one: ``"zoo"`` (:func:`init_cifar`)
+or ``"authors"`` (what the authors' model file does: for these ResNets He-normal conv and Linear
+weights with PyTorch's default Linear bias, their ``_weights_init``, WE_cifar/models/resnet.py:40-44,100).
 """
 from __future__ import annotations
 
@@ -16,6 +19,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.registry import register_model
+
+
+INITS = ("zoo", "authors")
+
+
+def check_init(init: str) -> None:
+    """ValueError unless `init` is one of `INITS`."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
 
 
 def init_cifar(model: nn.Module) -> None:
@@ -32,6 +44,14 @@ def init_cifar(model: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def init_he_weights(model: nn.Module) -> None:
+    """He-normal (fan_in, ReLU gain) Conv2d and Linear weights only; biases and BN keep PyTorch's
+    defaults (the authors' CIFAR ResNet init)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
 
 
 class PadShortcut(nn.Module):
@@ -73,8 +93,9 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32x32 inputs."""
 
-    def __init__(self, depth: int, num_classes: int = 10, shortcut: str = "A") -> None:
+    def __init__(self, depth: int, num_classes: int = 10, shortcut: str = "A", init: str = "zoo") -> None:
         super().__init__()
+        check_init(init)
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
         if shortcut not in ("A", "B"):
@@ -90,7 +111,10 @@ class CifarResNet(nn.Module):
                 cin = cout
         self.layers = nn.Sequential(*blocks)
         self.fc = nn.Linear(64, num_classes)
-        init_cifar(self)
+        if init == "zoo":
+            init_cifar(self)
+        else:
+            init_he_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.layers(F.relu(self.bn1(self.conv1(x))))
@@ -98,30 +122,30 @@ class CifarResNet(nn.Module):
 
 
 @register_model("cifar")
-def resnet20(num_classes: int = 10, shortcut: str = "A") -> CifarResNet:
-    """ResNet-20 (n=3); ``shortcut`` "A" (zero-padding, default) or "B" (projection)."""
-    return CifarResNet(20, num_classes, shortcut)
+def resnet20(num_classes: int = 10, shortcut: str = "A", init: str = "zoo") -> CifarResNet:
+    """ResNet-20 (n=3); ``shortcut`` "A" (zero-padding, default) or "B" (projection); ``init`` zoo or authors."""
+    return CifarResNet(20, num_classes, shortcut, init)
 
 
 @register_model("cifar")
-def resnet32(num_classes: int = 10, shortcut: str = "A") -> CifarResNet:
-    """ResNet-32 (n=5); ``shortcut`` "A" (zero-padding, default) or "B" (projection)."""
-    return CifarResNet(32, num_classes, shortcut)
+def resnet32(num_classes: int = 10, shortcut: str = "A", init: str = "zoo") -> CifarResNet:
+    """ResNet-32 (n=5); ``shortcut`` "A" (zero-padding, default) or "B" (projection); ``init`` zoo or authors."""
+    return CifarResNet(32, num_classes, shortcut, init)
 
 
 @register_model("cifar")
-def resnet44(num_classes: int = 10, shortcut: str = "A") -> CifarResNet:
-    """ResNet-44 (n=7); ``shortcut`` "A" (zero-padding, default) or "B" (projection)."""
-    return CifarResNet(44, num_classes, shortcut)
+def resnet44(num_classes: int = 10, shortcut: str = "A", init: str = "zoo") -> CifarResNet:
+    """ResNet-44 (n=7); ``shortcut`` "A" (zero-padding, default) or "B" (projection); ``init`` zoo or authors."""
+    return CifarResNet(44, num_classes, shortcut, init)
 
 
 @register_model("cifar")
-def resnet56(num_classes: int = 10, shortcut: str = "A") -> CifarResNet:
-    """ResNet-56 (n=9); ``shortcut`` "A" (zero-padding, default) or "B" (projection)."""
-    return CifarResNet(56, num_classes, shortcut)
+def resnet56(num_classes: int = 10, shortcut: str = "A", init: str = "zoo") -> CifarResNet:
+    """ResNet-56 (n=9); ``shortcut`` "A" (zero-padding, default) or "B" (projection); ``init`` zoo or authors."""
+    return CifarResNet(56, num_classes, shortcut, init)
 
 
 @register_model("cifar")
-def resnet110(num_classes: int = 10, shortcut: str = "A") -> CifarResNet:
-    """ResNet-110 (n=18); ``shortcut`` "A" (zero-padding, default) or "B" (projection)."""
-    return CifarResNet(110, num_classes, shortcut)
+def resnet110(num_classes: int = 10, shortcut: str = "A", init: str = "zoo") -> CifarResNet:
+    """ResNet-110 (n=18); ``shortcut`` "A" (zero-padding, default) or "B" (projection); ``init`` zoo or authors."""
+    return CifarResNet(110, num_classes, shortcut, init)

@@ -12,7 +12,9 @@ Every stride-1 block is residual; when its width changes the shortcut is a 1x1 c
 projection. ReLU (not ReLU6) as in that CIFAR code. Counts 2,296,922 / 2,412,212.
 
 All convs are bias-free and followed by BN; depth-wise convs have groups == in_channels.
-Init: :func:`models.cifar_resnet.init_cifar`.
+Init (``init``): ``"zoo"`` :func:`models.cifar_resnet.init_cifar`; ``"authors"`` PyTorch's layer
+defaults, as the authors' files, which have no init code (WE_cifar/models/mobilenet.py,
+mobilenetv2.py).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.registry import register_model
-from models.cifar_resnet import init_cifar
+from models.cifar_resnet import check_init, init_cifar
 
 
 def conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -49,8 +51,9 @@ class MobileNetV1(nn.Module):
         (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
         (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1))
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, init: str = "zoo") -> None:
         super().__init__()
+        check_init(init)
         self.stem = conv_bn(3, 32, 3)
         blocks, cin = [], 32
         for cout, stride in self.CFG:
@@ -58,7 +61,8 @@ class MobileNetV1(nn.Module):
             cin = cout
         self.layers = nn.Sequential(*blocks)
         self.fc = nn.Linear(cin, num_classes)
-        init_cifar(self)
+        if init == "zoo":
+            init_cifar(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.layers(F.relu(self.stem(x)))
@@ -89,8 +93,9 @@ class MobileNetV2(nn.Module):
         (1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2),
         (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, init: str = "zoo") -> None:
         super().__init__()
+        check_init(init)
         self.stem = conv_bn(3, 32, 3)
         blocks, cin = [], 32
         for t, c, n, s in self.CFG:
@@ -100,7 +105,8 @@ class MobileNetV2(nn.Module):
         self.layers = nn.Sequential(*blocks)
         self.head = conv_bn(cin, 1280, 1)
         self.fc = nn.Linear(1280, num_classes)
-        init_cifar(self)
+        if init == "zoo":
+            init_cifar(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.relu(self.head(self.layers(F.relu(self.stem(x)))))
@@ -108,12 +114,13 @@ class MobileNetV2(nn.Module):
 
 
 @register_model("cifar")
-def mobilenetv1(num_classes: int = 10) -> MobileNetV1:
-    """MobileNetV1, CIFAR form (stem stride 1)."""
-    return MobileNetV1(num_classes)
+def mobilenetv1(num_classes: int = 10, init: str = "zoo") -> MobileNetV1:
+    """MobileNetV1, CIFAR form (stem stride 1); ``init`` zoo or authors (PyTorch defaults)."""
+    return MobileNetV1(num_classes, init)
 
 
 @register_model("cifar")
-def mobilenetv2(num_classes: int = 10) -> MobileNetV2:
-    """MobileNetV2, CIFAR form (stem and second stage stride 1, 1x1 projection shortcuts)."""
-    return MobileNetV2(num_classes)
+def mobilenetv2(num_classes: int = 10, init: str = "zoo") -> MobileNetV2:
+    """MobileNetV2, CIFAR form (stem and second stage stride 1, 1x1 projection shortcuts); ``init`` zoo
+    or authors (PyTorch defaults)."""
+    return MobileNetV2(num_classes, init)

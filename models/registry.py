@@ -7,7 +7,7 @@ from typing import Callable, Literal
 
 from torch import nn
 
-__all__ = ["ModelInfo", "create", "list_models", "model_info", "register_model"]
+__all__ = ["ModelInfo", "check_options", "create", "list_models", "model_info", "model_options", "register_model"]
 
 Family = Literal["cifar", "imagenet"]
 _INPUT_SIZE: dict[str, int] = {"cifar": 32, "imagenet": 224}
@@ -61,6 +61,20 @@ def model_info(name: str) -> ModelInfo:
     """The :class:`ModelInfo` of a registered model (ValueError if unknown)."""
     _check_name(name)
     return _INFO[name]
+
+
+def model_options(name: str) -> list[str]:
+    """The keyword options a registered model's factory takes besides num_classes."""
+    _check_name(name)
+    return [p for p in inspect.signature(_FACTORIES[name]).parameters if p != "num_classes"]
+
+
+def check_options(name: str, **kw: object) -> None:
+    """ValueError if a factory's options do not go together (its ``check_options``), without building it."""
+    _check_name(name)
+    check = getattr(_FACTORIES[name], "check_options", None)
+    if check is not None:
+        check(**kw)
 
 
 def create(name: str, num_classes: int = 10, **kw: object) -> nn.Module:

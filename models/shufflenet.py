@@ -12,7 +12,13 @@ As in the authors' script, every conv layer carries a bias (``conv_bias=True``);
 counts are 925,618 / 1,012,108 (CIFAR-10 / -100), the script's. The stem size, the groups of the
 first unit and the bottleneck width were inferred from that count: of 128 combinations tried
 (1x1 or 3x3 stem, 1 or 3 groups there, width // 4 of the stage or of the branch, bias on or off
-per conv kind) this one alone matches it. Init: :func:`models.cifar_resnet.init_cifar`.
+per conv kind) this one alone matches it.
+
+``init``: ``"zoo"`` :func:`models.cifar_resnet.init_cifar`; ``"authors"`` PyTorch's layer defaults
+(non-zero conv biases), as the authors' file, which has no init code (WE_cifar/models/shufflenetv1.py).
+``arch``: ``"zoo"`` as above; ``"authors"`` as their file: no ReLU after the depth-wise conv's BN
+(its ``DepthwiseConv2d`` is conv + BN, lines 50-60; the ShuffleNet paper's Fig. 2 has none either) and
+the stride-2 unit concatenates [pooled input, branch] (``self.fusion(shortcut, shuffled)``, line 153).
 """
 from __future__ import annotations
 
@@ -21,7 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.registry import register_model
-from models.cifar_resnet import init_cifar
+from models.cifar_resnet import check_init, init_cifar
+
+ARCHS = ("zoo", "authors")
 
 
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:
@@ -31,12 +39,13 @@ def channel_shuffle(x: Tensor, groups: int) -> Tensor:
 
 
 class ShuffleUnit(nn.Module):
-    """ShuffleNetV1 unit; stride 2 concatenates the pooled input, stride 1 adds it."""
+    """ShuffleNetV1 unit; stride 2 concatenates the pooled input, stride 1 adds it. ``authors``: no
+    ReLU after the depth-wise BN, and the pooled input first in the concatenation."""
 
-    def __init__(self, cin: int, cout: int, stride: int, groups: int, bias: bool) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, groups: int, bias: bool, authors: bool = False) -> None:
         super().__init__()
         mid = cout // 4
-        self.stride, self.groups = stride, groups
+        self.stride, self.groups, self.authors = stride, groups, authors
         branch = cout - cin if stride == 2 else cout
         self.conv1 = nn.Conv2d(cin, mid, 1, groups=groups, bias=bias)
         self.bn1 = nn.BatchNorm2d(mid)
@@ -47,9 +56,11 @@ class ShuffleUnit(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = channel_shuffle(F.relu(self.bn1(self.conv1(x))), self.groups)
-        out = self.bn3(self.conv3(F.relu(self.bn2(self.conv2(out)))))
+        out = self.bn2(self.conv2(out))
+        out = self.bn3(self.conv3(out if self.authors else F.relu(out)))
         if self.stride == 2:
-            return F.relu(torch.cat([out, F.avg_pool2d(x, 3, 2, 1)], 1))
+            pooled = F.avg_pool2d(x, 3, 2, 1)
+            return F.relu(torch.cat([pooled, out] if self.authors else [out, pooled], 1))
         return F.relu(out + x)
 
 
@@ -57,19 +68,24 @@ class ShuffleNetV1(nn.Module):
     """ShuffleNetV1 for 32x32 inputs."""
 
     def __init__(self, groups: int = 3, widths: tuple[int, ...] = (240, 480, 960),
-                 blocks: tuple[int, ...] = (4, 8, 4), conv_bias: bool = True, num_classes: int = 10) -> None:
+                 blocks: tuple[int, ...] = (4, 8, 4), conv_bias: bool = True, num_classes: int = 10,
+                 init: str = "zoo", arch: str = "zoo") -> None:
         super().__init__()
+        check_init(init)
+        if arch not in ARCHS:
+            raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
         self.conv1 = nn.Conv2d(3, 24, 3, 1, 1, bias=conv_bias)
         self.bn1 = nn.BatchNorm2d(24)
         units: list[nn.Module] = []
         cin = 24
         for width, n in zip(widths, blocks):
             for i in range(n):
-                units.append(ShuffleUnit(cin, width, 2 if i == 0 else 1, groups, conv_bias))
+                units.append(ShuffleUnit(cin, width, 2 if i == 0 else 1, groups, conv_bias, arch == "authors"))
                 cin = width
         self.layers = nn.Sequential(*units)
         self.fc = nn.Linear(cin, num_classes)
-        init_cifar(self)
+        if init == "zoo":
+            init_cifar(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.layers(F.relu(self.bn1(self.conv1(x))))
@@ -77,6 +93,7 @@ class ShuffleNetV1(nn.Module):
 
 
 @register_model("cifar")
-def shufflenetv1(num_classes: int = 10, conv_bias: bool = True) -> ShuffleNetV1:
-    """ShuffleNetV1 g=3, blocks [4, 8, 4]; ``conv_bias=False`` drops the conv biases."""
-    return ShuffleNetV1(3, (240, 480, 960), (4, 8, 4), conv_bias, num_classes)
+def shufflenetv1(num_classes: int = 10, conv_bias: bool = True, init: str = "zoo", arch: str = "zoo") -> ShuffleNetV1:
+    """ShuffleNetV1 g=3, blocks [4, 8, 4]; ``conv_bias=False`` drops the conv biases; ``init`` and ``arch``
+    zoo or authors (see the module doc)."""
+    return ShuffleNetV1(3, (240, 480, 960), (4, 8, 4), conv_bias, num_classes, init, arch)

@@ -27,7 +27,7 @@ PINNED = [
     ("table1", "cifar10-densenet40-baseline-s0", "f80fa26102"),
     ("table1", "cifar10-resnet110-rl-s0", "1f565c01d6"),
     ("table2", "cifar100-shufflenetv1-svb-s0", "9b96e65532"),
-    ("table2-official", "cifar10-mobilenetv1-we-s0", "d882153a44"),
+    ("table1-official", "cifar10-densenet40-we-s0", "17b3cce2b0"),  # the authors' code has no DenseNet-40
     ("table3", "imagenet-resnet34-baseline-s0", "fcc4337efd"),
     ("table3-official", "imagenet-resnet34-we-s0", "63cb21f00b"),
     ("table4", "imagenet-mobilenetv2_050-we-s0", "cbf28991a2"),
@@ -40,11 +40,16 @@ PINNED = [
 ]
 
 
+def shipped_cell(grid: str, key: str, root, sets=None):
+    """The cell `key` of the shipped grid `grid`, resolved under `root` (with `sets` applied to every cell)."""
+    return {c.key: c for c in resolve_cells(load_grid(grid), root, sets)}[key]
+
+
 @pytest.mark.parametrize("grid, key, digest", PINNED)
 def test_run_folder_hashes_are_pinned(tmp_path, grid, key, digest):
-    cells = {c.key: c for c in resolve_cells(load_grid(grid), tmp_path)}
-    assert cells[key].config_hash == digest
-    assert cells[key].run_dir.name == f"{key}-{digest}"
+    cell = shipped_cell(grid, key, tmp_path)
+    assert cell.config_hash == digest
+    assert cell.run_dir.name == f"{key}-{digest}"
 
 
 # Hashes of cells whose method changed its results (issue 12), as they were before: their runs must move.
@@ -55,6 +60,23 @@ CHANGED = [
     ("table3", "imagenet-resnet34-repr-s0", "4b036c6b03", "repr"),
     ("table3", "imagenet-resnet34-oni-s0", "b2bea86a97", "oni"),
 ]
+
+
+# Cells of the -official grids that now train the authors' model files (model_init / model_arch
+# authors), as they were before: their runs must move, and those keys alone moved them.
+AUTHORS_MODELS = [
+    ("table2-official", "cifar10-mobilenetv1-we-s0", "d882153a44"),
+    ("table2-official", "cifar100-shufflenetv1-we-s2", "509419781e"),
+    ("table1-official", "cifar10-resnet56-baseline-s0", "6db9cc2090"),
+    ("table4-official", "imagenet-mobilenetv2_050-baseline-s0", "125ebb7495"),
+]
+
+
+@pytest.mark.parametrize("grid, key, digest", AUTHORS_MODELS)
+def test_authors_model_files_move_only_their_cells(tmp_path, grid, key, digest):
+    cell = shipped_cell(grid, key, tmp_path)
+    assert cell.config_hash != digest and cell.config["model_init"] == "authors"
+    assert shipped_cell(grid, key, tmp_path, {"model_init": "zoo", "model_arch": "zoo"}).config_hash == digest
 
 
 @pytest.mark.parametrize("grid, key, digest, method", CHANGED)

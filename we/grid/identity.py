@@ -22,7 +22,8 @@ from we.errors import ConfigError, InputError
 from we.files import REPO_ROOT
 from we.grid.schema import Grid, MethodEntry, check_config_value, display_path, strip_config_prefix
 from we.methods import METHODS, version_keys
-from we.train.config import RESULT_NEUTRAL_KEYS, Config, make_config, parse_overrides, resolve, to_dict
+from we.train.config import (IDENTITY_DEFAULTS, RESULT_NEUTRAL_KEYS, Config, make_config, parse_overrides, resolve,
+                             to_dict)
 
 # Where run folders go, the same from any working directory: --runs-root, else $WE_RUNS_ROOT, else
 # the checkout's results/runs (`runs_root`).
@@ -131,11 +132,12 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
     methods the run does not use (`we_*` for a baseline, say), without `recipe` (a resolved config
     spells out every value its recipe filled in), so Table 3's baseline and that of its authors'-step
     twin are one run, and without keys at their Config default (so a config key added later with a
-    default leaves every run folder as it was; a method's `identity_defaults` count as defaults);
+    default leaves every run folder as it was; `IDENTITY_DEFAULTS` and a method's `identity_defaults`
+    count as defaults);
     plus `<method>_version` when the run's method has changed its results (version > 1), so a finished
     run of the old behaviour is never taken for the new one."""
     method = METHODS.get(config.get("method", "baseline"))
-    defaults = {**to_dict(Config()), **(method.identity_defaults if method else {})}
+    defaults = {**to_dict(Config()), **IDENTITY_DEFAULTS, **(method.identity_defaults if method else {})}
     neutral = set(RESULT_NEUTRAL_KEYS) | {"recipe"}
     unused = {k for m, plugin in METHODS.items() if m != config.get("method") for k in plugin.keys}
     return {**{k: v for k, v in config.items()

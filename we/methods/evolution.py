@@ -61,6 +61,8 @@ class WEMethod(Method):
     presets = {
         "we": Preset(paper="WE"),
         "we_official": Preset({"we_variant": "official", "recipe": "official"}, "WE (authors' script)"),
+        # the paper's full step where a grid's WE is the authors' (Tables 5-7 -official: the ablations' reference)
+        "we_paper_step": Preset({"we_variant": "paper"}, "WE (paper's step)"),
         "we_global_only": Preset({"we_selection": "global"}, "WE-G"),  # Table 5
         "we_local_only": Preset({"we_selection": "local"}, "WE-L"),  # Table 5
         "we_reverse_matching": Preset({"we_matching": "reverse"}, "WE-RM"),  # Table 6

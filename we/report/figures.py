@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 import models
-from we.core import FLAVOURS, PAPER_DEFAULTS, selection_rate
+from we.core import FLAVOURS, PAPER_DEFAULTS, selection_rate, stage_rate
 from we.errors import CheckpointError
 from we.report.runs import (ALPHA_LABEL, BASELINE, CORE_LABELS, DATASET_ORDER, Run, _finite, _hashable,
                             _method_sort_key, _read_run, _stats, load_runs, read_metrics)
@@ -183,6 +183,39 @@ def figure_selection_rate(out_dir: Path) -> list[Path]:
     return _save(fig, out_dir, "fig3-selection-rate", title)
 
 
+# The authors' scripts' rate bases per pool (their radio_conv, radio_bn, radio_bias).
+OFFICIAL_POOLS = {"conv": "radio_conv", "BN weight": "radio_bn", "BN bias": "radio_bias"}
+
+
+def figure_selection_rate_official(out_dir: Path) -> list[Path]:
+    """Figure 3 as the authors' scripts set it: one rate per pool (conv, BN weight, BN bias), stage
+    divisors 1, 2.5, 5 (CIFAR, StepLR(60): the paper's step would see a fourth stage at 180, dashed)
+    and 1, 2, 4 (ImageNet)."""
+    settings = [("authors' CIFAR script (200 epochs)", 200, FLAVOURS["cifar"]),
+                ("authors' ImageNet script (90 epochs)", 90, FLAVOURS["imagenet"])]
+    fig, axes = _new_figure(2)
+    for ax, (title, epochs, h) in zip(axes, settings):
+        e = np.arange(epochs)
+        for pool, key in OFFICIAL_POOLS.items():
+            ax.plot(e, [stage_rate(int(i), h[key], divisors=h["divisors"], eta=h["eta"], milestones=h["milestones"])
+                        for i in e], lw=1.5, label=f"{pool} ({key}={h[key]:g})")
+        if epochs == 200:  # Eq. 2 with the stages of StepLR(60): 60, 120 and 180
+            s = {**SETTINGS_CIFAR, "milestones": (60, 120, 180)}
+            ax.plot(e, [selection_rate(int(i), r_hat=s["r_hat"], beta=s["beta"], eta=s["eta"],
+                                       milestones=s["milestones"]) for i in e], "k--", lw=1.0,
+                    label="paper's r(e) under StepLR(60)")
+        for m in h["milestones"]:
+            ax.axvline(m, color="0.6", ls=":", lw=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("selection rate")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    title = "Global selection rates of the authors' scripts"
+    fig.suptitle(title)
+    return _save(fig, out_dir, "fig3-selection-rate-official", title)
+
+
 def average_l1_norms(state_dict: dict[str, Any]) -> list[tuple[str, float]]:
     """Per Conv2d weight (4-D tensor): mean over filters of sum|w| / weight.shape[1] (Eq. 1)."""
     out = []
@@ -194,11 +227,14 @@ def average_l1_norms(state_dict: dict[str, Any]) -> list[tuple[str, float]]:
 
 
 def _find_trained_checkpoint(runs_root: Path, dataset: str, model: str) -> Optional[Path]:
-    """A complete run's last.pt for (dataset, model): baseline preferred, then the most epochs."""
+    """A complete run's last.pt for (dataset, model) under `runs_root`, outside its -official grids:
+    baseline preferred, then the most epochs."""
     candidates = []
     if not Path(runs_root).is_dir():
         return None
     for ckpt in Path(runs_root).rglob("last.pt"):
+        if any(part.endswith("-official") for part in ckpt.relative_to(runs_root).parts):
+            continue  # the authors' recipe and model files: their own figure (figure2-official)
         run = _read_run(ckpt.parent)
         if run.status != "complete":
             continue
@@ -224,9 +260,10 @@ def _load_state_dict(path: Path) -> Optional[dict[str, Any]]:
 
 
 def figure_l1_norms(runs_root: Path, out_dir: Path, dataset: str = "cifar10", model: str = "mobilenetv2",
-                    num_classes: int = 10) -> list[Path]:
-    """Figure 2: mean average l1 norm per conv layer, from a trained checkpoint when one exists,
-    else at initialisation (seed 0), said so in the title."""
+                    num_classes: int = 10, tag: str = "") -> list[Path]:
+    """Figure 2: mean average l1 norm per conv layer, from a trained checkpoint under `runs_root` when
+    one exists, else at initialisation (seed 0), said so in the title; `tag` (a grid name) ends the
+    file name."""
     state, source = None, ""
     ckpt = _find_trained_checkpoint(Path(runs_root), dataset, model)
     if ckpt is not None:
@@ -246,7 +283,7 @@ def figure_l1_norms(runs_root: Path, out_dir: Path, dataset: str = "cifar10", mo
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(f"{model} on {dataset}, {source}", fontsize=9)
     fig.suptitle("Mean values of the average ℓ1 norm (Eq. 1) per layer")
-    return _save(fig, out_dir, f"fig2-l1-norms-{model}-{dataset}",
+    return _save(fig, out_dir, f"fig2-l1-norms-{model}-{dataset}" + (f"-{_safe(tag)}" if tag else ""),
                  f"Mean average l1 norm per layer, {model} on {dataset}, {source}")
 
 
@@ -288,7 +325,8 @@ def figure_alpha(grid_name: str, runs: list[Run], out_dir: Path) -> list[Path]:
 
 
 def make_figures(runs_root: Path = Path("results/runs"), out_dir: Path = Path("results")) -> list[Path]:
-    """Every figure there is data for: Figures 5 and 6 per grid, Figures 2 and 3 always.
+    """Every figure there is data for: Figures 5 and 6 per grid, Figures 2 and 3 always (Figure 2 also
+    from the figure2-official grid's own run, Figure 3 also as the authors' scripts set it).
 
     Figures go to ``out_dir/figures``; returns the paths written.
     """
@@ -299,6 +337,9 @@ def make_figures(runs_root: Path = Path("results/runs"), out_dir: Path = Path("r
         runs = load_runs(grid_dir)
         written += figure_convergence(grid_dir.name, runs, fig_dir)
         written += figure_alpha(grid_dir.name, runs, fig_dir)
+        if grid_dir.name == "figure2-official":  # its run trains the authors' model file
+            written += figure_l1_norms(grid_dir, fig_dir, tag=grid_dir.name)
     written += figure_l1_norms(runs_root, fig_dir)
     written += figure_selection_rate(fig_dir)
+    written += figure_selection_rate_official(fig_dir)
     return written

@@ -4,8 +4,11 @@
 Rows are the methods under their names in the paper (from the method plug-ins, ``we.methods.paper_name``)
 in the paper's order; columns are the models, a block per dataset (top-1 and top-5 for ImageNet). Each
 column holds ours (mean ± std over complete runs, with n when fewer than the paper's 5), the paper's
-number and the difference; the best of each column is bold. The figure draws, for every cell, our
-mean ± std against the paper's number.
+number and the difference; the best of each column is bold. An ablation row (Tables 5-8) also names
+the row its own difference is taken against (column "against") and holds that difference (Δ ref, ours
+minus ours): the full WE with the same step, "WE (paper's step)" where the grid runs one beside the
+authors' WE (Tables 5-7 -official, whose ablations run the paper's step), else "WE". The figure draws,
+for every cell, our mean ± std against the paper's number.
 """
 from __future__ import annotations
 
@@ -28,6 +31,10 @@ MODEL_NAMES = {"resnet20": "ResNet-20", "resnet34": "ResNet-34", "resnet56": "Re
                "densenet40": "DenseNet-40", "mobilenetv1": "MobileNetV1", "mobilenetv2": "MobileNetV2",
                "shufflenetv1": "ShuffleNetV1", "mobilenetv2_050": "MobileNetV2-0.5"}
 MEASURES = {"final": "final-epoch", "best": "best-epoch"}
+# Rows that switch one WE strategy off (Tables 5-8) and the full-WE rows they may be taken against.
+ABLATIONS = ("WE-G", "WE-L", "WE-RM", "Filter-level-GL", "WE without BN", "WE without CONV")
+PAPER_STEP_WE = paper_name("we_paper_step")
+ROW_ORDER = (*PAPER_ROWS[:-1], PAPER_STEP_WE, PAPER_ROWS[-1])  # the reference row just before the WE row
 
 
 @dataclass(frozen=True)
@@ -74,9 +81,15 @@ class PaperLayout:
     rows: list[str]
     columns: list[Column]
     entries: dict[tuple[str, int], Entry] = field(default_factory=dict)  # (row, column index) -> entry
+    references: dict[str, str] = field(default_factory=dict)  # ablation row -> the row it is taken against
 
     def entry(self, row: str, col: int) -> Entry | None:
         return self.entries.get((row, col))
+
+    def reference_diff(self, row: str, col: int) -> float:
+        """Ours minus ours of the row's reference (NaN without one)."""
+        e, ref = self.entry(row, col), self.entry(self.references.get(row, ""), col)
+        return e.mean - ref.mean if e is not None and ref is not None else math.nan
 
     def best(self, col: int, paper: bool = False) -> set[str]:
         """The rows holding the column's highest mean (or the paper's highest number)."""
@@ -87,7 +100,7 @@ class PaperLayout:
 
 
 def _row_rank(name: str, seen: list[str]) -> tuple[int, int]:
-    return (PAPER_ROWS.index(name), 0) if name in PAPER_ROWS else (len(PAPER_ROWS), seen.index(name))
+    return (ROW_ORDER.index(name), 0) if name in ROW_ORDER else (len(ROW_ORDER), seen.index(name))
 
 
 def paper_layout(df: pd.DataFrame, grid_name: str, measure: str = "final") -> PaperLayout:
@@ -109,6 +122,8 @@ def paper_layout(df: pd.DataFrame, grid_name: str, measure: str = "final") -> Pa
             layout.entries[(name, layout.columns.index(col))] = Entry(
                 float(r[f"{measure}_{metric}_mean"]), float(r[f"{measure}_{metric}_std"]), int(r.n),
                 float(r[f"paper_{metric}"]))
+    reference = PAPER_STEP_WE if PAPER_STEP_WE in rows else "WE"
+    layout.references = {row: reference for row in rows if row in ABLATIONS and reference in rows}
     return layout
 
 
@@ -138,25 +153,39 @@ def _cells(layout: PaperLayout, row: str, col: int, pm: str, bold: Any, n_note: 
     paper = _fmt(e.paper)
     if _finite(e.paper) and row in layout.best(col, paper=True):
         paper = bold(paper)
-    return [ours, paper, _fmt(e.diff, sign=True)]
+    return [ours, paper, _fmt(e.diff, sign=True)] + _ref_cells(layout, row, col)
+
+
+def _ref_cells(layout: PaperLayout, row: str, col: int) -> list[str]:
+    return [_fmt(layout.reference_diff(row, col), sign=True)] if layout.references else []
+
+
+def _sub_heads(layout: PaperLayout) -> list[str]:
+    return ["paper", "Δ"] + (["Δ ref"] if layout.references else [])
 
 
 def caption(layout: PaperLayout) -> str:
-    return (f"{MEASURES[layout.measure].capitalize()} test accuracy (%): ours is the mean ± sample std over "
+    text = (f"{MEASURES[layout.measure].capitalize()} test accuracy (%): ours is the mean ± sample std over "
             f"complete runs (n given when fewer than the paper's {PAPER_RUNS}), paper: the number the paper "
             "reports, Δ: ours minus the paper; the best of each column in bold.")
+    if layout.references:
+        text += (" Δ ref: ours minus ours of the row named under 'against' (the full WE with the same step: "
+                 "each ablation's own effect).")
+    return text
 
 
 def layout_markdown(layout: PaperLayout) -> str:
     out = [f"# {layout.grid} in the paper's layout", "", caption(layout), ""]
     if not layout.columns:
         return "\n".join(out + ["No runs to tabulate.", ""])
-    header = ["Method"] + [h for c in layout.columns for h in (c.title, "paper", "Δ")]
+    against = ["against"] if layout.references else []
+    header = ["Method", *against] + [h for c in layout.columns for h in (c.title, *_sub_heads(layout))]
     out.append("| " + " | ".join(header) + " |")
-    out.append("|---|" + "---:|" * (len(header) - 1))
+    out.append("|---|" + "---|" * len(against) + "---:|" * (len(header) - 1 - len(against)))
     for row in layout.rows:
-        cells = [row] + [x for i in range(len(layout.columns))
-                         for x in _cells(layout, row, i, " ± ", lambda s: f"**{s}**", lambda n: f" (n={n})")]
+        cells = [row] + [layout.references.get(row, "") for _ in against] + [
+            x for i in range(len(layout.columns))
+            for x in _cells(layout, row, i, " ± ", lambda s: f"**{s}**", lambda n: f" (n={n})")]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
@@ -165,12 +194,12 @@ def _tex(s: str) -> str:
     return s.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("−", "$-$").replace("–", "--")
 
 
-def _spans(labels: list[str], width: int) -> list[tuple[str, int, int]]:
+def _spans(labels: list[str], width: int, lead: int = 1) -> list[tuple[str, int, int]]:
     """(label, first, last) 1-based table columns of consecutive equal labels, each `width` wide, after
-    the method column."""
+    the `lead` columns (the method column, and "against" where there is one)."""
     spans: list[tuple[str, int, int]] = []
     for i, label in enumerate(labels):
-        first = 2 + i * width
+        first = lead + 1 + i * width
         if spans and spans[-1][0] == label:
             spans[-1] = (label, spans[-1][1], first + width - 1)
         else:
@@ -179,20 +208,24 @@ def _spans(labels: list[str], width: int) -> list[tuple[str, int, int]]:
 
 
 def layout_latex(layout: PaperLayout) -> str:
-    """A booktabs tabular: a header row of datasets, one of models, one of ours / paper / Δ."""
+    """A booktabs tabular: a header row of datasets, one of models, one of ours / paper / Δ (/ Δ ref)."""
     if not layout.columns:
         return f"% {layout.grid}: no runs to tabulate\n"
+    width, lead = 1 + len(_sub_heads(layout)), 2 if layout.references else 1
     lines = [f"% {layout.grid}: " + _tex(caption(layout)).replace("±", r"$\pm$").replace("Δ", r"$\Delta$"),
-             r"\begin{tabular}{l" + "rrr" * len(layout.columns) + "}", r"\toprule"]
+             r"\begin{tabular}{" + "l" * lead + "r" * width * len(layout.columns) + "}", r"\toprule"]
     for labels in ([c.block for c in layout.columns], [c.head for c in layout.columns]):
-        spans = _spans(labels, 3)
-        lines.append(" & ".join([""] + [rf"\multicolumn{{{b - a + 1}}}{{c}}{{{_tex(s)}}}" for s, a, b in spans])
+        spans = _spans(labels, width, lead)
+        lines.append(" & ".join([""] * lead + [rf"\multicolumn{{{b - a + 1}}}{{c}}{{{_tex(s)}}}" for s, a, b in spans])
                      + r" \\")
         lines.append(" ".join(rf"\cmidrule(lr){{{a}-{b}}}" for _, a, b in spans))
-    lines.append("Method & " + " & ".join([r"ours & paper & $\Delta$"] * len(layout.columns)) + r" \\")
+    subs = " & ".join(["ours", *(_tex(h).replace("Δ", r"$\Delta$") for h in _sub_heads(layout))])
+    lines.append(" & ".join(["Method", *(["against"] if layout.references else []), *[subs] * len(layout.columns)])
+                 + r" \\")
     lines.append(r"\midrule")
     for row in layout.rows:
-        cells = [_tex(row)] + [_tex(x) for i in range(len(layout.columns)) for x in _cells(
+        against = [_tex(layout.references.get(row, ""))] if layout.references else []
+        cells = [_tex(row), *against] + [_tex(x) for i in range(len(layout.columns)) for x in _cells(
             layout, row, i, r" $\pm$ ", lambda s: rf"\textbf{{{s}}}", lambda n: f"$^{{n={n}}}$")]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]

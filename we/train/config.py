@@ -23,6 +23,7 @@ from we.train.datasets import DATASETS, NORMALIZATIONS, TRAIN_IMAGES
 from we.train.loggers import LOGGERS, check_loggers
 
 K = ConfigKey
+MODEL_VARIANTS = ("zoo", "authors")
 CORE_KEYS: dict[str, ConfigKey] = {
     # ---- run -------------------------------------------------------------------------------------
     "out": K(str, "results/runs/manual", "run folder: config.yaml, metrics, result.json, last.pt, best.pt"),
@@ -45,6 +46,10 @@ CORE_KEYS: dict[str, ConfigKey] = {
     "model": K(str, "resnet20", "a zoo model (models.list_models()) | timm:<name> | <module>:<callable>"),
     "method": K(str, "baseline", "a registered method (we.methods.METHODS)"),
     "recipe": K(str, "paper", "paper | official (the authors' CIFAR script)", choices=("paper", "official")),
+    "model_init": K(Optional[str], None, "zoo (the zoo's init) | authors (their model file's); None: authors under "
+                    "recipe official where the zoo model has that option, else zoo", choices=MODEL_VARIANTS),
+    "model_arch": K(Optional[str], None, "zoo | authors (their model file's layout: shufflenetv1, mobilenetv2_050); "
+                    "None: the same rule as model_init", choices=MODEL_VARIANTS),
     # ---- optimisation (None: from the recipe) ------------------------------------------------------
     "epochs": K(Optional[int], None, "training epochs", minimum=0, strict=True),
     "batch_size": K(Optional[int], None, "the global batch", minimum=0, strict=True),
@@ -88,6 +93,11 @@ RECIPES[("official", "imagenet")] = dict(RECIPES[("paper", "imagenet")])
 
 IMAGE_SIZES = {"digits": 32, "cifar10": 32, "cifar100": 32, "imagenet": 224, "fashion_mnist": 32}
 MODEL_IMAGE_SIZES = {"mobilenetv2_050": 128}  # paper Table 4: MobileNetV2-0.5 at 128x128
+
+# Config key -> the zoo factory option it sets (models/: `init`, `arch`), passed only when "authors".
+MODEL_OPTIONS = {"model_init": "init", "model_arch": "arch"}
+# Values a run identity leaves out like a default: what every run did before the key existed.
+IDENTITY_DEFAULTS = {"model_init": "zoo", "model_arch": "zoo"}
 
 # Keys that say where or how a run executes, not what it computes: they may differ between an
 # interrupted run and its resumption, and they are not part of a run's identity.
@@ -261,11 +271,35 @@ def resolve(cfg: Config) -> Config:
     if values["image_size"] is None:
         values["image_size"] = MODEL_IMAGE_SIZES.get(cfg.model, IMAGE_SIZES[cfg.dataset]) \
             if family == "imagenet" else IMAGE_SIZES[cfg.dataset]
+    for key, option in MODEL_OPTIONS.items():
+        if values[key] is None:  # the authors' model file under their recipe, where the zoo has one
+            values[key] = "authors" if cfg.recipe == "official" and _takes(cfg.model, option) else "zoo"
     for cls in METHODS.values():
         cls.resolve(values)
     out = Config(**values)
     validate(out)
     return out
+
+
+def _takes(model: str, option: str) -> bool:
+    return models.is_zoo(model) and option in models.model_options(model)
+
+
+def model_options(cfg: Config) -> dict[str, str]:
+    """The zoo factory options (`init`, `arch`) a resolved config asks for (only those not "zoo")."""
+    return {option: getattr(cfg, key) for key, option in MODEL_OPTIONS.items() if getattr(cfg, key) not in (None, "zoo")}
+
+
+def _check_model_options(cfg: Config) -> None:
+    for key, option in MODEL_OPTIONS.items():
+        if getattr(cfg, key) == "authors" and not _takes(cfg.model, option):
+            raise ConfigError(f"config key '{key}': model {cfg.model!r} has no authors' variant of its {option} "
+                              "(its zoo one is theirs, or their code has no such model); use zoo")
+    if models.is_zoo(cfg.model):
+        try:
+            models.check_options(cfg.model, **model_options(cfg))
+        except ValueError as err:
+            raise ConfigError(f"config key 'model_arch': {cfg.model}: {err}") from None
 
 
 def validate_choices(cfg: Config) -> None:
@@ -299,6 +333,7 @@ def validate(cfg: Config) -> None:
         if value < spec.minimum or (spec.strict and value == spec.minimum):
             raise ConfigError(f"config key '{key}': must be {'>' if spec.strict else '>='} {spec.minimum}, "
                               f"got {value!r}")
+    _check_model_options(cfg)
     if not 0 < cfg.lr_gamma <= 1:
         raise ConfigError(f"config key 'lr_gamma': must be in (0, 1], got {cfg.lr_gamma!r}")
     ms = cfg.lr_milestones

@@ -36,7 +36,7 @@ from we.files import write_json, write_text
 from we.methods import Method, TrainContext, create_method, method_version
 from we.train.checkpoint import (convert_trusted_checkpoint, load_checkpoint, promote_best, rng_state,
                                  save_checkpoint, seed_everything, set_rng_state, settle_best, stage_best)
-from we.train.config import RESULT_NEUTRAL_KEYS, Config, config_diff, to_dict
+from we.train.config import RESULT_NEUTRAL_KEYS, Config, config_diff, model_options, to_dict
 from we.train.distributed import SINGLE, DistEnv, setup as setup_distributed, shutdown as shutdown_distributed
 from we.train.interrupt import Interrupted, held
 from we.train.loggers import RunLoggers
@@ -281,7 +281,7 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SIN
         world_size=dist_env.world_size)
     data = data_for_seed(seed=cfg.seed)
     build_model = functools.partial(models.create, cfg.model, num_classes=data.info.num_classes,
-                                    image_size=cfg.image_size)
+                                    image_size=cfg.image_size, **model_options(cfg))
     model = build_model().to(device)
     method = create_method(cfg)
     method.prepare_model(model, cfg)
