@@ -99,7 +99,11 @@ def test_default_num_classes_is_10() -> None:
 @pytest.mark.parametrize("name,kw,count", [
     ("resnet20", {"shortcut": "B"}, cifar_resnet_params(20, 10, "B")),  # option-B projection shortcuts
     ("resnet56", {"shortcut": "B"}, cifar_resnet_params(56, 10, "B")),
-    ("shufflenetv1", {"conv_bias": False}, 913_378),
+    # the script's 925,618 less one bias per conv filter: stem 24; per unit 2 x (width // 4) + branch, where the
+    # branch is width - input width in a stage's first unit: 24 + 1,416 + 5,520 + 5,280 = 12,240 biases
+    ("shufflenetv1", {"conv_bias": False}, PUBLISHED["shufflenetv1"][1] - 24 - sum(
+        2 * (w // 4) + (w - cin if i == 0 else w)
+        for w, n, cin in ((240, 4, 24), (480, 8, 240), (960, 4, 480)) for i in range(n))),
 ])
 def test_options(name: str, kw: dict, count: int) -> None:
     assert n_params(models.create(name, **kw)) == count

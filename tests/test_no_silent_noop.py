@@ -77,6 +77,10 @@ def test_weight_norm_evolves_the_effective_weight_exactly_where_counts_say():
         same = ~(a != b).flatten(1).any(1)
         assert torch.equal(m.parametrizations.weight.original1[same], v0[same])
         assert torch.equal(m.parametrizations.weight.original0[same], g0[same])
+        # an evolved filter is written back as v = w', g = ||w'|| (weight_norm's right_inverse, dim=0)
+        v, g = m.parametrizations.weight.original1[~same], m.parametrizations.weight.original0[~same]
+        torch.testing.assert_close(v, a[~same])
+        torch.testing.assert_close(g.flatten(), a[~same].flatten(1).norm(dim=1))
 
 
 def test_weight_norm_through_the_official_variant_and_the_hook():

@@ -43,10 +43,10 @@ def test_core_needs_only_torch_and_the_range_holds_the_tested_pairs():
     assert low <= (2, 11) <= version_tuple(pinned["torch"])
     suite = {re.split(r"[<>=!~ ]", d)[0]: d for d in PROJECT["project"]["optional-dependencies"]["suite"]}
     assert version_tuple(suite["torchvision"].split(">=")[1]) <= (0, 26) <= version_tuple(pinned["torchvision"])
-    extras = {re.split(r"[<>=!~ ]", d)[0] for name in ("suite", "tracking", "lightning")
+    extras = {re.split(r"[<>=!~ ]", d)[0] for name in ("suite", "tracking", "lightning", "test")
               for d in PROJECT["project"]["optional-dependencies"][name]}
     required = {line.split("==")[0].split(">=")[0] for line in (REPO / "requirements.txt").read_text().split()}
-    assert required - {"torch", "pytest"} <= extras
+    assert required - {"torch"} <= extras
 
 
 def test_grid_names_outside_a_checkout_say_to_give_a_path(monkeypatch):
