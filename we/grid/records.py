@@ -13,7 +13,7 @@ from typing import Any, Protocol, Sequence
 
 from filelock import FileLock
 
-from we.files import write_json
+from we.rundir import write_json
 
 CELL_FILE = "cell.json"
 LOCK_FILE = ".submit.lock"

@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from we.errors import InputError
-from we.files import write_json
+from we.rundir import write_json
 from we.grid.identity import DEFAULT_RUNS_ROOT, Cell, identity
 from we.grid.local import local_active
 from we.grid.records import read_cell_file, write_cell_file

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from we.errors import CheckpointError
-from we.files import atomic_write
+from we.rundir import atomic_write
 
 TRUST_FLAG = "--trust-checkpoint"
 

@@ -32,7 +32,7 @@ import yaml
 
 import models
 from we.errors import ConfigError
-from we.files import write_json, write_text
+from we.rundir import write_json, write_text
 from we.methods import Method, TrainContext, create_method, method_version
 from we.train.checkpoint import (convert_trusted_checkpoint, load_checkpoint, promote_best, rng_state,
                                  save_checkpoint, seed_everything, set_rng_state, settle_best, stage_best)
