@@ -4,7 +4,6 @@ from __future__ import annotations
 import errno
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,7 +20,7 @@ BEST_CHECKPOINT = "best.pt"
 CELL_FILE = "cell.json"
 GRID_FILE = "grid.json"
 LOGS_DIR = "logs"
-STAGED_BEST = re.compile(r"^\.best-epoch(\d+)\.pt$")  # a new best epoch's weights before they become best.pt
+STAGED_BEST_FORMAT = ".best-epoch{epoch}.pt"  # a new best epoch's weights before they become best.pt
 BROKEN_SUFFIX = ".broken"  # a best.pt that does not load is set aside as best.pt.broken
 TRAINER_FILES = (CONFIG_FILE, RESULT_FILE, METRICS_FILE, METRICS_CSV, LAST_CHECKPOINT, BEST_CHECKPOINT)
 RUN_MARKERS = (CELL_FILE, RESULT_FILE, METRICS_FILE)  # a folder holding one of these is a run folder
@@ -43,7 +42,7 @@ class RunFileError(SuiteError):
 
     def __init__(self, path: Path, why: str) -> None:
         self.path, self.why = Path(path), why
-        super().__init__(f"{self.path}: {why} (run {self.path.parent.name})")
+        super().__init__(f"{self.path}: unreadable: {why} (run {self.path.parent.name})")
 
 
 class DiskFullError(OSError):

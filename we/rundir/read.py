@@ -13,8 +13,8 @@ from typing import Any, Callable, Optional
 import yaml
 
 from we.errors import CheckpointError, InputError
-from we.rundir.names import (CELL_FILE, CONFIG_FILE, CONFIG_LIMIT, GRID_FILE, JSON_LIMIT, LOG_TAIL_BYTES, METRICS_FILE,
-                             METRICS_LIMIT, RESULT_FILE, RunFileError, inside)
+from we.rundir.names import (CELL_FILE, CONFIG_FILE, CONFIG_LIMIT, GRID_FILE, JSON_LIMIT, LOG_TAIL_BYTES, LOGS_DIR,
+                             METRICS_FILE, METRICS_LIMIT, RESULT_FILE, RunFileError, inside)
 
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
@@ -160,12 +160,14 @@ def read_grid_file(grid_dir: Path) -> Optional[dict[str, Any]]:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The epoch rows of metrics.jsonl ([] when there is none); a line that is not a JSON object with an
-    `epoch` makes the file a RunFileError naming the line."""
+    """The epoch rows of metrics.jsonl ([] when there is none). A last line without its newline (still being
+    written, or cut by a copy) is left out; any other line that is not a JSON object with an `epoch` makes
+    the file a RunFileError naming the line."""
     path = Path(run_dir) / METRICS_FILE
-    text = read_text(path, METRICS_LIMIT)
+    text = read_text(path, METRICS_LIMIT) or ""
+    lines = text.split("\n")
     rows: list[dict[str, Any]] = []
-    for i, line in enumerate((text or "").splitlines(), start=1):
+    for i, line in enumerate(lines[:-1], start=1):  # the part after the last newline is not a line yet
         if not line.strip():
             continue
         row = _object(path, _parse_json(path, line, i), f"line {i}: ")
@@ -201,21 +203,22 @@ def tolerant(reader: Callable[[Path], Any], run_dir: Path, default: Any = None) 
     return (default if value is None else value), ""
 
 
-def log_tail(run_dir: Path, path: str | Path | None, lines: int = 8) -> list[str]:
-    """The last `lines` lines of a job log named in cell.json, only when it lies inside the run's own
-    folder (a copied cell.json may name any file); [] otherwise or when it cannot be read."""
-    if not path:
+def log_tail(run_dir: Path, name: str, lines: int = 8) -> list[str]:
+    """The last `lines` lines of the log `name` in the run's own logs folder ([] when there is none or it
+    cannot be read). Only the name is used, never a path a (copied) cell.json gives; a link there (the
+    SLURM executor links submitit's logs) is followed only to a regular file inside the grid's folder."""
+    path = Path(run_dir) / LOGS_DIR / Path(str(name)).name
+    try:
+        if path.is_symlink():
+            inside(Path(run_dir).parent, path.resolve(), "log")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except (InputError, OSError):
         return []
     try:
-        target = inside(run_dir, Path(path), "log")
-        fd = open_regular(target)
-    except (InputError, RunFileError, OSError):
-        return []
-    if fd is None:
-        return []
-    try:
-        size = os.fstat(fd).st_size
-        os.lseek(fd, max(0, size - LOG_TAIL_BYTES), os.SEEK_SET)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return []
+        os.lseek(fd, max(0, st.st_size - LOG_TAIL_BYTES), os.SEEK_SET)
         data = os.read(fd, LOG_TAIL_BYTES)
     except OSError:
         return []

@@ -15,8 +15,8 @@ from typing import Any, Callable, Optional, Sequence
 import yaml
 
 from we.files import current_umask
-from we.rundir.names import (CELL_FILE, CONFIG_FILE, METRICS_CSV, METRICS_FILE, RESULT_FILE, TRAINER_FILES,
-                             DiskFullError)
+from we.rundir.names import (CELL_FILE, CONFIG_FILE, METRICS_CSV, METRICS_FILE, RESULT_FILE, STAGED_BEST_FORMAT,
+                             TRAINER_FILES, DiskFullError)
 
 # ---- writing -------------------------------------------------------------------------------------------------
 _fdopen = os.fdopen  # the temp file's opener (tests put a full disk behind it)
@@ -127,7 +127,8 @@ def remove_stale_temps(run_dir: Path, names: Sequence[str] = TRAINER_FILES) -> l
     returns what was removed. Only this module's own pattern is touched: `.<name>.<random>.tmp`."""
     run_dir = Path(run_dir)
     stems = "|".join(re.escape(n) for n in names)
-    pattern = re.compile(rf"^\.(?:{stems}|\.best-epoch\d+\.pt)\.[A-Za-z0-9_]+\.tmp$")
+    staged = re.escape(STAGED_BEST_FORMAT).replace(re.escape("{epoch}"), r"\d+")
+    pattern = re.compile(rf"^\.(?:{stems}|{staged})\.[A-Za-z0-9_]+\.tmp$")
     removed = []
     try:
         entries = list(os.scandir(run_dir))
