@@ -5,7 +5,10 @@
   with the dataset's classes; a timm model with an ``img_size`` argument (ViTs and the like) is
   built for the run's image size, others take any input size as they are;
 - ``<module>:<callable>`` (``mypkg.nets:build``): your own model, ``callable(num_classes=N)``
-  returning an nn.Module, from an importable module (on sys.path / PYTHONPATH).
+  returning an nn.Module, from a module on the paths you gave (PYTHONPATH, installed packages, a
+  folder you put on sys.path). The entry Python adds implicitly for the current folder (``''``, or the
+  folder of ``python -m``) is never searched: a grid or config read in some folder must not run the
+  ``nets.py`` that happens to lie there (``PYTHONPATH=.`` says that you mean it).
 
 `check_spec` refuses an unknown name with its closest matches (difflib), before anything is built.
 """
@@ -13,6 +16,10 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.machinery
+import importlib.util
+import os
+import sys
 from collections.abc import Callable, Iterable
 
 from torch import nn
@@ -47,13 +54,40 @@ def _split(spec: str) -> tuple[str, str]:
     return prefix, name
 
 
+def user_paths() -> list[str]:
+    """sys.path without the implicit current-folder entry ('' or the current folder itself), unless
+    PYTHONPATH names the current folder."""
+    given = {os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+    here = os.getcwd()
+    return [p for p in sys.path if here in given or (p != "" and os.path.abspath(p) != here)]
+
+
+def _import_user_module(module_name: str):
+    """Import `module_name`, its top-level package looked up on `user_paths` only (a module already
+    imported is taken as it is)."""
+    top = module_name.split(".")[0]
+    if top not in sys.modules:
+        found = importlib.machinery.PathFinder.find_spec(top, user_paths())
+        if found is None:
+            raise ModuleNotFoundError(f"no module named {top!r} on the paths given"
+                                      " (the current folder is searched only when PYTHONPATH names it)")
+        module = importlib.util.module_from_spec(found)
+        sys.modules[top] = module
+        try:
+            found.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[top]
+            raise
+    return importlib.import_module(module_name)
+
+
 def _user_callable(spec: str) -> Callable[..., nn.Module]:
     module_name, attr = _split(spec)
     try:
-        module = importlib.import_module(module_name)
+        module = _import_user_module(module_name)
     except ImportError as err:
         raise ValueError(f"model {spec!r}: cannot import module {module_name!r} ({err}); "
-                         "it must be importable (on sys.path / PYTHONPATH)") from None
+                         "it must be on PYTHONPATH (e.g. PYTHONPATH=. for the current folder) or installed") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from we.files import write_json
+from we.rundir import write_json
 from we.grid import load_grid, resolve_cells, write_cell, write_grid_file
 from we.report import collect
 from we.report.paper_layout import draw_vs_paper, layout_markdown, paper_layout

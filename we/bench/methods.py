@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -12,7 +11,8 @@ from typing import Any
 import torch
 
 from we.methods import METHODS, method_presets
-from we.report import welch_p
+from we.report.stats import mean_std, mean_std_n, welch_p
+from we.rundir import read_metrics, read_result
 from we.train.config import load_config
 from we.train.trainer import main as train_main
 
@@ -49,7 +49,7 @@ def bench_methods(model: str, device: torch.device, epochs: int = 4, limit_train
         for i, (label, extra) in enumerate(method_runs().items()):
             train_quietly(["dataset=digits", f"model={model}", f"epochs={epochs}", f"device={device}",
                            f"limit_train={limit_train}", "progress=plain", "workers=0", f"out={tmp}/{i}", *extra])
-            history = [json.loads(line) for line in Path(tmp, str(i), "metrics.jsonl").read_text().splitlines()]
+            history = read_metrics(Path(tmp, str(i)))
             timed = history[1:] or history
             per_image = min(1.0 / r["images_per_s"] for r in timed)
             hook = statistics.mean(r.get("method_seconds", 0.0) for r in timed[:-1] or timed)  # none after the last
@@ -84,10 +84,10 @@ def bench_accuracy(model: str, device: torch.device, dataset: str, data_dir: str
                                f"epochs={epochs}", f"device={device}", f"seed={seed}", "schedule=multistep",
                                f"lr_milestones=[{milestones}]", "progress=plain", f"out={tmp}/{seed}-{i}",
                                *small, *extra])
-                top1[label].append(json.loads(Path(tmp, f"{seed}-{i}", "result.json").read_text())["final_top1"])
+                top1[label].append((read_result(Path(tmp, f"{seed}-{i}")) or {}).get("final_top1"))
     reference, fast = top1.values()
     return {"model": model, "dataset": dataset, "epochs": epochs, "top1": top1,
-            "difference": statistics.mean(fast) - statistics.mean(reference), "welch_p": welch_p(fast, reference)}
+            "difference": mean_std_n(fast)[0] - mean_std_n(reference)[0], "welch_p": welch_p(fast, reference)}
 
 
 def accuracy_markdown(acc: dict[str, Any]) -> str:
@@ -95,8 +95,7 @@ def accuracy_markdown(acc: dict[str, Any]) -> str:
              f"{len(next(iter(acc['top1'].values())))} seeds)", "",
              "| path | top-1 mean ± std | per seed |", "|---|---|---|"]
     for label, values in acc["top1"].items():
-        std = statistics.stdev(values) if len(values) > 1 else float("nan")
-        lines.append(f"| {label} | {statistics.mean(values):.2f} ± {std:.2f} | "
+        lines.append(f"| {label} | {mean_std(values)} | "
                      f"{', '.join(f'{v:.2f}' for v in values)} |")
     lines += ["", f"Fast minus loader: {acc['difference']:+.2f} points (Welch p = {acc['welch_p']:.2f})."]
     return "\n".join(lines) + "\n"

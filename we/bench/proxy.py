@@ -16,7 +16,7 @@ import argparse
 import json
 import os
 import signal
-import statistics
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,7 +30,9 @@ from we.grid.cli import submit
 from we.grid.identity import DEFAULT_RUNS_ROOT, Cell, parse_sets, resolve_cells
 from we.grid.local import LocalExecutor
 from we.grid.schema import Grid, load_grid
-from we.report.tables import welch_p
+from we.report.stats import BASELINE, finite_values, mean_std, welch_p
+from we.report.text import markdown
+from we.rundir import read_result, tolerant
 from we.train.datasets import TRAIN_IMAGES
 from we.train.provenance import provenance
 
@@ -56,19 +58,14 @@ def run_cells(grid: Grid, cells: Sequence[Cell], runs_root: Path, concurrency: i
 
 
 def _results(cells: Sequence[Cell]) -> dict[str, list[dict[str, Any]]]:
+    """result.json of each cell by method ({} for one not written; one that cannot be read says so)."""
     by_method: dict[str, list[dict[str, Any]]] = {}
     for cell in cells:
-        path = Path(cell.run_dir) / "result.json"
-        result = json.loads(path.read_text()) if path.is_file() else {}
+        result, why = tolerant(read_result, Path(cell.run_dir), {})
+        if why:
+            print(f"proxy: {why}", file=sys.stderr)
         by_method.setdefault(cell.labels["method"], []).append(result)
     return by_method
-
-
-def _mean_std(values: list[float], digits: int = 2) -> str:
-    if not values:
-        return "-"
-    std = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
 
 
 def projected_cifar_seconds(bench: dict[str, Any] | None) -> float | None:
@@ -94,15 +91,15 @@ def proxy_markdown(cells: Sequence[Cell], header: dict[str, Any], bench: dict[st
              + ("" if in_time else " The deadline stopped some cells: only finished runs are counted."), "",
              "| method | runs done | final top-1 mean ± std | per seed | Welch p vs baseline | images/s per run "
              "| wall s per run |", "|---|---|---|---|---|---|---|"]
-    base = [r["final_top1"] for r in by_method.get("baseline", []) if r.get("status") == "complete"]
+    base = [r.get("final_top1") for r in by_method.get(BASELINE, []) if r.get("status") == "complete"]
     for method, results in by_method.items():
         done = [r for r in results if r.get("status") == "complete"]
-        top1 = [r["final_top1"] for r in done]
-        p = welch_p(top1, base) if method != "baseline" else float("nan")
-        lines.append(f"| {method} | {len(done)}/{len(results)} | {_mean_std(top1)} | "
-                     f"{', '.join(f'{v:.2f}' for v in top1) or '-'} | {'-' if p != p else f'{p:.3f}'} | "
-                     f"{_mean_std([r['images_per_s'] for r in done if r.get('images_per_s')], 0)} | "
-                     f"{_mean_std([r['wall_seconds'] for r in done], 1)} |")
+        top1 = finite_values(r.get("final_top1") for r in done)
+        p = welch_p(top1, base) if method != BASELINE else float("nan")
+        lines.append(f"| {markdown(method)} | {len(done)}/{len(results)} | {mean_std(top1)} | "
+                     f"{', '.join(f'{v:.2f}' for v in top1) or '–'} | {'–' if p != p else f'{p:.3f}'} | "
+                     f"{mean_std([r.get('images_per_s') for r in done], 0)} | "
+                     f"{mean_std([r.get('wall_seconds') for r in done], 1)} |")
     projected = projected_cifar_seconds(bench)
     lines += ["", "Images/s per run: the trainer's training images/s of each run while the others ran beside it.",
               "", "Projected 200-epoch ResNet-56 CIFAR-10 run (50,000 images x 200 epochs at the input-path bench's "

@@ -9,16 +9,16 @@ the grid lock), slurm and local (the executors), worker (the processes they star
 """
 from we.grid.cli import main, plan, status, submit, wait
 from we.grid.cost import DEFAULT_IMAGES_PER_S, Throughput, gpu_hours, load_throughput
-from we.grid.identity import (DEFAULT_RUNS_ROOT, Cell, CellSpec, config_hash, expand, identity, parse_sets,
-                              resolve_cells, runs_root)
+from we.grid.identity import Cell, CellSpec, config_hash, expand, identity, parse_sets, resolve_cells
 from we.grid.prepare import prepare_data
 from we.grid.local import LocalExecutor
 from we.grid.profiles import Profile, load_profile
 from we.grid.records import read_cell_file
+from we.rundir import DEFAULT_RUNS_ROOT, runs_root
 from we.grid.schema import GRID_DIR, Grid, MethodEntry, display_path, find_grid_file, load_grid
 from we.grid.slurm import SlurmExecutor, pack_cells
-from we.grid.state import (CellState, adopt_twin, assess, cell_state, check_writable, run_states, write_cell,
-                           write_grid_file)
+from we.grid.state import CellState, adopt_twin, assess, cell_state, run_states, write_cell, write_grid_file
+from we.rundir import check_writable
 
 __all__ = [
     "main", "plan", "status", "submit", "wait", "DEFAULT_IMAGES_PER_S", "Throughput", "gpu_hours", "load_throughput",

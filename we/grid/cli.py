@@ -22,18 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from we.errors import DatasetNotFoundError, InputError
+from we.errors import DatasetNotFoundError, InputError, SuiteError
 from we.files import REPO_ROOT
-from we.grid.identity import Cell, parse_sets, resolve_cells, runs_root
+from we.grid.identity import Cell, parse_sets, resolve_cells
 from we.grid.local import LocalExecutor
 from we.grid.plan import counts as _counts
 from we.grid.plan import plan
 from we.grid.prepare import offline_config, prepare_data
 from we.grid.profiles import Profile, load_profile
-from we.grid.records import grid_lock
+from we.grid.records import grid_lock, record_logs
 from we.grid.schema import Grid, display_path, load_grid
 from we.grid.slurm import SlurmExecutor
-from we.grid.state import TO_RUN, CellState, adopt_twin, assess, check_writable, write_cell, write_grid_file
+from we.grid.state import TO_RUN, CellState, adopt_twin, assess, write_cell, write_grid_file
+from we.rundir import check_writable, log_tail, runs_root
 
 DEFAULT_PROFILE = REPO_ROOT / "slurm" / "default.yaml"
 # collect(grid, cells, runs_root, out_dir, reuse) for `collect` (we.report.collect_grid.collect_grid)
@@ -115,19 +116,9 @@ def wait(grid: Grid, cells: Sequence[Cell], runs_root: Path, reuse: bool = True,
         time.sleep(poll_s)
 
 
-def log_tail(record: dict[str, Any] | None, lines: int = 8) -> list[str]:
-    """The last lines of a job's log(s)."""
-    if not record:
-        return []
-    out = []
-    for key in ("stderr", "stdout", "log"):
-        path = record.get(key)
-        if not path or not Path(path).exists():
-            continue
-        text = Path(path).read_text(errors="replace").rstrip().splitlines()
-        if text:
-            out += [f"    [{Path(path).name}] {t}" for t in text[-lines:]]
-    return out
+def job_log_lines(run_dir: Path, record: dict[str, Any] | None, lines: int = 8) -> list[str]:
+    """The last lines of a job's log(s), read from the run's own logs folder only."""
+    return [f"    [{name}] {text}" for name in record_logs(record) for text in log_tail(run_dir, name, lines)]
 
 
 def status(grid: Grid, cells: Sequence[Cell], runs_root: Path, reuse: bool = True,
@@ -137,12 +128,12 @@ def status(grid: Grid, cells: Sequence[Cell], runs_root: Path, reuse: bool = Tru
     states = assess(cells, runs_root, reuse)
     print(f"{grid.name}: {len(cells)} cells: {_counts(states)}", file=out)
     for st in states:
-        if st.state in ("running", "unknown", "stale"):
+        if st.state in ("running", "unknown", "stale", "unreadable"):
             print(f"  {st.state:8s} {st.cell.key}: {st.note}", file=out)
     for st in states:
         if st.state in ("failed", "interrupted"):
             print(f"  {st.state:8s} {st.cell.key}: {st.note}  ({display_path(st.cell.run_dir)})", file=out)
-            for line in log_tail(st.last_record):
+            for line in job_log_lines(st.cell.run_dir, st.last_record):
                 print(line, file=out)
     return states
 
@@ -226,7 +217,7 @@ def main(argv: list[str] | None = None, collect: Collect | None = None) -> int:
         return 0
     if args.command == "status":
         states = status(grid, cells, root, reuse)
-        return 1 if any(s.state == "failed" for s in states) else 0
+        return 1 if any(s.state in ("failed", "unreadable") for s in states) else 0
     if args.command == "prepare":
         try:
             lines = prepare_data(cells, sys.stdout)
@@ -239,7 +230,7 @@ def main(argv: list[str] | None = None, collect: Collect | None = None) -> int:
         assert collect is not None
         try:
             collect(grid, cells, root, Path(args.out_dir), reuse)
-        except InputError as err:
+        except SuiteError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         return 0
@@ -247,7 +238,7 @@ def main(argv: list[str] | None = None, collect: Collect | None = None) -> int:
     print(f"runs: {root / grid.name} ({rule})", flush=True)
     try:
         submit(grid, cells, executor, root, reuse)
-    except (InputError, DatasetNotFoundError) as err:
+    except (SuiteError, DatasetNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # noqa: BLE001 - sbatch/submitit refusal: one line, nonzero exit
@@ -268,9 +259,9 @@ def main(argv: list[str] | None = None, collect: Collect | None = None) -> int:
         print(f"stopped waiting; the cells keep running{where}: `python -m we.grid status {args.grid}` "
               "shows them", file=sys.stderr)
         return 130
-    failed = [s for s in states if s.state in ("failed", "interrupted", "unknown", "stale")]
+    failed = [s for s in states if s.state in ("failed", "interrupted", "unknown", "stale", "unreadable")]
     for st in failed:
         print(f"  {st.state} {st.cell.key}: {st.note}", file=sys.stderr)
-        for line in log_tail(st.last_record):
+        for line in job_log_lines(st.cell.run_dir, st.last_record):
             print(line, file=sys.stderr)
     return 1 if failed else 0

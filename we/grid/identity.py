@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -19,28 +18,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from we.errors import ConfigError, InputError
-from we.files import REPO_ROOT
 from we.grid.schema import Grid, MethodEntry, check_config_value, display_path, strip_config_prefix
 from we.methods import METHODS, version_keys
+from we.rundir import DEFAULT_RUNS_ROOT, runs_root  # noqa: F401 - the runs-root rule, for the grid's callers
 from we.train.config import (IDENTITY_DEFAULTS, RESULT_NEUTRAL_KEYS, Config, make_config, parse_overrides, resolve,
                              to_dict)
 
-# Where run folders go, the same from any working directory: --runs-root, else $WE_RUNS_ROOT, else
-# the checkout's results/runs (`runs_root`).
-DEFAULT_RUNS_ROOT = REPO_ROOT / "results" / "runs"
-RUNS_ROOT_ENV = "WE_RUNS_ROOT"
 SHORT_HASH = 10
-
-
-def runs_root(option: str | Path | None = None) -> tuple[Path, str]:
-    """(absolute runs root, which rule chose it): `option` (--runs-root), else $WE_RUNS_ROOT, else the
-    checkout's results/runs. A relative path is taken from the current directory."""
-    if option:
-        return Path(option).absolute(), "--runs-root"
-    env = os.environ.get(RUNS_ROOT_ENV)
-    if env:
-        return Path(env).absolute(), f"${RUNS_ROOT_ENV}"
-    return DEFAULT_RUNS_ROOT, "default: the checkout's results/runs; --runs-root or $WE_RUNS_ROOT change it"
 
 
 @dataclass

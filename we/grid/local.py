@@ -5,7 +5,7 @@ which works through the queued cells (`run_local`), `concurrency` at a time (def
 or 1 on the CPU; the slots are shared by every runner of one runs root), each in its own process
 (`python -m we.grid.worker run-cell RUN_DIR`) logging to `<run>/logs/`. A local job is live while
 its runner's (or its cell's) process is alive and the runner has not recorded the cell's exit
-(`local_active`); the runner records how each cell ended: exit code, signal name, error line.
+(`we.grid.jobs.local_active`); the runner records how each cell ended: exit code, signal name, error line.
 """
 from __future__ import annotations
 
@@ -26,19 +26,9 @@ from filelock import FileLock, Timeout
 from we.errors import InputError
 from we.files import REPO_ROOT
 from we.grid.cost import CPU_MARATHON_IMAGES, image_passes
+from we.grid.jobs import process_start_ticks
 from we.grid.records import WORKER_MODULE, RunnableCell, cell_logs_dir, now_iso, update_record
-
-
-def process_start_ticks(pid: int) -> int | None:
-    """Start time of a process in clock ticks since boot (tells a reused pid apart); None if gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields_after_name = stat.rsplit(")", 1)[1].split()
-    if fields_after_name[0] == "Z":  # a zombie has finished
-        return None
-    return int(fields_after_name[19])
+from we.rundir import log_tail, read_result, tolerant
 
 
 def local_gpu_count() -> int:
@@ -106,23 +96,6 @@ def local_job_id(runner_pid: int, index: int) -> str:
     return f"local-{runner_pid}-{index}"
 
 
-def local_active(record: dict[str, Any]) -> bool | None:
-    """Whether a local record's job is live: its runner runs and has not recorded the cell's exit
-    (None: the runner is on another machine)."""
-    if "exit_code" in record:
-        return False
-    if record.get("host") != socket.gethostname():
-        return None  # another machine's runner: cannot tell from here
-    # the runner, or the cell's own process when the runner was killed under it
-    for pid_key, start_key in (("pid", "pid_start"), ("cell_pid", "cell_pid_start")):
-        if record.get(pid_key) is None:
-            continue
-        ticks = process_start_ticks(int(record[pid_key]))
-        if ticks is not None and (record.get(start_key) is None or ticks == record[start_key]):
-            return True
-    return False
-
-
 def exit_fields(returncode: int, run_dir: Path, log_path: Path) -> dict[str, Any]:
     """How a cell's process ended, for its record: exit code, signal name, and the error line (from
     result.json, else the last line of its log)."""
@@ -131,17 +104,10 @@ def exit_fields(returncode: int, run_dir: Path, log_path: Path) -> dict[str, Any
         fields["signal"] = signal.Signals(-returncode).name
     if returncode in (0, 3):  # complete, diverged
         return fields
-    error = ""
-    try:
-        error = str(json.loads((run_dir / "result.json").read_text()).get("error") or "")
-    except (OSError, ValueError, AttributeError):
-        pass
+    result, _ = tolerant(read_result, run_dir)
+    error = str((result or {}).get("error") or "")
     if not error and returncode > 0:
-        try:
-            lines = [t for t in log_path.read_text(errors="replace").splitlines() if t.strip()]
-            error = lines[-1] if lines else ""
-        except OSError:
-            pass
+        error = "".join(log_tail(run_dir, log_path.name, 1))
     if error.strip():
         fields["error"] = error.strip().splitlines()[0]
     return fields

@@ -6,16 +6,14 @@ lock, `<runs-root>/<grid>/.submit.lock`) as the jobs start and end.
 """
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 from filelock import FileLock
 
-from we.files import write_json
+from we.rundir import LOGS_DIR, RunFileError, read_cell as read_cell_file, write_cell as write_cell_file
 
-CELL_FILE = "cell.json"
 LOCK_FILE = ".submit.lock"
 LOCK_TIMEOUT_S = 600.0
 # The module the executors start for a cell (`run-cell RUN_DIR`) or a local queue (`run-local QUEUE`).
@@ -43,19 +41,23 @@ class Executor(Protocol):
 
 
 def cell_logs_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "logs"
+    return Path(run_dir) / LOGS_DIR
 
 
-def read_cell_file(run_dir: Path) -> dict[str, Any] | None:
-    path = Path(run_dir) / CELL_FILE
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+def slurm_log_names(job_id: str) -> tuple[str, str]:
+    """The links `<run>/logs/` holds to a SLURM job's stdout and stderr (submitit keeps the files)."""
+    return f"slurm-{job_id}.out", f"slurm-{job_id}.err"
 
 
-def write_cell_file(run_dir: Path, data: dict[str, Any]) -> None:
-    write_json(Path(run_dir) / CELL_FILE, data)
+def record_logs(record: dict[str, Any] | None) -> list[str]:
+    """The names, inside the run's own logs folder, of a submission record's logs (stderr first). Only the
+    names are taken from cell.json: a copied cell.json may name any path, the folder is always the run's."""
+    if not record:
+        return []
+    names = [Path(str(record[k])).name for k in ("stderr", "stdout", "log") if record.get(k)]
+    if record.get("executor") == "slurm":
+        names = [*reversed(slurm_log_names(str(record.get("job_id")))), *names]
+    return list(dict.fromkeys(names))
 
 
 def grid_lock(grid_dir: Path, timeout: float = LOCK_TIMEOUT_S) -> FileLock:
@@ -68,7 +70,10 @@ def update_record(run_dir: Path, job_id: str, **fields: Any) -> None:
     """Add fields to the submission record `job_id` of a cell (under the grid lock)."""
     run_dir = Path(run_dir)
     with grid_lock(run_dir.parent):
-        data = read_cell_file(run_dir)
+        try:
+            data = read_cell_file(run_dir)
+        except RunFileError:
+            return  # a broken cell.json is reported by the grid's state, never overwritten here
         if data is None:
             return
         for rec in data.get("submitted", []):

@@ -7,7 +7,7 @@ requeues it and the trainer resumes from `<run>/last.pt`. Settings come from a c
 (`slurm/<name>.yaml`, see we.grid.profiles); job logs are linked into `<run>/logs/`. With
 `pack: k` a task is a `PackTask` that trains up to k one-GPU CIFAR/digits cells at once on its
 job's GPU, one `python -m we.grid.worker run-cell RUN_DIR` process each (see `pack_cells`).
-`slurm_active` asks sacct which jobs are still queued or running.
+Whether a job is still queued or running: we.grid.jobs (sacct).
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,16 +23,9 @@ import submitit
 
 from we.files import REPO_ROOT
 from we.grid.profiles import Profile
-from we.grid.records import WORKER_MODULE, RunnableCell, cell_logs_dir, now_iso
+from we.grid.records import WORKER_MODULE, RunnableCell, cell_logs_dir, now_iso, slurm_log_names
 from we.train.config import make_config, resolve
 from we.train.trainer import main as train_main
-
-# sacct states of a job that is still queued or running (a requeued job comes back to PENDING).
-SLURM_ACTIVE_STATES = frozenset({
-    "PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED",
-    "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT", "STOPPED", "PREEMPTED"})
-# A job that sacct does not list yet is taken as queued for this long after its submission.
-SACCT_GRACE_S = 300.0
 
 
 class TrainTask(submitit.helpers.Checkpointable):
@@ -208,8 +200,9 @@ class SlurmExecutor:
             stdout, stderr = Path(job.paths.stdout), Path(job.paths.stderr)
             for cell in group:
                 logs = cell_logs_dir(cell.run_dir)
-                _link_log(logs / f"slurm-{job.job_id}.out", stdout)
-                _link_log(logs / f"slurm-{job.job_id}.err", stderr)
+                out_name, err_name = slurm_log_names(str(job.job_id))
+                _link_log(logs / out_name, stdout)
+                _link_log(logs / err_name, stderr)
                 record = {"job_id": str(job.job_id), "executor": self.name, "time": now_iso(),
                           "stdout": str(stdout), "stderr": str(stderr), "profile": self.profile.path}
                 if len(group) > 1:
@@ -217,44 +210,3 @@ class SlurmExecutor:
                     record["packed_with"] = [c.key for c in group if c is not cell]
                 by_cell[id(cell)] = record
         return [by_cell[id(cell)] for cell in cells]
-
-
-def _sacct_states(job_ids: Sequence[str]) -> dict[str, str] | None:
-    """State per job id (array tasks as `A_i`) from sacct; None when sacct cannot be asked."""
-    from submitit.slurm.slurm import SlurmInfoWatcher
-
-    bases = sorted({j.split("_")[0] for j in job_ids})
-    cmd = ["sacct", "-o", "JobID,State", "--parsable2"]
-    for base in bases:
-        cmd += ["-j", base]
-    try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if res.returncode != 0:
-        return None
-    info = SlurmInfoWatcher().read_info(res.stdout)
-    return {job: stats.get("State", "").split(" ")[0] for job, stats in info.items()}
-
-
-
-def _age_s(record: dict[str, Any]) -> float:
-    try:
-        return (datetime.now(timezone.utc) - datetime.fromisoformat(record["time"])).total_seconds()
-    except (KeyError, ValueError):
-        return float("inf")
-
-
-def slurm_active(records: Sequence[dict[str, Any]]) -> dict[str, bool | None]:
-    """For each SLURM record's job_id: True while queued/running, False once ended, None when sacct
-    cannot be asked (a job sacct does not list yet counts as queued for SACCT_GRACE_S)."""
-    states = _sacct_states([r["job_id"] for r in records])
-    out: dict[str, bool | None] = {}
-    for rec in records:
-        if states is None:
-            out[rec["job_id"]] = None
-        elif rec["job_id"] in states:
-            out[rec["job_id"]] = states[rec["job_id"]] in SLURM_ACTIVE_STATES
-        else:
-            out[rec["job_id"]] = _age_s(rec) < SACCT_GRACE_S
-    return out

@@ -7,56 +7,22 @@ Tables 5-8 repeat) is linked from there instead of trained again (`assess` finds
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import yaml
-
-from we.errors import InputError
-from we.files import write_json
-from we.grid.identity import DEFAULT_RUNS_ROOT, Cell, identity
-from we.grid.local import local_active
-from we.grid.records import read_cell_file, write_cell_file
+from we.grid.identity import Cell, identity
+from we.grid.jobs import active_jobs
+from we.rundir import (DEFAULT_RUNS_ROOT, GRID_FILE, LAST_CHECKPOINT, TRAINER_FILES, finite, read_cell, read_config,
+                       read_result, tolerant, write_cell as write_cell_file, write_json)
 from we.grid.schema import Grid, axis_labels, display_path
-from we.grid.slurm import slurm_active
 from we.train.config import make_config, resolve, to_dict
 
-GRID_FILE = "grid.json"
-STATES = ("done", "running", "failed", "interrupted", "diverged", "todo", "unknown", "stale")
-TO_RUN = ("todo", "failed", "interrupted")  # the states `submit` (re)starts
-REUSED_FILES = ("config.yaml", "result.json", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt")
-
-
-def check_writable(runs_root: Path) -> None:
-    """The runs root (or its nearest existing parent) must be a writable folder."""
-    path = Path(runs_root).absolute()
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        raise InputError(runs_root, "runs_root", f"{probe} is not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(runs_root, "runs_root", f"{probe} is not writable")
-
-
-def active_jobs(records: Sequence[dict[str, Any]]) -> dict[str, bool | None]:
-    """For each record's job_id: True while queued/running, False once ended, None when unknown."""
-    out: dict[str, bool | None] = {}
-    slurm = [r for r in records if r.get("executor") == "slurm"]
-    for rec in records:
-        if rec.get("executor") == "local":
-            out[rec["job_id"]] = local_active(rec)
-        elif rec.get("executor") != "slurm":
-            out[rec["job_id"]] = None
-    if slurm:
-        out.update(slurm_active(slurm))
-    return out
+STATES = ("done", "running", "failed", "interrupted", "diverged", "todo", "unknown", "stale", "unreadable")
+TO_RUN = ("todo", "failed", "interrupted")  # the states `submit` (re)starts (never an unreadable folder)
+REUSED_FILES = TRAINER_FILES  # what a cell links from a finished twin run
 
 
 @dataclass
@@ -68,23 +34,14 @@ class CellState:
     last_record: Optional[dict[str, Any]] = None
 
 
-def read_result(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((Path(run_dir) / "result.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def stored_config(run_dir: Path) -> dict[str, Any] | None:
-    """The config a run folder was made for (cell.json, else the trainer's config.yaml)."""
-    cell = read_cell_file(run_dir)
+    """The config a run folder was made for (cell.json, else the trainer's config.yaml); None when neither
+    holds one or can be read (`cell_state` says which file is broken)."""
+    cell, _ = tolerant(read_cell, run_dir)
     if cell and isinstance(cell.get("config"), dict):
         return cell["config"]
-    try:
-        data = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    config, _ = tolerant(read_config, run_dir)
+    return config or None
 
 
 def identity_diff(run_dir: Path, config: dict[str, Any]) -> list[str] | None:
@@ -126,22 +83,38 @@ def ended_reason(record: dict[str, Any], result: dict[str, Any] | None) -> str:
     return ": ".join(p for p in (how, error) if p)
 
 
+def submissions(cell: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The submission records of a cell.json that name their job (a hand-edited entry without one is skipped)."""
+    return [r for r in (cell or {}).get("submitted", [])
+            if isinstance(r.get("job_id"), str) and isinstance(r.get("executor"), str)]
+
+
+def last_record(run_dir: Path) -> dict[str, Any] | None:
+    subs = submissions(tolerant(read_cell, run_dir)[0])
+    return subs[-1] if subs else None
+
+
 def cell_state(run_dir: Path, active: dict[str, bool | None] | None = None,
                config: dict[str, Any] | None = None) -> tuple[str, str, dict[str, Any] | None]:
     """THE state of one run folder, (state, note, last submission record); `plan`, `status`, `submit`
     and `collect` all read it. `active` maps job ids to liveness (asked here when None); with `config`,
-    a folder holding another config is stale."""
+    a folder holding another config is stale; a folder whose cell.json or result.json cannot be read is
+    unreadable (the note names the file), and is never submitted over."""
     run_dir = Path(run_dir)
+    cell, why_cell = tolerant(read_cell, run_dir)
+    result, why_result = tolerant(read_result, run_dir)
+    if why_cell or why_result:
+        return "unreadable", why_cell or why_result, None
     if config is not None:
         diff = identity_diff(run_dir, config)
         if diff:  # a Config default changed since this folder was made: its run is not this cell's
             return "stale", f"folder holds another config (keys {', '.join(diff)}); move it away", None
-    result = read_result(run_dir)
     status = (result or {}).get("status")
-    records = (read_cell_file(run_dir) or {}).get("submitted", [])
-    last = records[-1] if records else None
+    subs = submissions(cell)
+    last = subs[-1] if subs else None
     if status == "complete":
-        return "done", f"top1 {result.get('final_top1', float('nan')):.2f}", last
+        top1 = result.get("final_top1")
+        return "done", f"top1 {top1:.2f}" if finite(top1) else "top1 ?", last
     if status == "diverged":
         return "diverged", f"epoch {result.get('diverged_epoch', '?')}", last
     if last is not None:
@@ -152,36 +125,30 @@ def cell_state(run_dir: Path, active: dict[str, bool | None] | None = None,
         if alive is None:
             return "unknown", f"cannot query {job}", last
         if status == "interrupted":
-            return "interrupted", f"{job}: interrupted; submit resumes it from last.pt", last
+            return "interrupted", f"{job}: interrupted; submit resumes it from {LAST_CHECKPOINT}", last
         reason = ended_reason(last, result)
         return "failed", f"{job} ended" + (f": {reason}" if reason else ""), last
     if status == "failed":
         return "failed", str(result.get("error", "")).strip().split("\n")[0], last
     if status == "interrupted":
-        return "interrupted", "interrupted; submit resumes it from last.pt", last
+        return "interrupted", f"interrupted; submit resumes it from {LAST_CHECKPOINT}", last
     return "todo", "", last
 
 
 def run_states(run_dirs: Sequence[Path]) -> dict[Path, tuple[str, str, dict[str, Any] | None]]:
     """`cell_state` of many run folders, asking each executor about their jobs once."""
-    records = []
-    for path in run_dirs:
-        subs = (read_cell_file(path) or {}).get("submitted", [])
-        if subs:
-            records.append(subs[-1])
+    records = [rec for rec in map(last_record, run_dirs) if rec is not None]
     active = active_jobs(records) if records else {}
     return {Path(p): cell_state(p, active) for p in run_dirs}
 
 
 def assess(cells: Sequence[Cell], runs_root: Path = DEFAULT_RUNS_ROOT, reuse: bool = True) -> list[CellState]:
     """The state of every cell: done, running, failed, diverged or todo; unknown when its job cannot be
-    asked (e.g. sacct does not answer), stale when its folder holds a run of another config."""
+    asked (e.g. sacct does not answer), stale when its folder holds a run of another config, unreadable when
+    its cell.json or result.json cannot be read."""
     twins = {c.key: twin_folders(c, runs_root) for c in cells} if reuse else {}
-    records = []
-    for path in [c.run_dir for c in cells] + [t for ts in twins.values() for t in ts]:
-        subs = (read_cell_file(path) or {}).get("submitted", [])
-        if subs:
-            records.append(subs[-1])
+    folders = [c.run_dir for c in cells] + [t for ts in twins.values() for t in ts]
+    records = [rec for rec in map(last_record, folders) if rec is not None]
     active = active_jobs(records) if records else {}
     states = []
     for cell in cells:
@@ -217,7 +184,7 @@ def adopt_twin(state: CellState) -> None:
 
 def write_cell(cell: Cell, record: dict[str, Any] | None = None, reused_from: str | None = None) -> None:
     """Create or update `<run>/cell.json` (labels, resolved config, submissions)."""
-    data = read_cell_file(cell.run_dir) or {}
+    data = read_cell(cell.run_dir) or {}  # a broken cell.json is refused (RunFileError), never overwritten
     data.update({"grid": cell.grid, "key": cell.key, "labels": cell.labels, "config_hash": cell.config_hash,
                  "config": cell.config})
     data.setdefault("submitted", [])

@@ -9,9 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from we.errors import ConfigError
+from we.errors import SuiteError
 from we.grid.local import run_local
-from we.grid.records import CELL_FILE, read_cell_file
+from we.rundir import CELL_FILE, RunFileError, read_cell
 from we.train.config import make_config, resolve
 from we.train.trainer import EXIT_CODES
 from we.train.trainer import main as train_main
@@ -19,13 +19,17 @@ from we.train.trainer import main as train_main
 
 def run_cell(run_dir: str | Path) -> int:
     """Train one cell from its cell.json (the local runner's child process); returns an exit code."""
-    data = read_cell_file(Path(run_dir))
-    if data is None:
-        print(f"error: {run_dir}: no readable {CELL_FILE}", file=sys.stderr)
-        return 2
+    run_dir = Path(run_dir)
     try:
-        result = train_main(resolve(make_config(data["config"], source=f"{run_dir}/{CELL_FILE}")))
-    except ConfigError as err:
+        data = read_cell(run_dir)
+        if data is None or not isinstance(data.get("config"), dict):
+            raise RunFileError(run_dir / CELL_FILE, "no such file" if data is None else "holds no 'config'")
+        out = Path(str(data["config"].get("out", "")))
+        if not out.is_absolute() or out.resolve() != run_dir.resolve():  # a copied cell.json names the original
+            raise RunFileError(run_dir / CELL_FILE, f"its config's out {str(out)!r} is not the folder it sits in "
+                                                    f"({run_dir.resolve()}); refused")
+        result = train_main(resolve(make_config(data["config"], source=str(run_dir / CELL_FILE))))
+    except SuiteError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return EXIT_CODES.get(result.get("status"), 1)
@@ -35,7 +39,7 @@ def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m we.grid.worker", description="Local runner entry points.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run-local", help="work through a queue file (started by `we.grid submit`)").add_argument("queue")
-    sub.add_parser("run-cell", help="train one cell from its cell.json").add_argument("run_dir")
+    sub.add_parser("run-cell", help=f"train one cell from its {CELL_FILE}").add_argument("run_dir")
     args = parser.parse_args(argv)
     if args.command == "run-local":
         return run_local(args.queue)

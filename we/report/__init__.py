@@ -7,7 +7,8 @@ the baseline, written as ``results/<grid>.md|.csv|.tex`` (a paper table's grid a
 layout, ``results/<grid>-paper.md|.tex``, with a figure of ours against the paper). ``make_figures``
 draws Figures 2, 3, 5 and 6 of the paper under ``results/figures/`` as PNG and PDF.
 
-runs (reading run folders), tables (statistics, formatting, collect), paper_layout (the paper's table
+runs (reading run folders, through we.rundir), stats (the statistics every report shares), text (escaping
+for LaTeX and Markdown), tables (the table, formatting, collect), paper_layout (the paper's table
 layout and its figure), figures, cli.
 
 Usage::
@@ -20,11 +21,13 @@ from we.report.figures import (average_l1_norms, draw_convergence, figure_alpha,
                                figure_l1_norms, figure_selection_rate, make_figures)
 from we.report.paper_layout import (PaperLayout, draw_vs_paper, figure_vs_paper, layout_latex, layout_markdown,
                                     paper_layout)
-from we.report.runs import Run, load_runs, problems, read_metrics
-from we.report.tables import collect, format_latex, format_markdown, summarize_runs, table_number, welch_p
+from we.report.runs import Run, load_runs, problems, read_run
+from we.report.stats import mean_std, mean_std_n, welch_p
+from we.report.tables import collect, format_latex, format_markdown, summarize_runs, table_number
+from we.rundir import read_metrics
 
 __all__ = [
-    "Run", "load_runs", "read_metrics", "summarize_runs", "collect", "make_figures",
+    "Run", "load_runs", "read_run", "read_metrics", "mean_std", "mean_std_n", "summarize_runs", "collect", "make_figures",
     "figure_convergence", "figure_selection_rate", "figure_l1_norms", "figure_alpha",
     "average_l1_norms", "draw_convergence", "PaperLayout", "paper_layout", "layout_markdown", "layout_latex",
     "draw_vs_paper", "figure_vs_paper", "format_markdown", "format_latex", "problems", "table_number", "welch_p",

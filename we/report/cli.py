@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from we.errors import SuiteError
 from we.files import REPO_ROOT
-from we.grid.identity import runs_root
 from we.report.figures import make_figures
 from we.report.tables import PAPER_CSV, collect
+from we.rundir import runs_root
 
 
 def cli(argv: Optional[list[str]] = None) -> int:
@@ -35,7 +36,7 @@ def cli(argv: Optional[list[str]] = None) -> int:
     if args.command == "collect":
         try:
             out = collect(args.grid, args.runs_root, args.out_dir, args.paper_csv, figures=not args.no_figures)
-        except FileNotFoundError as err:
+        except (FileNotFoundError, SuiteError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         print("wrote " + ", ".join(str(out[k]) for k in ("markdown", "csv", "tex", "paper_markdown", "paper_tex")

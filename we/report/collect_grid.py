@@ -2,7 +2,8 @@
 
 The grid layer below cannot call the report, so its CLI (we/grid/__main__.py) hands `collect`
 to `collect_grid` here: link finished twin runs of other grids, write grid.json, then build the
-tables and figures with `we.report.tables.collect`.
+tables and figures with `we.report.tables.collect` (the one collect path), given the grid's state of
+its folders (which asks the executors; `python -m we.report collect` reads the folders only).
 """
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from we.grid import Cell, Grid, adopt_twin, assess, check_writable, display_path, write_grid_file
+from we.grid.identity import Cell
+from we.grid.schema import Grid, display_path
+from we.grid.state import adopt_twin, assess, write_grid_file
 from we.report.tables import collect
+from we.rundir import check_writable
 
 
 def collect_grid(grid: Grid, cells: Sequence[Cell], runs_root: Path, out_dir: Path, reuse: bool = True,
@@ -24,7 +28,9 @@ def collect_grid(grid: Grid, cells: Sequence[Cell], runs_root: Path, out_dir: Pa
             if st.reuse_from is not None:
                 adopt_twin(st)
     write_grid_file(grid, cells, runs_root)
-    result = collect(grid.name, runs_root=Path(runs_root), out_dir=Path(out_dir))
+    # the grid's state of each folder (its jobs asked once, after the twins were linked) for the table
+    states = {Path(st.cell.run_dir): (st.state, st.note, st.last_record) for st in assess(cells, runs_root, reuse)}
+    result = collect(grid.name, runs_root=Path(runs_root), out_dir=Path(out_dir), states=states)
     written = [v for k, v in result.items() if isinstance(v, Path)] if isinstance(result, dict) else []
     written += [p for p in (result.get("figures", []) if isinstance(result, dict) else []) if isinstance(p, Path)]
     where = ", ".join(display_path(p) for p in written) or f"into {display_path(Path(out_dir))}"

@@ -18,9 +18,10 @@ import torch
 import models
 from we.core import FLAVOURS, PAPER_DEFAULTS, selection_rate, stage_rate
 from we.errors import CheckpointError
-from we.report.runs import (ALPHA_LABEL, BASELINE, CORE_LABELS, DATASET_ORDER, Run, _finite, _hashable,
-                            _method_sort_key, _read_run, _stats, load_runs, read_metrics)
-from we.train.checkpoint import load_checkpoint
+from we.report.runs import (ALPHA_LABEL, CORE_LABELS, DATASET_ORDER, Run, _hashable, _method_sort_key, load_runs,
+                            read_run)
+from we.report.stats import BASELINE, finite, mean_std_n
+from we.rundir import LAST_CHECKPOINT, read_checkpoint, read_metrics, tolerant
 
 # Figure 3's settings (paper Sec. 4.1.2). CIFAR: the WE core's paper defaults. ImageNet: r_hat as for
 # CIFAR, eta and milestones of the authors' ImageNet script (the official variant's "imagenet" flavour),
@@ -95,7 +96,7 @@ def draw_convergence(grid_name: str, runs: list[Run]) -> Any:
     for r in runs:
         if r.status not in ("complete", "running"):
             continue
-        rows = read_metrics(r.path)
+        rows, _ = tolerant(read_metrics, r.path, [])  # a broken metrics.jsonl is the run's problem line
         if not rows:
             continue
         m = pd.DataFrame(rows)
@@ -117,12 +118,12 @@ def draw_convergence(grid_name: str, runs: list[Run]) -> Any:
         banded = False
         for method in methods:
             frame = pd.concat(curves[key][method], axis=1)
-            mean = frame.mean(axis=1)
-            n = frame.notna().sum(axis=1)
+            per_epoch = [mean_std_n(frame.loc[epoch]) for epoch in frame.index]
+            mean = pd.Series([m for m, _, _ in per_epoch], index=frame.index)
             line, = ax.plot(mean.index, mean.values, lw=1.2, label=f"{method} (n={frame.shape[1]})")
             drawn.append(mean)
             if frame.shape[1] > 1:
-                std = frame.std(axis=1, ddof=1).where(n > 1)
+                std = pd.Series([sd for _, sd, _ in per_epoch], index=frame.index)
                 ax.fill_between(mean.index, (mean - std).values, (mean + std).values,
                                 color=line.get_color(), alpha=0.2, lw=0)
                 drawn += [mean - std, mean + std]
@@ -232,23 +233,23 @@ def _find_trained_checkpoint(runs_root: Path, dataset: str, model: str) -> Optio
     candidates = []
     if not Path(runs_root).is_dir():
         return None
-    for ckpt in Path(runs_root).rglob("last.pt"):
+    for ckpt in Path(runs_root).rglob(LAST_CHECKPOINT):
         if any(part.endswith("-official") for part in ckpt.relative_to(runs_root).parts):
             continue  # the authors' recipe and model files: their own figure (figure2-official)
-        run = _read_run(ckpt.parent)
+        run = read_run(ckpt.parent)
         if run.status != "complete":
             continue
         if str(run.labels.get("dataset")) != dataset or str(run.labels.get("model")) != model:
             continue
         epochs = run.result.get("epochs_done") or 0
-        candidates.append((run.labels.get("method") != BASELINE, -(epochs if _finite(epochs) else 0), str(ckpt), ckpt))
+        candidates.append((run.labels.get("method") != BASELINE, -(epochs if finite(epochs) else 0), str(ckpt), ckpt))
     return min(candidates)[-1] if candidates else None
 
 
 def _load_state_dict(path: Path) -> Optional[dict[str, Any]]:
     """The model weights of a checkpoint read without executing code; a refused one is one line on stderr."""
     try:
-        obj = load_checkpoint(path)
+        obj = read_checkpoint(path)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return None
@@ -304,15 +305,15 @@ def figure_alpha(grid_name: str, runs: list[Run], out_dir: Path) -> list[Path]:
         by_method = data[key]
         fixed = sorted((float(ALPHA_LABEL.match(m).group(1)), v) for m, v in by_method.items() if ALPHA_LABEL.match(m))
         xs = [a for a, _ in fixed]
-        stats = [_stats(v) for _, v in fixed]
-        ax.errorbar(xs, [s[0] for s in stats], yerr=[s[1] if _finite(s[1]) else 0.0 for s in stats],
+        stats = [mean_std_n(v) for _, v in fixed]
+        ax.errorbar(xs, [s[0] for s in stats], yerr=[s[1] if finite(s[1]) else 0.0 for s in stats],
                     marker="o", ms=4, capsize=2, lw=1.2, label="fixed α")
         for method, style, label in (("we", dict(color="C3", ls="--"), "adaptive α (WE)"),
                                      (BASELINE, dict(color="0.4", ls=":"), "baseline")):
             if method in by_method:
-                mean, std, n = _stats(by_method[method])
+                mean, std, n = mean_std_n(by_method[method])
                 ax.axhline(mean, lw=1.2, label=f"{label}: {mean:.2f} (n={n})", **style)
-                if _finite(std):
+                if finite(std):
                     ax.axhspan(mean - std, mean + std, color=style["color"], alpha=0.12, lw=0)
         ax.set_title(f"{key[1]} on {key[0]}")
         ax.set_xlabel("fixed α")

@@ -20,7 +20,9 @@ from typing import Any
 import pandas as pd
 
 from we.methods import paper_name
-from we.report.runs import _finite
+from we.report.stats import finite
+from we.report.text import latex, markdown
+from we.rundir import inside
 
 PAPER_RUNS = 5  # "The experiments are run for 5 times and the mean results are reported" (4.1.2)
 # The rows of Tables 1-8 in the paper's order (every table lists its methods in this order, WE last).
@@ -94,7 +96,7 @@ class PaperLayout:
     def best(self, col: int, paper: bool = False) -> set[str]:
         """The rows holding the column's highest mean (or the paper's highest number)."""
         values = {r: (e.paper if paper else e.mean) for (r, c), e in self.entries.items() if c == col}
-        values = {r: v for r, v in values.items() if _finite(v)}
+        values = {r: v for r, v in values.items() if finite(v)}
         top = max(values.values(), default=math.nan)
         return {r for r, v in values.items() if v == top}
 
@@ -131,13 +133,13 @@ def paper_layout(df: pd.DataFrame, grid_name: str, measure: str = "final") -> Pa
 # Markdown and LaTeX
 # ---------------------------------------------------------------------------------------------
 def _fmt(x: float, sign: bool = False) -> str:
-    if not _finite(x):
+    if not finite(x):
         return "–"
     return f"{x:+.2f}".replace("-", "−") if sign else f"{x:.2f}"
 
 
 def _ours(e: Entry, pm: str) -> str:
-    return _fmt(e.mean) + (f"{pm}{e.std:.2f}" if _finite(e.std) else "")
+    return _fmt(e.mean) + (f"{pm}{e.std:.2f}" if finite(e.std) else "")
 
 
 def _cells(layout: PaperLayout, row: str, col: int, pm: str, bold: Any, n_note: Any) -> list[str]:
@@ -145,13 +147,13 @@ def _cells(layout: PaperLayout, row: str, col: int, pm: str, bold: Any, n_note: 
     e = layout.entry(row, col)
     if e is None:
         return ["–", "–", "–"]
-    ours = "–" if not _finite(e.mean) else _ours(e, pm)
-    if _finite(e.mean) and row in layout.best(col):
+    ours = "–" if not finite(e.mean) else _ours(e, pm)
+    if finite(e.mean) and row in layout.best(col):
         ours = bold(ours)
-    if _finite(e.mean) and e.n < PAPER_RUNS:
+    if finite(e.mean) and e.n < PAPER_RUNS:
         ours += n_note(e.n)
     paper = _fmt(e.paper)
-    if _finite(e.paper) and row in layout.best(col, paper=True):
+    if finite(e.paper) and row in layout.best(col, paper=True):
         paper = bold(paper)
     return [ours, paper, _fmt(e.diff, sign=True)] + _ref_cells(layout, row, col)
 
@@ -175,23 +177,24 @@ def caption(layout: PaperLayout) -> str:
 
 
 def layout_markdown(layout: PaperLayout) -> str:
-    out = [f"# {layout.grid} in the paper's layout", "", caption(layout), ""]
+    out = [f"# {markdown(layout.grid)} in the paper's layout", "", caption(layout), ""]
     if not layout.columns:
         return "\n".join(out + ["No runs to tabulate.", ""])
     against = ["against"] if layout.references else []
-    header = ["Method", *against] + [h for c in layout.columns for h in (c.title, *_sub_heads(layout))]
+    header = ["Method", *against] + [h for c in layout.columns for h in (markdown(c.title), *_sub_heads(layout))]
     out.append("| " + " | ".join(header) + " |")
     out.append("|---|" + "---|" * len(against) + "---:|" * (len(header) - 1 - len(against)))
     for row in layout.rows:
-        cells = [row] + [layout.references.get(row, "") for _ in against] + [
+        cells = [markdown(row)] + [markdown(layout.references.get(row, "")) for _ in against] + [
             x for i in range(len(layout.columns))
             for x in _cells(layout, row, i, " ± ", lambda s: f"**{s}**", lambda n: f" (n={n})")]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 
-def _tex(s: str) -> str:
-    return s.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("−", "$-$").replace("–", "--")
+def _tex_number(s: str) -> str:
+    """A formatted number cell (digits, signs, dashes and the markup `_cells` adds) in LaTeX."""
+    return s.replace("−", "$-$").replace("–", "--")
 
 
 def _spans(labels: list[str], width: int, lead: int = 1) -> list[tuple[str, int, int]]:
@@ -212,20 +215,20 @@ def layout_latex(layout: PaperLayout) -> str:
     if not layout.columns:
         return f"% {layout.grid}: no runs to tabulate\n"
     width, lead = 1 + len(_sub_heads(layout)), 2 if layout.references else 1
-    lines = [f"% {layout.grid}: " + _tex(caption(layout)).replace("±", r"$\pm$").replace("Δ", r"$\Delta$"),
+    lines = [f"% {latex(layout.grid)}: " + latex(caption(layout)).replace("±", r"$\pm$").replace("–", "--"),
              r"\begin{tabular}{" + "l" * lead + "r" * width * len(layout.columns) + "}", r"\toprule"]
     for labels in ([c.block for c in layout.columns], [c.head for c in layout.columns]):
         spans = _spans(labels, width, lead)
-        lines.append(" & ".join([""] * lead + [rf"\multicolumn{{{b - a + 1}}}{{c}}{{{_tex(s)}}}" for s, a, b in spans])
+        lines.append(" & ".join([""] * lead + [rf"\multicolumn{{{b - a + 1}}}{{c}}{{{latex(s)}}}" for s, a, b in spans])
                      + r" \\")
         lines.append(" ".join(rf"\cmidrule(lr){{{a}-{b}}}" for _, a, b in spans))
-    subs = " & ".join(["ours", *(_tex(h).replace("Δ", r"$\Delta$") for h in _sub_heads(layout))])
+    subs = " & ".join(["ours", *(latex(h) for h in _sub_heads(layout))])
     lines.append(" & ".join(["Method", *(["against"] if layout.references else []), *[subs] * len(layout.columns)])
                  + r" \\")
     lines.append(r"\midrule")
     for row in layout.rows:
-        against = [_tex(layout.references.get(row, ""))] if layout.references else []
-        cells = [_tex(row), *against] + [_tex(x) for i in range(len(layout.columns)) for x in _cells(
+        against = [latex(layout.references.get(row, ""))] if layout.references else []
+        cells = [latex(row), *against] + [_tex_number(x) for i in range(len(layout.columns)) for x in _cells(
             layout, row, i, r" $\pm$ ", lambda s: rf"\textbf{{{s}}}", lambda n: f"$^{{n={n}}}$")]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
@@ -251,8 +254,8 @@ def draw_vs_paper(layout: PaperLayout) -> Any:
         methods = [r for r in layout.rows if layout.entry(r, i) is not None]
         entries = [layout.entry(r, i) for r in methods]
         xs = list(range(len(methods)))
-        ours = [(x, e.mean, e.std if _finite(e.std) else 0.0) for x, e in zip(xs, entries) if _finite(e.mean)]
-        paper = [(x, e.paper) for x, e in zip(xs, entries) if _finite(e.paper)]
+        ours = [(x, e.mean, e.std if finite(e.std) else 0.0) for x, e in zip(xs, entries) if finite(e.mean)]
+        paper = [(x, e.paper) for x, e in zip(xs, entries) if finite(e.paper)]
         if ours:
             ax.errorbar([o[0] for o in ours], [o[1] for o in ours], yerr=[o[2] for o in ours], fmt="o", ms=5,
                         capsize=3, color="C0", label="ours (mean ± std)")
@@ -274,7 +277,7 @@ def figure_vs_paper(layout: PaperLayout, out_dir: Path) -> list[Path]:
         return []
     fig = draw_vs_paper(layout)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{layout.grid}-vs-paper.png", out_dir / f"{layout.grid}-vs-paper.pdf"]
+    paths = [inside(out_dir, f"{layout.grid}-vs-paper{ext}", "grid") for ext in (".png", ".pdf")]
     for p in paths:
         fig.savefig(p, dpi=150, metadata={"Title": f"{layout.grid}: ours against the paper"})
     return paths

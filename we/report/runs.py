@@ -1,7 +1,10 @@
 """Reading run folders: one ``Run`` per folder, its labels, status and per-epoch metrics.
 
-A grid's runs live in ``results/runs/<grid>/<cell-dir>/`` (cell.json, result.json, metrics.jsonl,
-last.pt). Also the label conventions and small numeric helpers that the tables and the figures share.
+A grid's runs live in ``results/runs/<grid>/<cell-dir>/`` (see we.rundir). Only the folders are read (never
+a job scheduler): a run without result.json is `running` unless the caller, which may ask the executors
+(``python -m we.grid collect``), says otherwise. Every file is read through we.rundir, so a broken or
+hostile one is one line naming it, and the rest of the grid is still read. Also the label conventions
+that the tables and the figures share.
 """
 from __future__ import annotations
 
@@ -10,17 +13,17 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
-import numpy as np
-import yaml
+from we.report.stats import BASELINE, finite
+from we.rundir import (RESULT_FILE, TERMINAL, read_cell, read_config, read_grid_file, read_metrics, read_result,
+                       run_folders, summarize, tolerant)
 
-from we.grid.state import run_states
-
-BASELINE = "baseline"
 CORE_LABELS = ("dataset", "model", "method", "seed")
 DATASET_ORDER = ("cifar10", "cifar100", "imagenet")
 ALPHA_LABEL = re.compile(r"^we_alpha_(\d+(?:\.\d*)?)$")
+# A run's state as the grid sees it (we.grid.state.cell_state): (state, note, last submission record).
+JobState = tuple[str, str, Optional[dict[str, Any]]]
 
 
 @dataclass
@@ -37,11 +40,7 @@ class Run:
     @property
     def counted(self) -> bool:
         """Whether the run enters the means: complete with a finite final top-1."""
-        return self.status == "complete" and _finite(self.result.get("final_top1"))
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+        return self.status == "complete" and finite(self.result.get("final_top1"))
 
 
 def _hashable(v: Any) -> Any:
@@ -50,14 +49,6 @@ def _hashable(v: Any) -> Any:
     if isinstance(v, (str, int, float, bool)):
         return v
     return json.dumps(v, sort_keys=True)
-
-
-def _stats(values: Sequence[float]) -> tuple[float, float, int]:
-    a = np.asarray([v for v in values if _finite(v)], dtype=float)
-    n = len(a)
-    mean = float(a.mean()) if n else math.nan
-    std = float(a.std(ddof=1)) if n >= 2 else math.nan
-    return mean, std, n
 
 
 def _method_sort_key(method: str, paper_methods: list[str]) -> tuple:
@@ -71,130 +62,81 @@ def _method_sort_key(method: str, paper_methods: list[str]) -> tuple:
     return (3, 0, 0.0, method)
 
 
-def _read_json(path: Path) -> tuple[Optional[dict[str, Any]], str]:
-    """(content, "") or (None, one-line reason); a missing file gives (None, "")."""
-    if not path.exists():
-        return None, ""
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        return None, f"{path}: unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-    if not isinstance(obj, dict):
-        return None, f"{path}: unreadable (expected a JSON object, found {type(obj).__name__})"
-    return obj, ""
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """Per-epoch rows of ``metrics.jsonl`` (lines that do not parse are skipped)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    rows: list[dict[str, Any]] = []
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError):
-        return rows
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and "epoch" in row:
-            rows.append(row)
-    return rows
-
-
 def _labels_from_config(config: dict[str, Any]) -> dict[str, Any]:
     return {k: config[k] for k in CORE_LABELS if k in config}
 
 
-def _read_config_yaml(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "config.yaml"
-    if not path.exists():
-        return {}
-    try:
-        obj = yaml.safe_load(path.read_text())
-    except Exception:  # noqa: BLE001 - a label source of last resort
-        return {}
-    return obj if isinstance(obj, dict) else {}
-
-
-def _summary_from_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    rows = [r for r in rows if _finite(r.get("test_top1"))]
-    if not rows:
-        return {}
-    last, best = rows[-1], max(rows, key=lambda r: r["test_top1"])
-    return {"final_top1": last["test_top1"], "final_top5": last.get("test_top5"),
-            "best_top1": best["test_top1"], "best_top5": best.get("test_top5"),
-            "best_epoch": best.get("epoch"), "epochs_done": last.get("epoch")}
-
-
-def _read_run(run_dir: Path, state: tuple[str, str, Any] | None = None) -> Run:
-    """One run folder; `state` is the grid's state of it (we.grid.state.cell_state), which decides
-    the status and reason of a submitted run that has not finished (running, failed, interrupted, ...)."""
-    problems: list[str] = []
-    cell, why = _read_json(run_dir / "cell.json")
-    if why:
-        problems.append(why)
-    result, why_result = _read_json(run_dir / "result.json")
-
+def _labels(cell: dict[str, Any] | None, result: dict[str, Any] | None, run_dir: Path) -> dict[str, Any]:
+    """A run's labels: cell.json's, else those of the config in result.json or config.yaml."""
     labels: dict[str, Any] = {}
     if cell:
         labels.update(_labels_from_config(cell.get("config") or {}))
         labels.update(cell.get("labels") or {})
     if not all(k in labels for k in ("dataset", "model", "method")):
-        fallback = _labels_from_config((result or {}).get("config") or {}) or _labels_from_config(
-            _read_config_yaml(run_dir))
+        config = (result or {}).get("config")
+        fallback = _labels_from_config(config if isinstance(config, dict) else {}) or _labels_from_config(
+            tolerant(read_config, run_dir, {})[0])
         labels = {**fallback, **labels}
+    return labels
 
+
+def _message(status: str, result: dict[str, Any]) -> str:
+    """The one line a failed or diverged run shows."""
+    if status == "failed":
+        error = str(result.get("error") or "no error recorded").strip()
+        return error.splitlines()[0] if error else "no error recorded"
+    if status == "diverged":
+        epoch = result.get("diverged_epoch")
+        message = f"at epoch {epoch}" if epoch is not None else ""
+        if str(result.get("error") or "").strip():
+            message += f": {str(result['error']).strip().splitlines()[0]}"
+        return message
+    return ""
+
+
+def read_run(run_dir: Path, state: JobState | None = None) -> Run:
+    """One run folder; `state`, the grid's state of it, decides the status and reason of a submitted run
+    that has not finished (running, failed, interrupted, ...)."""
+    run_dir = Path(run_dir)
+    cell, why_cell = tolerant(read_cell, run_dir)
+    result, why_result = tolerant(read_result, run_dir)
+    problems = [why_cell] if why_cell else []
+    labels = _labels(cell, result, run_dir)
     if why_result:
         return Run(run_dir, labels, "unreadable", message=why_result, problems=problems)
-    unfinished = result is None or result.get("status") not in ("complete", "diverged")
+    unfinished = result is None or result.get("status") not in TERMINAL
     if unfinished and state is not None and state[2] is not None and state[0] not in ("done", "diverged"):
         return Run(run_dir, labels, state[0], result or {}, state[1], problems)
     if result is None:
         return Run(run_dir, labels, "running", problems=problems)
     status = str(result.get("status") or "running")
-    message = ""
-    if status == "failed":
-        error = str(result.get("error") or "no error recorded")
-        message = error.strip().splitlines()[0] if error.strip() else "no error recorded"
-    elif status == "diverged":
-        epoch = result.get("diverged_epoch")
-        message = f"at epoch {epoch}" if epoch is not None else ""
-        if result.get("error"):
-            message += f": {str(result['error']).strip().splitlines()[0]}"
-    elif status == "complete" and not _finite(result.get("final_top1")):
-        result = {**_summary_from_metrics(read_metrics(run_dir)), **{
-            k: v for k, v in result.items() if v is not None}}
-        if not _finite(result.get("final_top1")):
-            return Run(run_dir, labels, "unreadable", result,
-                       f"{run_dir / 'result.json'}: complete but holds no final_top1", problems)
-    return Run(run_dir, labels, status, result, message, problems)
+    if status == "complete" and not finite(result.get("final_top1")):
+        rows, why_rows = tolerant(read_metrics, run_dir, [])
+        result = {**summarize(rows), **{k: v for k, v in result.items() if v is not None}}
+        if not finite(result.get("final_top1")):
+            why = why_rows or f"{run_dir / RESULT_FILE}: complete but holds no final_top1"
+            return Run(run_dir, labels, "unreadable", result, why, problems)
+    return Run(run_dir, labels, status, result, _message(status, result), problems)
 
 
-def _run_dirs(grid_dir: Path) -> list[Path]:
-    found: set[Path] = set()
-    for name in ("cell.json", "result.json", "metrics.jsonl"):
-        found.update(p.parent for p in grid_dir.rglob(name))
-    return sorted(found)
-
-
-def load_runs(grid_dir: Path) -> list[Run]:
-    """The grid's run folders: those its grid.json lists when it has one (so folders left by an
-    earlier version of the grid are not mixed in), else every folder under ``grid_dir`` holding
+def grid_run_folders(grid_dir: Path) -> tuple[list[Path], list[str]]:
+    """(the grid's run folders, problems): those its grid.json lists when it has a readable one (so folders
+    left by an earlier version of the grid are not mixed in), else every folder under `grid_dir` holding
     cell.json, result.json or metrics.jsonl."""
+    grid_file, why = tolerant(read_grid_file, grid_dir)
+    if grid_file is None:
+        return run_folders(grid_dir), [why] if why else []
+    names = sorted(set(grid_file["cells"].values()))
+    return [grid_dir / n for n in names if "/" not in n and n not in ("", ".", "..") and (grid_dir / n).exists()], []
+
+
+def load_runs(grid_dir: Path, states: dict[Path, JobState] | None = None) -> list[Run]:
+    """The grid's runs (see `grid_run_folders`); `states` maps run folders to the grid's state of them."""
     grid_dir = Path(grid_dir)
     if not grid_dir.is_dir():
         return []
-    try:
-        cells = json.loads((grid_dir / "grid.json").read_text())["cells"]
-        dirs = [grid_dir / name for name in sorted(set(cells.values())) if (grid_dir / name).exists()]
-    except (OSError, ValueError, KeyError, TypeError):
-        dirs = _run_dirs(grid_dir)
-    states = run_states(dirs)  # the grid's one state function, as `status` and `plan` show it
-    return [_read_run(d, states[d]) for d in dirs]
+    dirs, _ = grid_run_folders(grid_dir)
+    return [read_run(d, (states or {}).get(Path(d))) for d in dirs]
 
 
 def problems(runs: list[Run]) -> list[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import re
 import sys
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
@@ -20,10 +19,14 @@ import pandas as pd
 from we.files import REPO_ROOT
 from we.report.figures import figure_alpha, figure_convergence
 from we.report.paper_layout import PAPER_RUNS, figure_vs_paper, layout_latex, layout_markdown, paper_layout
-from we.report.runs import (BASELINE, CORE_LABELS, DATASET_ORDER, Run, _finite, _hashable, _method_sort_key,
-                            _stats, load_runs, problems)
+from we.report.runs import (CORE_LABELS, DATASET_ORDER, JobState, Run, _hashable, _method_sort_key,
+                            grid_run_folders, problems, read_run)
+from we.report.stats import BASELINE, baseline_group, finite, mean_std_n, welch_p
+from we.report.text import latex, markdown, markdown_code
+from we.rundir import inside
 
 PAPER_CSV = REPO_ROOT / "results" / "paper" / "reported-results.csv"
+_OUTPUTS = {"markdown": ".md", "csv": ".csv", "tex": ".tex", "paper_markdown": "-paper.md", "paper_tex": "-paper.tex"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,19 +65,6 @@ def _paper_lookup(paper: pd.DataFrame, table: Optional[int], dataset: str, model
     return float(row.table), float(row.top1), float(row.top5)
 
 
-def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two-sided Welch's t-test p-value (NaN when either side has fewer than two values)."""
-    from scipy import stats
-
-    a = [v for v in a if _finite(v)]
-    b = [v for v in b if _finite(v)]
-    if len(a) < 2 or len(b) < 2:
-        return math.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-
-
 def _order(values: Iterable[str], preferred: Sequence[str]) -> dict[str, int]:
     uniq = list(dict.fromkeys(values))
     ranked = sorted(uniq, key=lambda v: (preferred.index(v) if v in preferred else len(preferred), str(v)))
@@ -109,7 +99,7 @@ def summarize_runs(runs: list[Run], paper: pd.DataFrame, table: Optional[int] = 
     for key, rs in groups.items():
         row: dict[str, Any] = dict(zip(keys, key))
         for metric in ("final_top1", "best_top1", "final_top5", "best_top5"):
-            mean, std, n = _stats(values(rs, metric))
+            mean, std, n = mean_std_n(values(rs, metric))
             row[f"{metric}_mean"], row[f"{metric}_std"] = mean, std
             if metric == "final_top1":
                 row["n"] = n
@@ -120,7 +110,7 @@ def summarize_runs(runs: list[Run], paper: pd.DataFrame, table: Optional[int] = 
         row["diff_best_top1"] = row["best_top1_mean"] - p1
         row["diff_final_top5"] = row["final_top5_mean"] - p5
         row["diff_best_top5"] = row["best_top5_mean"] - p5
-        base = _baseline_group(groups, keys, key)
+        base = baseline_group(groups, keys, key)
         for metric in ("final_top1", "best_top1"):
             row[f"p_{metric}"] = (welch_p(values(rs, metric), values(base, metric))
                                   if base is not None and row["method"] != BASELINE else math.nan)
@@ -153,34 +143,23 @@ def summarize_runs(runs: list[Run], paper: pd.DataFrame, table: Optional[int] = 
     return df
 
 
-def _baseline_group(groups: dict[tuple, list[Run]], keys: list[str], key: tuple) -> Optional[list[Run]]:
-    """The baseline runs of the same dataset, model and other axes (or of the same dataset and
-    model when exactly one baseline group exists for them)."""
-    exact = tuple(BASELINE if k == "method" else v for k, v in zip(keys, key))
-    if exact in groups:
-        return groups[exact]
-    i_ds, i_model, i_method = keys.index("dataset"), keys.index("model"), keys.index("method")
-    same = [g for g in groups if g[i_method] == BASELINE and g[i_ds] == key[i_ds] and g[i_model] == key[i_model]]
-    return groups[same[0]] if len(same) == 1 else None
-
-
 # ---------------------------------------------------------------------------------------------
 # Formatting
 # ---------------------------------------------------------------------------------------------
 def _num(x: Any, digits: int = 2, sign: bool = False) -> str:
-    if not _finite(x):
+    if not finite(x):
         return ""
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
 
 
 def _pm(mean: Any, std: Any, pm: str = " ± ") -> str:
-    if not _finite(mean):
+    if not finite(mean):
         return ""
-    return f"{mean:.2f}{pm}{std:.2f}" if _finite(std) else f"{mean:.2f}"
+    return f"{mean:.2f}{pm}{std:.2f}" if finite(std) else f"{mean:.2f}"
 
 
 def _p(x: Any) -> str:
-    if not _finite(x):
+    if not finite(x):
         return ""
     return "<0.001" if x < 1e-3 else f"{x:.3f}"
 
@@ -214,27 +193,30 @@ def _display_rows(df: pd.DataFrame, pm: str, less: str = "<0.001") -> tuple[list
 def _not_counted_lines(runs: list[Run]) -> list[str]:
     lines = []
     for r in runs:
-        lines += r.problems
+        lines += [markdown(p) for p in r.problems]
         if r.status in ("complete", "running"):
             continue
         if r.status == "unreadable":
-            lines.append(r.message)
+            lines.append(markdown(r.message))
         elif r.status == "failed":
-            lines.append(f"`{r.path}` failed: {r.message}")
+            lines.append(f"{markdown_code(r.path)} failed: {markdown(r.message)}")
         else:
-            lines.append(f"`{r.path}` {r.status} {r.message}".rstrip())
+            lines.append(f"{markdown_code(r.path)} {markdown(r.status)} {markdown(r.message)}".rstrip())
     return lines
 
 
 def format_markdown(grid_name: str, df: pd.DataFrame, runs: list[Run]) -> str:
     """The grid's table in GitHub markdown, with notes and the runs that were not counted."""
     status = Counter(r.status for r in runs)
-    out = [f"# {grid_name}", "",
+    out = [f"# {markdown(grid_name)}", "",
            f"{len(runs)} runs: " + (", ".join(f"{v} {s}" for s, v in sorted(status.items())) or "none found"), ""]
     if df.empty:
         out += ["No runs to tabulate.", ""]
     else:
         header, body = _display_rows(df, " ± ")
+        n_axes = len(df.attrs.get("axes", []))
+        header = [markdown(h) if i < n_axes else h for i, h in enumerate(header)]
+        body = [[markdown(c) if i < n_axes else c for i, c in enumerate(cells)] for cells in body]
         out.append("| " + " | ".join(header) + " |")
         out.append("|" + "|".join("---" if i < len(df.attrs.get("axes", [])) else "---:"
                                   for i in range(len(header))) + "|")
@@ -248,39 +230,31 @@ def format_markdown(grid_name: str, df: pd.DataFrame, runs: list[Run]) -> str:
             out += ["", "Runs not counted, per cell:", ""]
             axes = df.attrs.get("axes", [])
             for _, r in df[df.not_counted != ""].iterrows():
-                out.append(f"- {' / '.join(str(r[k]) for k in axes)}: {r.not_counted}")
+                out.append(f"- {' / '.join(markdown(r[k]) for k in axes)}: {markdown(r.not_counted)}")
     lines = _not_counted_lines(runs)
     if lines:
         out += ["", "## Failed, diverged and unreadable runs", ""] + [f"- {line}" for line in lines]
     return "\n".join(out) + "\n"
 
 
-def _tex_escape(s: str) -> str:
-    s = s.replace("\\", "\0")
-    for a, b in (("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"), ("_", r"\_"), ("{", r"\{"),
-                 ("}", r"\}"), ("~", r"\textasciitilde{}"), ("Δ", r"$\Delta$")):
-        s = s.replace(a, b)
-    return s.replace("\0", r"\textbackslash{}")
-
-
 def format_latex(grid_name: str, df: pd.DataFrame) -> str:
     """The grid's table as a booktabs tabular."""
     if df.empty:
-        return f"% {grid_name}: no runs to tabulate\n"
+        return f"% {latex(grid_name)}: no runs to tabulate\n"
     header, body = _display_rows(df, r"$\pm$", less=r"$<$0.001")
     n_axes = len(df.attrs.get("axes", []))
     spec = "l" * n_axes + "r" * (len(header) - n_axes)
-    lines = [f"% {grid_name}: mean $\\pm$ std over complete runs; * n < {PAPER_RUNS}; "
+    lines = [f"% {latex(grid_name)}: mean $\\pm$ std over complete runs; * n < {PAPER_RUNS}; "
              "p: Welch's t-test vs the baseline",
              f"\\begin{{tabular}}{{{spec}}}", r"\toprule",
-             " & ".join(_tex_escape(h) for h in header) + r" \\", r"\midrule"]
+             " & ".join(latex(h) for h in header) + r" \\", r"\midrule"]
     prev = None
     for (_, r), cells in zip(df.iterrows(), body):
         group = (r.dataset, r.model)
         if prev is not None and group != prev:
             lines.append(r"\midrule")
         prev = group
-        escaped = [_tex_escape(c) if i < n_axes else c.replace("*", r"$^*$") for i, c in enumerate(cells)]
+        escaped = [latex(c) if i < n_axes else c.replace("*", r"$^*$") for i, c in enumerate(cells)]
         lines.append(" & ".join(escaped) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
@@ -290,7 +264,8 @@ def format_latex(grid_name: str, df: pd.DataFrame) -> str:
 # collect
 # ---------------------------------------------------------------------------------------------
 def collect(grid_name: str, runs_root: Path = Path("results/runs"), out_dir: Path = Path("results"),
-            paper_csv: Path = PAPER_CSV, *, figures: bool = True, echo: bool = True) -> dict[str, Any]:
+            paper_csv: Path = PAPER_CSV, *, figures: bool = True, echo: bool = True,
+            states: Optional[dict[Path, JobState]] = None) -> dict[str, Any]:
     """Tabulate one grid into ``out_dir/<grid>.md|.csv|.tex`` (and its convergence figure).
 
     A paper table's grid (``tableN``, ``tableN-official``) also gets ``<grid>-paper.md|.tex`` (the
@@ -298,27 +273,29 @@ def collect(grid_name: str, runs_root: Path = Path("results/runs"), out_dir: Pat
 
     Returns ``{"markdown", "csv", "tex": Path, ["paper_markdown", "paper_tex": Path,] "figures": [Path],
     "table": DataFrame, "runs": [Run], "problems": [str], ["paper_layout": PaperLayout]}``. Raises
-    FileNotFoundError when the grid folder is missing.
+    FileNotFoundError when the grid folder is missing, InputError when the grid's name would put a file
+    outside `runs_root` or `out_dir`. `states` (from ``python -m we.grid collect``) is the grid's state of
+    its run folders; without it only the folders are read.
     """
     runs_root, out_dir = Path(runs_root), Path(out_dir)
-    grid_dir = runs_root / grid_name
+    grid_dir = inside(runs_root, grid_name, "grid")
+    out = {kind: inside(out_dir, f"{grid_name}{suffix}", "grid") for kind, suffix in _OUTPUTS.items()}
     if not grid_dir.is_dir():
         raise FileNotFoundError(f"{grid_dir}: no such grid folder")
-    runs = load_runs(grid_dir)
+    dirs, grid_problems = grid_run_folders(grid_dir)
+    runs = [read_run(d, (states or {}).get(Path(d))) for d in dirs]
     paper = load_paper(Path(paper_csv))
     df = summarize_runs(runs, paper, table_number(grid_name))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     md = format_markdown(grid_name, df, runs)
-    paths = {"markdown": out_dir / f"{grid_name}.md", "csv": out_dir / f"{grid_name}.csv",
-             "tex": out_dir / f"{grid_name}.tex"}
+    paths = {k: out[k] for k in ("markdown", "csv", "tex")}
     paths["markdown"].write_text(md)
     df.to_csv(paths["csv"], index=False, float_format="%.6g")
     paths["tex"].write_text(format_latex(grid_name, df))
     layout = paper_layout(df, grid_name) if table_number(grid_name) is not None else None
     if layout is not None:
-        paths["paper_markdown"] = out_dir / f"{grid_name}-paper.md"
-        paths["paper_tex"] = out_dir / f"{grid_name}-paper.tex"
+        paths["paper_markdown"], paths["paper_tex"] = out["paper_markdown"], out["paper_tex"]
         paths["paper_markdown"].write_text(layout_markdown(layout))
         paths["paper_tex"].write_text(layout_latex(layout))
 
@@ -328,7 +305,7 @@ def collect(grid_name: str, runs_root: Path = Path("results/runs"), out_dir: Pat
         written += figure_alpha(grid_name, runs, out_dir / "figures")
         if layout is not None:
             written += figure_vs_paper(layout, out_dir / "figures")
-    unreadable = problems(runs)
+    unreadable = grid_problems + problems(runs)
     for line in unreadable:
         print(line, file=sys.stderr)
     if echo:

@@ -15,7 +15,6 @@ import os
 import pickle
 import random
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,45 +22,24 @@ import numpy as np
 import torch
 
 from we.errors import CheckpointError
-from we.files import atomic_write
+from we.rundir import (BEST_CHECKPOINT, BROKEN_SUFFIX, CONFIG_FILE, STAGED_BEST_FORMAT, first_line, read_checkpoint,
+                       write_checkpoint as save_checkpoint)
 
 TRUST_FLAG = "--trust-checkpoint"
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save to a temp file, then rename: a reader never sees half a checkpoint."""
-    atomic_write(path, lambda f: torch.save(state, f), mode="wb")
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err)
-    marker = "WeightsUnpickler error: "  # torch's restricted unpickler names the refused global or opcode here
-    if marker in text:
-        text = text.split(marker, 1)[1]
-    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
-
-
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint on the CPU with torch's restricted unpickler (weights_only=True), never anything else.
-
-    A file that needs more (an object whose unpickling could run code, or a checkpoint written before
-    checkpoints held plain types only) or that is not a checkpoint at all is refused: CheckpointError,
-    one line naming the file and how to proceed."""
-    if not zipfile.is_zipfile(path):  # torch.save's format; anything else would go to torch's legacy reader
-        raise CheckpointError(f"{path}: unreadable checkpoint (not a torch.save zip archive)")
+    """Load a checkpoint on the CPU with torch's restricted unpickler (weights_only=True), never anything else
+    (`we.rundir.read_checkpoint`); a file that would need full unpickling is refused with the way forward."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
+        return read_checkpoint(path)
+    except CheckpointError as err:
+        if not getattr(err, "needs_unpickling", False):
+            raise
         raise CheckpointError(
-            f"{path}: refused, loading it would need full unpickling, which can run code ({_first_line(err)}); "
-            f"move the run folder away and rerun from scratch, or, only if you wrote this file yourself with an "
-            f"earlier version of the suite, convert it once with `python -m we.train {TRUST_FLAG} "
-            f"--config {Path(path).parent / 'config.yaml'}`") from None
-    except Exception as err:  # noqa: BLE001 - a truncated or foreign file means the same thing here
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(err).__name__}: {_first_line(err)})") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: not a checkpoint (holds a {type(state).__name__}, not a dict)")
-    return state
+            f"{err}; move the run folder away and rerun from scratch, or, only if you wrote this file yourself "
+            f"with an earlier version of the suite, convert it once with `python -m we.train {TRUST_FLAG} "
+            f"--config {Path(path).parent / CONFIG_FILE}`") from None
 
 
 def convert_trusted_checkpoint(path: Path) -> bool:
@@ -86,7 +64,7 @@ def convert_trusted_checkpoint(path: Path) -> bool:
         torch.load(buffer, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(f"{path}: still not loadable without full unpickling after conversion "
-                              f"({_first_line(err)}); not rewritten") from None
+                              f"({first_line(err)}); not rewritten") from None
     save_checkpoint(path, state)
     print(f"{path}: loaded with full unpickling ({TRUST_FLAG}) and rewritten in the safe format", file=sys.stderr)
     return True
@@ -106,7 +84,7 @@ def plain_rng_state(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def staged_best(out: Path, epoch: int) -> Path:
-    return Path(out) / f".best-epoch{epoch}.pt"
+    return Path(out) / STAGED_BEST_FORMAT.format(epoch=epoch)
 
 
 def stage_best(out: Path, epoch: int, state: dict[str, Any]) -> None:
@@ -115,20 +93,37 @@ def stage_best(out: Path, epoch: int, state: dict[str, Any]) -> None:
 
 def promote_best(out: Path, epoch: int) -> int:
     """The staged best of `epoch` becomes best.pt (one rename); returns the epoch."""
-    os.replace(staged_best(out, epoch), Path(out) / "best.pt")
+    os.replace(staged_best(out, epoch), Path(out) / BEST_CHECKPOINT)
     return epoch
 
 
 def settle_best(out: Path, last_epoch: int) -> int | None:
     """On resume from last.pt of `last_epoch`: a staged best of that epoch becomes best.pt, one of a later
-    (not checkpointed) epoch is dropped. Returns the epoch best.pt holds (None: there is none)."""
-    for path in Path(out).glob(".best-epoch*.pt"):
+    (not checkpointed) epoch is dropped. Returns the epoch best.pt holds (None: there is none). A best.pt
+    that does not load never blocks the resume: it is set aside as best.pt.broken (a warning says so) and
+    the next epoch better than the history's best writes a new one."""
+    for path in Path(out).glob(STAGED_BEST_FORMAT.format(epoch="*")):
         if path == staged_best(out, last_epoch):
             promote_best(out, last_epoch)
         else:
             path.unlink()
-    best = Path(out) / "best.pt"
-    return load_checkpoint(best)["epoch"] if best.exists() else None
+    best = Path(out) / BEST_CHECKPOINT
+    if not (best.exists() or best.is_symlink()):
+        return None
+    try:
+        epoch = read_checkpoint(best).get("epoch")
+    except CheckpointError as err:
+        epoch = None
+        why = str(err)
+    else:
+        why = "" if isinstance(epoch, int) else f"{best}: holds no epoch"
+    if why:
+        aside = best.with_name(BEST_CHECKPOINT + BROKEN_SUFFIX)
+        os.replace(best, aside)
+        print(f"warning: {why}; set aside as {aside}, the next better epoch writes a new {BEST_CHECKPOINT}",
+              file=sys.stderr)
+        return None
+    return epoch
 
 
 def rng_state() -> dict[str, Any]:

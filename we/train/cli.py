@@ -12,7 +12,8 @@ import os
 import shlex
 import sys
 
-from we.errors import CheckpointError, ConfigError
+from we.errors import SuiteError
+from we.rundir import LAST_CHECKPOINT
 from we.train.checkpoint import TRUST_FLAG
 from we.train.config import load_config
 from we.train.interrupt import Interrupted, interrupts_raise
@@ -24,14 +25,14 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="YAML file of config keys (overridden by key=value arguments)")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. model=resnet56 method=we epochs=10")
     parser.add_argument(TRUST_FLAG, action="store_true",
-                        help="only for a last.pt you wrote yourself with an earlier version of the suite: load it "
+                        help=f"only for a {LAST_CHECKPOINT} you wrote yourself with an earlier version of the suite: load it "
                              "once with full unpickling (which can run code) and rewrite it in the safe format")
     args = parser.parse_args(argv)
     with interrupts_raise():
         try:
             cfg = load_config(args.config, args.overrides)
             result = main(cfg, trust_checkpoint=args.trust_checkpoint)
-        except (ConfigError, CheckpointError) as err:
+        except SuiteError as err:  # a bad config, checkpoint or run-folder file: one line, nothing written
             print(f"error: {err}", file=sys.stderr)
             return 2
         except Exception as err:  # noqa: BLE001 - reported in result.json and as one line here

@@ -19,6 +19,7 @@ import models
 from we.errors import ConfigError, InputError
 from we.files import read_yaml
 from we.methods import METHODS, ConfigKey, method_keys
+from we.rundir import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, RESULT_FILE
 from we.train.datasets import DATASETS, NORMALIZATIONS, TRAIN_IMAGES
 from we.train.loggers import LOGGERS, check_loggers
 
@@ -26,7 +27,7 @@ K = ConfigKey
 MODEL_VARIANTS = ("zoo", "authors")
 CORE_KEYS: dict[str, ConfigKey] = {
     # ---- run -------------------------------------------------------------------------------------
-    "out": K(str, "results/runs/manual", "run folder: config.yaml, metrics, result.json, last.pt, best.pt"),
+    "out": K(str, "results/runs/manual", f"run folder: {CONFIG_FILE}, metrics, {RESULT_FILE}, {LAST_CHECKPOINT}, {BEST_CHECKPOINT}"),
     "seed": K(int, 0, "seeds model init, data order and augmentation", minimum=0),
     "device": K(str, "auto", "auto | cpu | cuda | cuda:N (several processes: cuda:LOCAL_RANK each)"),
     "dist_backend": K(str, "auto", "several processes: auto (nccl on CUDA, gloo on CPU) | nccl | gloo",

@@ -17,6 +17,8 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from we.rundir import LAST_CHECKPOINT
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _state: dict[str, Any] = {"holding": 0, "pending": None, "stopping": False}
 
@@ -35,7 +37,7 @@ class Interrupted(BaseException):
     def where(self) -> str:
         if self.done is None or self.epochs is None:
             return "before training started"
-        return f"during epoch {self.done + 1}/{self.epochs}; last.pt holds " + (
+        return f"during epoch {self.done + 1}/{self.epochs}; {LAST_CHECKPOINT} holds " + (
             f"epoch {self.done}" if self.done else "no finished epoch")
 
 

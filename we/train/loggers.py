@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import netrc
 import os
 import re
@@ -27,12 +26,12 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from we.errors import ConfigError
+from we.rundir import read_cell, tolerant
 from we.train.checkpoint import rng_state, set_rng_state
 
 # logger name -> (module it needs, the pip command that installs it)
 LOGGERS = {"tensorboard": ("tensorboard", "pip install tensorboard"), "wandb": ("wandb", "pip install wandb")}
 TB_DIR = "tb"
-CELL_FILE = "cell.json"  # written by the grid (we.grid.records.CELL_FILE)
 # metrics-row column -> scalar tag; any other numeric column is a method metric, `method/<column>`
 TAGS = {"lr": "lr", "train_loss": "train/loss", "train_top1": "train/top1", "test_loss": "test/loss",
         "test_top1": "test/top1", "test_top5": "test/top5", "seconds": "time/epoch_seconds",
@@ -70,10 +69,8 @@ def _rng_kept() -> Iterator[None]:
 
 def wandb_project(out: Path) -> str:
     """The grid's name (from the grid's cell.json), else the run folder's parent's name."""
-    try:
-        grid = json.loads((out / CELL_FILE).read_text()).get("grid")
-    except (OSError, ValueError):
-        grid = None
+    cell, _ = tolerant(read_cell, out)
+    grid = (cell or {}).get("grid")
     return str(grid or out.absolute().parent.name)
 
 

@@ -15,10 +15,7 @@ every epoch with identical weights; only rank 0 writes the run folder.
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
-import io
-import json
 import math
 import sys
 import time
@@ -28,12 +25,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 
 import models
 from we.errors import ConfigError
-from we.files import write_json, write_text
 from we.methods import Method, TrainContext, create_method, method_version
+from we.rundir import (CONFIG_FILE, LAST_CHECKPOINT, RESULT_FILE, TERMINAL, RunFileError, best_row, read_config,
+                       read_metrics, read_result, remove_stale_temps, summarize, write_config, write_metrics,
+                       write_result)
 from we.train.checkpoint import (convert_trusted_checkpoint, load_checkpoint, promote_best, rng_state,
                                  save_checkpoint, seed_everything, set_rng_state, settle_best, stage_best)
 from we.train.config import RESULT_NEUTRAL_KEYS, Config, config_diff, model_options, to_dict
@@ -44,7 +42,6 @@ from we.train.optim import build_optimizer, build_scheduler, evaluate
 from we.train.pipeline import build_data
 from we.train.provenance import provenance
 
-TERMINAL = ("complete", "diverged")  # any other status (failed, interrupted) resumes
 TIMING_KEYS = ("seconds", "train_seconds", "images_per_s", "method_seconds")  # per-epoch columns that vary run to run
 EXIT_CODES = {"complete": 0, "failed": 1, "diverged": 3}
 
@@ -114,60 +111,35 @@ def train_one_epoch(ctx: TrainContext, method, data, epoch: int, iteration: int,
             "iteration": iteration, "method": method_totals}
 
 
-def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
-    """Rewrite metrics.jsonl and metrics.csv from the full history (atomic: never half a file)."""
-    write_text(out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
-    columns: list[str] = []
-    for row in history:
-        columns += [k for k in row if k not in columns]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(history)
-    write_text(out / "metrics.csv", buf.getvalue())
-
-
-def best_row(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """The first epoch with the highest test top-1 (the best epoch of the tables, and of best.pt)."""
-    return max(history, key=lambda r: r["test_top1"])
-
-
 def saved_history(out: Path) -> list[dict[str, Any]]:
     """The epoch rows of metrics.jsonl (written with last.pt, so the epochs last.pt holds)."""
     try:
-        return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    except (OSError, ValueError):
+        return read_metrics(out)
+    except RunFileError:
         return []
 
 
-def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Final and best-epoch accuracies (the authors' script reports the best epoch)."""
-    if not history:
-        return {}
-    last = history[-1]
-    best = best_row(history)
-    train_s = sum(r["train_seconds"] for r in history)
-    images = sum(r["images_per_s"] * r["train_seconds"] for r in history)
-    return {"epochs_done": len(history), "final_top1": last["test_top1"], "final_top5": last["test_top5"],
-            "final_test_loss": last["test_loss"], "best_top1": best["test_top1"], "best_top5": best["test_top5"],
-            "best_epoch": best["epoch"], "train_seconds": train_s,
-            "images_per_s": images / train_s if train_s > 0 else None}
-
-
-def _check_same_run(out: Path, cfg: Config) -> None:
-    """An existing run folder must hold the same configuration (else results would mix)."""
-    path = out / "config.yaml"
-    if not path.exists():
-        return
-    try:
-        old = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError:
-        raise ConfigError(f"{path}: malformed YAML in an existing run folder") from None
+def _check_same_config(path: Path, old: dict[str, Any], cfg: Config) -> None:
+    """The config a run folder's file recorded (`old`) must be the requested one, result-neutral keys aside;
+    else a ConfigError naming the file and the first differing key."""
     new = to_dict(cfg)
     # A key the old run did not know (added to Config since) ran with the behaviour it now defaults to.
     diff = config_diff(old, {k: v for k, v in new.items() if k in old}, ignore=RESULT_NEUTRAL_KEYS)
     if diff:
-        raise ConfigError(f"{out}: holds a run with a different config (keys: {', '.join(diff)}); use another out")
+        key = diff[0]
+        raise ConfigError(f"{path}: holds a run with a different config (first differing key {key!r}: "
+                          f"{old.get(key)!r} there, {new.get(key)!r} requested; keys: {', '.join(diff)}); "
+                          "use another out")
+
+
+def _check_same_run(out: Path, cfg: Config) -> None:
+    """An existing run folder's config.yaml must hold the same configuration (else results would mix)."""
+    try:
+        old = read_config(out)
+    except RunFileError as err:
+        raise ConfigError(str(err)) from None
+    if old is not None:
+        _check_same_config(out / CONFIG_FILE, old, cfg)
 
 
 def _check_same_version(path: Path, version: int, cfg: Config) -> None:
@@ -199,34 +171,48 @@ def main(cfg: Config, trust_checkpoint: bool = False) -> dict[str, Any]:
             shutdown_distributed()
 
 
-def _main(cfg: Config, device: torch.device, dist_env: DistEnv, trust_checkpoint: bool = False) -> dict[str, Any]:
-    out = Path(cfg.out)
-    result_path = out / "result.json"
-    ckpt_path = out / "last.pt"
+def _open_run_folder(out: Path, cfg: Config, dist_env: DistEnv,
+                     trust_checkpoint: bool) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(result.json of a finished run of this config, None) or (None, last.pt's state to resume, or None).
+
+    Nothing is written before every check passed: config.yaml, result.json's config and the config stored in
+    last.pt must all be the requested one (result-neutral keys aside), whatever config.yaml says."""
+    ckpt_path = out / LAST_CHECKPOINT
+    _check_same_run(out, cfg)
     if trust_checkpoint and ckpt_path.exists():
-        _check_same_run(out, cfg)
         if dist_env.is_main:
             convert_trusted_checkpoint(ckpt_path)
         dist_env.barrier()
-    if result_path.exists():
-        try:
-            previous = json.loads(result_path.read_text())
-        except json.JSONDecodeError:
-            raise RuntimeError(f"{result_path}: unreadable result file") from None
-        if previous.get("status") in TERMINAL:
-            _check_same_run(out, cfg)
-            _check_same_version(result_path, previous.get("method_version", 1), cfg)
-            if dist_env.is_main:
-                log(f"{out}: already {previous['status']}; nothing to do")
-            return previous
-    _check_same_run(out, cfg)
-    resume = load_checkpoint(ckpt_path) if ckpt_path.exists() else None  # refused: nothing written yet
+    try:
+        previous = read_result(out)
+    except RunFileError as err:
+        raise ConfigError(f"{err}; move the run folder away to rerun it") from None
+    if previous is not None and isinstance(previous.get("config"), dict):
+        _check_same_config(out / RESULT_FILE, previous["config"], cfg)
+    if previous is not None and previous.get("status") in TERMINAL:
+        _check_same_version(out / RESULT_FILE, previous.get("method_version", 1), cfg)
+        if dist_env.is_main:
+            log(f"{out}: already {previous['status']}; nothing to do")
+        return previous, None
+    resume = load_checkpoint(ckpt_path) if ckpt_path.exists() or ckpt_path.is_symlink() else None
+    if resume is not None and isinstance(resume.get("config"), dict):  # refused: nothing written yet
+        _check_same_config(ckpt_path, resume["config"], cfg)
+    return None, resume
+
+
+def _main(cfg: Config, device: torch.device, dist_env: DistEnv, trust_checkpoint: bool = False) -> dict[str, Any]:
+    out = Path(cfg.out)
+    previous, resume = _open_run_folder(out, cfg, dist_env, trust_checkpoint)
+    if previous is not None:
+        return previous
     if cfg.batch_size % dist_env.world_size:
         raise ConfigError(f"config key 'batch_size': the global batch {cfg.batch_size} must be a multiple of "
                           f"the {dist_env.world_size} processes")
     if dist_env.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        for path in remove_stale_temps(out):  # a killed write's temp file (a whole checkpoint, maybe)
+            log(f"{path}: removed (a write that never finished)")
+        write_config(out, to_dict(cfg))
 
     started = time.perf_counter()
     result: dict[str, Any] = {"status": "running", "config": to_dict(cfg),
@@ -243,17 +229,17 @@ def _main(cfg: Config, device: torch.device, dist_env: DistEnv, trust_checkpoint
         if dist_env.is_main:
             result.update(status="interrupted", signal=stop.name, error=f"{stop} {stop.where()} (resumable)",
                           **summarize(saved), wall_seconds=time.perf_counter() - started)
-            write_json(result_path, result)
+            write_result(out, result)
         raise
     except Exception as err:
         if dist_env.is_main:
             result.update(status="failed", error=f"{type(err).__name__}: {err}",
                           traceback=traceback.format_exc(limit=8))
-            write_json(result_path, result)
+            write_result(out, result)
         raise
     result["wall_seconds"] = time.perf_counter() - started
     if dist_env.is_main:
-        write_json(result_path, result)
+        write_result(out, result)
     return dist_env.broadcast_object(result)
 
 
@@ -302,7 +288,7 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SIN
     start_epoch, iteration, best_saved = 0, 0, None
     if resume is not None:
         state = resume
-        _check_same_version(out / "last.pt", state.get("method_version", 1), cfg)
+        _check_same_version(out / LAST_CHECKPOINT, state.get("method_version", 1), cfg)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -359,7 +345,7 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SIN
                 if best_weights is not None:  # staged, then best.pt once last.pt of this epoch is on disk
                     stage_best(out, epoch + 1, {"config": to_dict(cfg), "epoch": epoch + 1,
                                                 "test_top1": ev["test_top1"], "model": best_weights})
-                save_checkpoint(out / "last.pt", {
+                save_checkpoint(out / LAST_CHECKPOINT, {
                     "config": to_dict(cfg), "method_version": method_version(cfg.method), "epoch": epoch + 1,
                     "iteration": iteration, "history": history,
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),

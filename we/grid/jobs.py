@@ -1,0 +1,101 @@
+"""Whether a grid's jobs are still live: local runner processes (pid and start time on this host) and SLURM
+jobs (sacct). The grid's state reads it; the report, which reads run folders only, never does.
+"""
+from __future__ import annotations
+
+import socket
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+# sacct states of a job that is still queued or running (a requeued job comes back to PENDING).
+SLURM_ACTIVE_STATES = frozenset({
+    "PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED",
+    "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT", "STOPPED", "PREEMPTED"})
+# A job that sacct does not list yet is taken as queued for this long after its submission.
+SACCT_GRACE_S = 300.0
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """Start time of a process in clock ticks since boot (tells a reused pid apart); None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields_after_name = stat.rsplit(")", 1)[1].split()
+    if fields_after_name[0] == "Z":  # a zombie has finished
+        return None
+    return int(fields_after_name[19])
+
+
+def local_active(record: dict[str, Any]) -> bool | None:
+    """Whether a local record's job is live: its runner runs and has not recorded the cell's exit
+    (None: the runner is on another machine)."""
+    if "exit_code" in record:
+        return False
+    if record.get("host") != socket.gethostname():
+        return None  # another machine's runner: cannot tell from here
+    # the runner, or the cell's own process when the runner was killed under it
+    for pid_key, start_key in (("pid", "pid_start"), ("cell_pid", "cell_pid_start")):
+        if record.get(pid_key) is None:
+            continue
+        ticks = process_start_ticks(int(record[pid_key]))
+        if ticks is not None and (record.get(start_key) is None or ticks == record[start_key]):
+            return True
+    return False
+
+
+def _sacct_states(job_ids: Sequence[str]) -> dict[str, str] | None:
+    """State per job id (array tasks as `A_i`) from sacct; None when sacct cannot be asked."""
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    bases = sorted({j.split("_")[0] for j in job_ids})
+    cmd = ["sacct", "-o", "JobID,State", "--parsable2"]
+    for base in bases:
+        cmd += ["-j", base]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if res.returncode != 0:
+        return None
+    info = SlurmInfoWatcher().read_info(res.stdout)
+    return {job: stats.get("State", "").split(" ")[0] for job, stats in info.items()}
+
+
+
+def _age_s(record: dict[str, Any]) -> float:
+    try:
+        return (datetime.now(timezone.utc) - datetime.fromisoformat(record["time"])).total_seconds()
+    except (KeyError, ValueError):
+        return float("inf")
+
+
+def slurm_active(records: Sequence[dict[str, Any]]) -> dict[str, bool | None]:
+    """For each SLURM record's job_id: True while queued/running, False once ended, None when sacct
+    cannot be asked (a job sacct does not list yet counts as queued for SACCT_GRACE_S)."""
+    states = _sacct_states([r["job_id"] for r in records])
+    out: dict[str, bool | None] = {}
+    for rec in records:
+        if states is None:
+            out[rec["job_id"]] = None
+        elif rec["job_id"] in states:
+            out[rec["job_id"]] = states[rec["job_id"]] in SLURM_ACTIVE_STATES
+        else:
+            out[rec["job_id"]] = _age_s(rec) < SACCT_GRACE_S
+    return out
+
+
+def active_jobs(records: Sequence[dict[str, Any]]) -> dict[str, bool | None]:
+    """For each record's job_id: True while queued/running, False once ended, None when unknown."""
+    out: dict[str, bool | None] = {}
+    slurm = [r for r in records if r.get("executor") == "slurm"]
+    for rec in records:
+        if rec.get("executor") == "local":
+            out[rec["job_id"]] = local_active(rec)
+        elif rec.get("executor") != "slurm":
+            out[rec["job_id"]] = None
+    if slurm:
+        out.update(slurm_active(slurm))
+    return out
