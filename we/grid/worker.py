@@ -13,6 +13,7 @@ from we.errors import ConfigError
 from we.grid.local import run_local
 from we.grid.records import CELL_FILE, read_cell_file
 from we.train.config import make_config, resolve
+from we.train.interrupt import Interrupted, interrupts_raise
 from we.train.trainer import EXIT_CODES
 from we.train.trainer import main as train_main
 
@@ -23,11 +24,15 @@ def run_cell(run_dir: str | Path) -> int:
     if data is None:
         print(f"error: {run_dir}: no readable {CELL_FILE}", file=sys.stderr)
         return 2
-    try:
-        result = train_main(resolve(make_config(data["config"], source=f"{run_dir}/{CELL_FILE}")))
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    with interrupts_raise():  # SIGINT/SIGTERM (a local cancel): result.json says interrupted, last.pt resumes
+        try:
+            result = train_main(resolve(make_config(data["config"], source=f"{run_dir}/{CELL_FILE}")))
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except Interrupted as stop:
+            print(f"{stop} {stop.where()}; `python -m we.grid submit` resumes it", file=sys.stderr, flush=True)
+            return stop.exit_code
     return EXIT_CODES.get(result.get("status"), 1)
 
 
