@@ -32,9 +32,11 @@ help:
 
 install: $(VENV)/.install.stamp
 
-$(VENV)/.install.stamp: requirements.txt
+# the pinned requirements, then this checkout as an editable package: .venv/bin/we-train, we-grid, we-report, we-bench
+$(VENV)/.install.stamp: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 test: install

@@ -562,3 +562,72 @@ def test_step_off_the_cpu_never_reads_device_data_nor_copies_to_it(variant, kwar
         counts = evolution.step(31, sync=False)
     assert all(v.device.type == "meta" for k, v in counts.items() if k != "conv_bias")
     assert spy.ops == [] and made_on_device == []
+
+
+@pytest.mark.parametrize("hook", ["step", "step_iteration"])
+@pytest.mark.parametrize("value, error", [(-1, ValueError), (1.5, TypeError), ("3", TypeError), (True, TypeError),
+                                          (None, TypeError)])
+def test_hooks_take_non_negative_ints_only(hook, value, error):
+    evolution = WeightEvolution(bn_ramp(4), interval_unit="iter" if hook == "step_iteration" else "epoch")
+    before = {k: v.clone() for k, v in evolution.model.state_dict().items()}
+    with pytest.raises(error, match="non-negative integer"):
+        evolution.step(value) if hook == "step" else evolution.step_iteration(value, 0)
+    assert evolution.steps == 0 and all(torch.equal(v, evolution.model.state_dict()[k]) for k, v in before.items())
+
+
+def test_hooks_accept_numpy_and_torch_ints():
+    import numpy as np
+
+    evolution = WeightEvolution(bn_ramp(4), r_hat=0.5)
+    assert evolution.step(np.int64(3)) is not None and evolution.step(torch.tensor(4)) is not None
+
+
+def test_selection_rate_refuses_a_negative_epoch():
+    with pytest.raises(ValueError, match="epoch must be a non-negative integer"):
+        selection_rate(-1)
+    with pytest.raises(TypeError, match="epoch"):
+        selection_rate("2")
+
+
+@pytest.mark.parametrize("model", ["resnet18", None, [torch.nn.Conv2d(1, 1, 1)]])
+def test_a_model_that_is_no_module_is_a_type_error_naming_its_type(model):
+    with pytest.raises(TypeError, match=f"torch.nn.Module, got {type(model).__name__}"):
+        WeightEvolution(model)
+
+
+@pytest.mark.parametrize("variant", ["paper", "official"])
+@pytest.mark.parametrize("edit, named", [
+    (lambda s: {}, "lacks 'variant', 'hparams', 'steps', 'evolved'"),
+    (lambda s: {k: v for k, v in s.items() if k != "steps"}, "lacks 'steps'"),
+    (lambda s: {**s, "hparams": []}, r"state\['hparams'\] must be a mapping, got list"),
+    (lambda s: {**s, "steps": "2"}, r"state\['steps'\] must be an integer, got str"),
+    (lambda s: [1, 2], "must be a mapping from state_dict"),
+])
+def test_load_state_dict_names_what_is_missing_or_of_the_wrong_kind(variant, edit, named):
+    evolution = WeightEvolution(bn_ramp(4), variant=variant)
+    evolution.step(0)
+    with pytest.raises(ValueError, match=named):
+        evolution.load_state_dict(edit(evolution.state_dict()))
+    assert evolution.steps == 1  # nothing changed
+
+
+def test_load_state_dict_of_the_official_variant_needs_its_counters():
+    evolution = WeightEvolution(bn_ramp(4), variant="official")
+    state = evolution.state_dict()
+    with pytest.raises(ValueError, match="lacks 'official'"):
+        evolution.load_state_dict({k: v for k, v in state.items() if k != "official"})
+    with pytest.raises(ValueError, match="'counters'"):
+        evolution.load_state_dict({**state, "official": {}})
+
+
+@pytest.mark.parametrize("variant", ["paper", "official"])
+@pytest.mark.parametrize("model, conv, bn, says", [
+    (torch.nn.Conv2d(2, 2, 3), False, False, "conv=False and bn=False leave Weight Evolution nothing to evolve"),
+    (torch.nn.Linear(2, 2), True, True, "Linear has no Conv2d or BatchNorm2d/SyncBatchNorm layer to evolve \\("),
+    (torch.nn.Conv2d(2, 2, 3), False, True, "Conv2d has no BatchNorm2d/SyncBatchNorm layer to evolve \\(conv=False\\)"),
+    (torch.nn.BatchNorm2d(2), True, False, "BatchNorm2d has no Conv2d layer to evolve \\(bn=False\\)"),
+])
+def test_nothing_to_evolve_reads_correctly_for_every_switch_combination(variant, model, conv, bn, says):
+    with pytest.raises(ValueError, match=says) as caught:
+        WeightEvolution(model, variant=variant, conv=conv, bn=bn)
+    assert "no no" not in str(caught.value) and "no kind" not in str(caught.value)

@@ -63,7 +63,7 @@ def test_signal_stops_cleanly_and_the_same_command_resumes(tmp_path: Path, refer
     assert f"interrupted by {signal.Signals(sig).name} during epoch {done + 1}/4" in err
     assert "resume with: python -m we.train dataset=digits" in err and f"out={out}" in err
     state, note, _ = cell_state(out, {})  # a plain run folder: no job record
-    assert state == "interrupted" and "resumes it" in note
+    assert state == "interrupted" and f"interrupted at epoch {done}/4" in note and "resumes it" in note
 
     again = subprocess.run(command(out), cwd=REPO, env=ENV, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
@@ -90,3 +90,57 @@ def test_nothing_installed_inside_a_submitit_job(monkeypatch: pytest.MonkeyPatch
     before = signal.getsignal(signal.SIGINT)
     with interrupts_raise() as installed:
         assert not installed and signal.getsignal(signal.SIGINT) is before
+
+
+def wait_for_line(path: Path, proc: subprocess.Popen, text: str, timeout: float = 600) -> None:
+    """Block until the run's own log holds `text` (the trainer's event, not a guessed sleep)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if path.exists() and text in path.read_text():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the run ended (or timed out) before printing {text!r}: {path.read_text()}")
+
+
+def group_alive(pgid: int) -> list[int]:
+    """Pids still alive (not zombies) in a process group."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+@pytest.mark.parametrize("target, sig, code", [("group", signal.SIGINT, 130), ("group", signal.SIGTERM, 143),
+                                               ("main", signal.SIGINT, 130)])
+def test_a_signal_to_a_run_with_loader_workers_stops_it_in_at_most_two_lines(tmp_path: Path, target: str, sig: int,
+                                                                             code: int):
+    """As a terminal's Ctrl-C: the whole process group (main process and its 2 DataLoader workers) gets
+    the signal, timed from the trainer's own `epoch 1/` line while epoch 2's batches load."""
+    out = tmp_path / "run"
+    argv = [a if not a.startswith("workers=") else "workers=2" for a in command(out)]
+    argv = [a if not a.startswith("epochs=") else "epochs=6" for a in argv]
+    log_out, log_err = tmp_path / "stdout", tmp_path / "stderr"
+    with open(log_out, "wb") as so, open(log_err, "wb") as se:
+        proc = subprocess.Popen(argv, cwd=REPO, env=ENV, stdout=so, stderr=se, start_new_session=True)
+        try:
+            wait_for_line(log_out, proc, "epoch 1/6 ")
+            os.killpg(proc.pid, sig) if target == "group" else proc.send_signal(sig)
+            assert proc.wait(timeout=300) == code
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    err, std = log_err.read_text(), log_out.read_text()
+    assert "Traceback" not in err and "Traceback" not in std and "Error" not in err, err
+    assert 1 <= len(err.strip().splitlines()) <= 2, err
+    assert f"interrupted by {signal.Signals(sig).name}" in err and "resume with: python -m we.train" in err
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "interrupted" and result["epochs_done"] >= 1
+    deadline = time.time() + 30  # the workers end with the main process, none left behind
+    while group_alive(proc.pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not group_alive(proc.pid)

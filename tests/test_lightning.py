@@ -50,7 +50,7 @@ def loaders() -> tuple[DataLoader, DataLoader]:
 
 
 def fit(root: Path, callback: WeightEvolutionCallback | None, stop_after: int | None = None,
-        ckpt_path: str | None = None) -> DigitsNet:
+        ckpt_path: str | None = None, max_epochs: int = EPOCHS) -> DigitsNet:
     torch.manual_seed(0)
     model = DigitsNet()
     callbacks: list[pl.Callback] = [ModelCheckpoint(dirpath=root / "ckpt", save_last=True, save_top_k=-1)]
@@ -58,7 +58,7 @@ def fit(root: Path, callback: WeightEvolutionCallback | None, stop_after: int | 
         callbacks.insert(0, callback)
     if stop_after is not None:
         callbacks.append(StopAfter(stop_after))
-    trainer = pl.Trainer(max_epochs=EPOCHS, accelerator="cpu", devices=1, deterministic=True, logger=False,
+    trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, deterministic=True, logger=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
                          callbacks=callbacks)
     train, test = loaders()
@@ -110,6 +110,22 @@ def test_callback_evolves_and_resumes_bitwise(tmp_path: Path, mode: str):
     resumed = fit(tmp_path / "cut", resumed_cb, ckpt_path=str(last))
     assert [row["epoch"] for row in resumed_cb.history] == list(range(1, EPOCHS))
     assert resumed_cb.evolution.state_dict() == whole_cb.evolution.state_dict()
+    assert_same_weights(resumed, whole)  # bitwise
+
+
+def test_a_fit_resumed_with_a_larger_max_epochs_steps_as_an_uninterrupted_one(tmp_path: Path):
+    """A first fit of 2 epochs skips the step after its last epoch; resumed to 3 epochs, that epoch is no
+    longer the last and its step is taken: the same steps, units and weights as a 3-epoch fit."""
+    whole_cb = WeightEvolutionCallback(**WE)
+    whole = fit(tmp_path / "whole", whole_cb)
+    first_cb = WeightEvolutionCallback(**WE)
+    fit(tmp_path / "short", first_cb, max_epochs=EPOCHS - 1)
+    assert first_cb.evolution.steps == EPOCHS - 2  # not after its last epoch
+    resumed_cb = WeightEvolutionCallback(**WE)
+    resumed = fit(tmp_path / "short", resumed_cb, ckpt_path=str(tmp_path / "short" / "ckpt" / "last.ckpt"))
+    assert resumed_cb.evolution.steps == whole_cb.evolution.steps == EPOCHS - 1
+    assert resumed_cb.evolution.state_dict() == whole_cb.evolution.state_dict()
+    assert [r["epoch"] for r in resumed_cb.history] == [EPOCHS - 2, EPOCHS - 1]  # the late step, then the new epoch
     assert_same_weights(resumed, whole)  # bitwise
 
 

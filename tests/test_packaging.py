@@ -64,3 +64,62 @@ def test_provenance_outside_a_checkout_records_the_package_version(monkeypatch):
     monkeypatch.setattr(provenance, "package_version", lambda: "9.9.9")
     prov = provenance.provenance(torch.device("cpu"))
     assert prov["git_commit"] is None and prov["versions"]["we-repro"] == "9.9.9"
+
+
+# The import names of the `suite` extra's packages: a core-only install has none of them.
+SUITE_MODULES = ("torchvision", "timm", "pandas", "matplotlib", "submitit", "yaml", "sklearn", "scipy", "tqdm",
+                 "filelock")
+CORE_ONLY = f"""
+import importlib.abc, sys
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {SUITE_MODULES!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, Absent())
+"""
+
+
+@pytest.mark.parametrize("command", ["we-train", "we-grid", "we-report", "we-bench"])
+def test_every_console_command_on_a_core_only_install_names_the_extra_in_one_line(command):
+    import subprocess
+    import sys
+
+    module, _, attr = PROJECT["project"]["scripts"][command].partition(":")
+    script = CORE_ONLY + f"import {module} as m\nsys.argv = [{command!r}, '--help']\nsys.exit(m.{attr}())\n"
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"{command}: needs the 'suite' extra" in done.stderr and "pip install 'we-repro[suite]'" in done.stderr
+
+
+def test_a_missing_project_module_is_not_taken_for_a_missing_extra():
+    from we.commands import needs_extra
+
+    with pytest.raises(ModuleNotFoundError):
+        needs_extra("we-train", ModuleNotFoundError("No module named 'we.nosuch'", name="we.nosuch"))
+    assert needs_extra("we-train", ModuleNotFoundError("x", name="yaml"))() == 1
+
+
+def test_make_install_installs_the_package_editable():
+    import subprocess
+
+    dry = subprocess.run(["make", "-n", "-B", "install", "VENV=/nonexistent-venv"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60).stdout
+    assert "/nonexistent-venv/bin/python -m pip install" in dry and "-e ." in dry, dry
+
+
+def test_collect_of_a_grid_outside_the_checkout_writes_beside_its_runs_root(tmp_path, capsys):
+    import yaml
+
+    from we.grid.__main__ import main as grid_main
+    from we.grid.cli import default_out_dir
+
+    grid = tmp_path / "project" / "mine.yaml"
+    grid.parent.mkdir()
+    grid.write_text(yaml.safe_dump({"name": "mine-outside", "base": {"dataset": "digits", "epochs": 1},
+                                    "axes": {"method": ["baseline"]}, "seeds": [0]}))
+    runs = tmp_path / "project" / "runs"
+    assert grid_main(["collect", str(grid), "--runs-root", str(runs)]) == 0
+    assert (tmp_path / "project" / "mine-outside.md").exists()
+    assert not list((REPO / "results").glob("mine-outside*"))
+    assert default_out_dir(schema.load_grid("demo"), runs) == REPO / "results"  # a grid of the checkout

@@ -305,3 +305,20 @@ def test_progress_bar_only_on_a_terminal(tmp_path: Path, terminal: bool):
     else:
         output = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=True).stderr
     assert ("epoch 1/1:" in output and ("it/s" in output or "s/it" in output)) == terminal, output[-2000:]
+
+
+def test_a_full_recipe_run_without_out_asks_for_out_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: config key 'out': no run folder given for a 200-epoch run") and "out=DIR" in err
+    assert cli(["model=resnet20", "method=we"]) == 2  # epochs still the recipe's
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_short_run_without_out_says_first_where_it_writes(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli(TINY + ["limit_train=64", "epochs=1"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == "no out given: writing 1 epoch of resnet20 on digits into results/runs/manual"
+    assert (tmp_path / "results" / "runs" / "manual" / "result.json").exists()

@@ -9,7 +9,13 @@ same keyword arguments) at the end of every training epoch, after that epoch's v
 the last epoch (`max_epochs`), like the suite's trainer; or, with `every_n_steps=N`, after every N-th
 optimizer step. Its state (variant, hparams, step and unit counters) is saved in Lightning's
 checkpoints and restored by `trainer.fit(..., ckpt_path=...)`, so a resumed run evolves exactly as an
-uninterrupted one. The units evolved per kind in each epoch, and the selection rate of the paper
+uninterrupted one, provided the training order is a function of the seed and the epoch: a seeded sampler
+that Lightning calls `set_epoch` on (e.g. `DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True,
+seed=0)`); a plain `shuffle=True` loader draws a new order from the global RNG, and Lightning's resume
+does not replay it, with or without this callback. A fit resumed with a larger `max_epochs` than the
+first fit's takes the step the first fit skipped after its last epoch (at the start of the resumed fit,
+on the weights that epoch ended with), so it steps exactly as an uninterrupted fit to the new
+`max_epochs`. The units evolved per kind in each epoch, and the selection rate of the paper
 variant, are logged through the module's loggers (`we/conv_weight`, ..., `we/rate`).
 """
 from __future__ import annotations
@@ -47,6 +53,7 @@ class WeightEvolutionCallback(pl.Callback):
         self.evolution: WeightEvolution | None = None
         self._restored: dict[str, Any] | None = None  # from a checkpoint, applied once the model is set up
         self._seen_step = -1
+        self._skipped_last: int | None = None  # the epoch whose step was skipped as the fit's last
         self.epoch_counts: dict[str, int] = {}
         self.history: list[dict[str, Any]] = []  # one row per epoch: epoch and units evolved per kind
 
@@ -56,6 +63,16 @@ class WeightEvolutionCallback(pl.Callback):
         if self._restored:  # its variant and hparams replace the given ones, as in WeightEvolution
             self.evolution.load_state_dict(self._restored)
             self._restored = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # resumed with a larger max_epochs: the first fit's last epoch is no longer the last, so its step is due
+        skipped, self._skipped_last = self._skipped_last, None
+        if self.evolution is None or skipped is None or skipped != trainer.current_epoch - 1 or self._is_last(
+                trainer, skipped):
+            return
+        self.epoch_counts = {}
+        self._add(self.evolution.step(skipped))
+        self._record(pl_module, skipped)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.epoch_counts = {}
@@ -72,8 +89,17 @@ class WeightEvolutionCallback(pl.Callback):
         epoch = trainer.current_epoch
         if self.evolution is None:
             return
-        if trainer.max_epochs is None or trainer.max_epochs < 0 or epoch < trainer.max_epochs - 1:
+        if not self._is_last(trainer, epoch):
             self._add(self.evolution.step(epoch))
+        elif self.evolution.hparams["interval_unit"] == "epoch":
+            self._skipped_last = epoch
+        self._record(pl_module, epoch)
+
+    @staticmethod
+    def _is_last(trainer: pl.Trainer, epoch: int) -> bool:
+        return trainer.max_epochs is not None and trainer.max_epochs >= 0 and epoch >= trainer.max_epochs - 1
+
+    def _record(self, pl_module: pl.LightningModule, epoch: int) -> None:
         if self.epoch_counts and self.variant == "paper":
             self.epoch_counts["rate"] = self.evolution.rate(epoch)
         self.history.append({"epoch": epoch, **self.epoch_counts})
@@ -85,10 +111,13 @@ class WeightEvolutionCallback(pl.Callback):
             self.epoch_counts[kind] = self.epoch_counts.get(kind, 0) + int(n)
 
     def state_dict(self) -> dict[str, Any]:
-        return self.evolution.state_dict() if self.evolution is not None else dict(self._restored or {})
+        state = self.evolution.state_dict() if self.evolution is not None else dict(self._restored or {})
+        return {**state, "skipped_last_epoch": self._skipped_last}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        self._skipped_last = state.pop("skipped_last_epoch", None)
         if self.evolution is not None:
-            self.evolution.load_state_dict(state_dict)
+            self.evolution.load_state_dict(state)
         else:
-            self._restored = dict(state_dict)
+            self._restored = state

@@ -55,6 +55,16 @@ def check_positive_int(key: str, value: Any) -> int:
     return value
 
 
+def check_index(key: str, value: Any) -> int:
+    """Return `value` as an int if it is a non-negative integer (an epoch or an iteration, 0-based):
+    TypeError for another type, ValueError for a negative one."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{key} must be a non-negative integer (0-based), got {type(value).__name__} {value!r}")
+    if value.__index__() < 0:
+        raise ValueError(f"{key} must be a non-negative integer (0-based), got {value!r}")
+    return value.__index__()
+
+
 def check_milestones(key: str, value: Any) -> tuple[int, ...]:
     """Return `value` as a tuple of strictly increasing non-negative ints."""
     try:

@@ -11,7 +11,8 @@ from typing import Any
 from torch import nn
 
 from we.core.checks import (INTERVAL_UNITS, KINDS, LEVELS, MATCHINGS, SELECTIONS, VARIANTS, check_alpha, check_bool,
-                            check_choice, check_keys, check_milestones, check_number, check_positive_int)
+                            check_choice, check_index, check_keys, check_milestones, check_number,
+                            check_positive_int)
 from we.core.layers import model_sources
 from we.core.official import OfficialEvolution
 from we.core.paper import evolve
@@ -50,6 +51,27 @@ def paper_hparams(given: Mapping[str, Any]) -> dict[str, Any]:
     return {key: _PAPER_CHECKS[key](key, value) for key, value in merged.items()}
 
 
+STATE_KINDS: dict[str, tuple[type, str]] = {"variant": (str, "a string"), "hparams": (Mapping, "a mapping"),
+                                           "steps": (int, "an integer"), "evolved": (Mapping, "a mapping")}
+
+
+def check_state(state: Any) -> None:
+    """A WeightEvolution.state_dict(): every entry present and of its kind (ValueError naming it)."""
+    where = "WeightEvolution.load_state_dict"
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{where}: a state must be a mapping from state_dict(), got {type(state).__name__}")
+    missing = [k for k in STATE_KINDS if k not in state] + (
+        ["official"] if state.get("variant") == "official" and "official" not in state else [])
+    if missing:
+        raise ValueError(f"{where}: the state lacks {', '.join(map(repr, missing))} (has {sorted(map(str, state))})")
+    for key, (kind, name) in STATE_KINDS.items():
+        if isinstance(state[key], bool) or not isinstance(state[key], kind):
+            raise ValueError(f"{where}: state[{key!r}] must be {name}, got "
+                             f"{type(state[key]).__name__} {state[key]!r:.60}")
+    if state["variant"] == "official" and not isinstance((state["official"] or {}).get("counters"), Mapping):
+        raise ValueError(f"{where}: state['official'] must hold a 'counters' mapping, got {state['official']!r:.60}")
+
+
 class WeightEvolution:
     """Applies weight evolution to `model` every `interval` epochs or iterations.
 
@@ -60,6 +82,8 @@ class WeightEvolution:
     """
 
     def __init__(self, model: nn.Module, variant: str = "paper", **hparams: Any) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"WeightEvolution needs a torch.nn.Module, got {type(model).__name__} {model!r:.60}")
         self.model = model
         self._configure(check_choice("variant", variant, VARIANTS), hparams)
         self.steps = 0
@@ -99,12 +123,14 @@ class WeightEvolution:
 
     def step(self, epoch: int, sync: bool = True) -> dict[str, int] | None:
         """Epoch hook, after epoch `epoch` (0-based); acts when (epoch + 1) % interval == 0."""
+        epoch = check_index("epoch", epoch)
         if self.hparams["interval_unit"] != "epoch" or (epoch + 1) % self.hparams["interval"]:
             return None
         return self.evolve_now(epoch, sync)
 
     def step_iteration(self, iteration: int, epoch: int, sync: bool = True) -> dict[str, int] | None:
         """Iteration hook, after global iteration `iteration` (0-based) during `epoch`."""
+        iteration, epoch = check_index("iteration", iteration), check_index("epoch", epoch)
         if self.hparams["interval_unit"] != "iter" or (iteration + 1) % self.hparams["interval"]:
             return None
         return self.evolve_now(epoch, sync)
@@ -119,7 +145,9 @@ class WeightEvolution:
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a state_dict(); its variant and hparams replace the current ones."""
+        """Restore a state_dict(); its variant and hparams replace the current ones. A state that lacks
+        an entry, or holds one of the wrong kind, is a ValueError naming it (nothing changed)."""
+        check_state(state)
         self._configure(state["variant"], state["hparams"])
         self.steps = int(state["steps"])
         self.evolved = {kind: int(state["evolved"].get(kind, 0)) for kind in KINDS}

@@ -97,9 +97,12 @@ def model_sources(model: nn.Module, conv: bool = True, bn: bool = True) -> dict[
         elif bn and isinstance(module, BATCH_NORMS) and module.weight is not None:
             add("bn_weight", module, "weight", name, 1)
             add("bn_bias", module, "bias", name, 1)
+    if not conv and not bn:
+        raise ValueError("conv=False and bn=False leave Weight Evolution nothing to evolve; switch one of them on")
     if not any(found.values()):
-        what = " and ".join(w for w, on in (("Conv2d", conv), ("BatchNorm2d/SyncBatchNorm", bn)) if on) or "no kind"
-        raise ValueError(f"{type(model).__name__} has no {what} layer to evolve (Weight Evolution evolves "
+        what = " or ".join(w for w, on in (("Conv2d", conv), ("BatchNorm2d/SyncBatchNorm", bn)) if on)
+        off = "".join(f" ({k}=False)" for k, on in (("conv", conv), ("bn", bn)) if not on)
+        raise ValueError(f"{type(model).__name__} has no {what} layer to evolve{off} (Weight Evolution evolves "
                          "Conv2d filters and bias and BatchNorm weight and bias; conv/bn switch them)")
     return found
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from we.core.checks import check_index
+
 
 def training_stage(epoch: int, milestones: Sequence[int]) -> tuple[int, int]:
     """(t - 1, e0): number of milestones passed by `epoch` (0-based) and the last one (0 if none)."""
@@ -19,6 +21,7 @@ def sigmoid(x: float) -> float:
 
 def selection_rate(epoch: int, r_hat: float = 0.05, beta: float = 2.5, eta: float = 15.0,
                    milestones: Sequence[int] = (60, 120)) -> float:
-    """Global selection rate r for a 0-based epoch."""
+    """Global selection rate r for a 0-based epoch (a negative one is a ValueError)."""
+    epoch = check_index("epoch", epoch)
     t_minus_1, e0 = training_stage(epoch, milestones)
     return (r_hat / beta ** t_minus_1) * sigmoid((epoch - e0) / eta)  # Eq. 2

@@ -1,7 +1,7 @@
 """`python -m we.grid plan|submit|status|collect GRID ...` (see we/grid/cli.py).
 
-An entry script, imported by nothing: it may reach the report layer above the grid, which builds
-`collect`'s tables (we.report.collect_grid).
+An entry script, imported only by the `we-grid` command (we/commands/grid.py): it may reach the report
+layer above the grid, which builds `collect`'s tables (we.report.collect_grid).
 """
 from __future__ import annotations
 

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from we.errors import DatasetNotFoundError, InputError, SuiteError
-from we.files import REPO_ROOT
-from we.grid.identity import Cell, parse_sets, resolve_cells
+from we.files import IN_CHECKOUT, REPO_ROOT
+from we.grid.identity import Cell, parse_sets, resolve_cells, runs_root
 from we.grid.local import LocalExecutor
 from we.grid.plan import counts as _counts
 from we.grid.plan import plan
@@ -138,6 +138,15 @@ def status(grid: Grid, cells: Sequence[Cell], runs_root: Path, reuse: bool = Tru
     return states
 
 
+def default_out_dir(grid: Grid, root: Path) -> Path:
+    """Where `collect` writes by default: the checkout's results/ for a grid file of the checkout, else
+    beside the runs root (a grid of one's own project never writes into the suite's checkout)."""
+    checkout = REPO_ROOT.resolve()
+    if IN_CHECKOUT and checkout in Path(grid.path).resolve().parents:
+        return REPO_ROOT / "results"
+    return Path(root).absolute().parent
+
+
 def make_executor(name: str, profile: Profile | None, grid: Grid, concurrency: int | None,
                   allow_cpu_marathon: bool = False) -> Any:
     if name == "slurm":
@@ -180,8 +189,9 @@ def main(argv: list[str] | None = None, collect: Collect | None = None) -> int:
     parser.add_argument("--wait", action="store_true", help="submit: block until no cell is running")
     parser.add_argument("--runs-root", default=None,
                         help="where run folders go (default $WE_RUNS_ROOT, else the checkout's results/runs)")
-    parser.add_argument("--out-dir", default=str(REPO_ROOT / "results"),
-                        help="collect: where tables and figures go (default the checkout's results/)")
+    parser.add_argument("--out-dir", default=None,
+                        help="collect: where tables and figures go (default: the checkout's results/ for a grid "
+                             "of the checkout, else beside the runs root)")
     parser.add_argument("--set", dest="sets_help", metavar="KEY=VALUE", nargs="+",
                         help="config keys for every cell (change run identity), anywhere on the line, "
                              "e.g. --set epochs=2 limit_train=256")
@@ -229,7 +239,7 @@ def main(argv: list[str] | None = None, collect: Collect | None = None) -> int:
     if args.command == "collect":
         assert collect is not None
         try:
-            collect(grid, cells, root, Path(args.out_dir), reuse)
+            collect(grid, cells, root, Path(args.out_dir) if args.out_dir else default_out_dir(grid, root), reuse)
         except SuiteError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

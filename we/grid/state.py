@@ -125,14 +125,22 @@ def cell_state(run_dir: Path, active: dict[str, bool | None] | None = None,
         if alive is None:
             return "unknown", f"cannot query {job}", last
         if status == "interrupted":
-            return "interrupted", f"{job}: interrupted; submit resumes it from {LAST_CHECKPOINT}", last
+            return "interrupted", f"{job}: {interrupted_note(result)}", last
         reason = ended_reason(last, result)
         return "failed", f"{job} ended" + (f": {reason}" if reason else ""), last
     if status == "failed":
         return "failed", str(result.get("error", "")).strip().split("\n")[0], last
     if status == "interrupted":
-        return "interrupted", f"interrupted; submit resumes it from {LAST_CHECKPOINT}", last
+        return "interrupted", interrupted_note(result), last
     return "todo", "", last
+
+
+def interrupted_note(result: dict[str, Any]) -> str:
+    """`interrupted at epoch 2/4 (SIGTERM); submit resumes it from last.pt`"""
+    epochs = (result.get("config") or {}).get("epochs", "?")
+    how = f" ({result['signal']})" if result.get("signal") else ""
+    done = result.get("epochs_done", 0)
+    return f"interrupted at epoch {done}/{epochs}{how}; submit resumes it from {LAST_CHECKPOINT}"
 
 
 def run_states(run_dirs: Sequence[Path]) -> dict[Path, tuple[str, str, dict[str, Any] | None]]:

@@ -13,6 +13,7 @@ from we.errors import SuiteError
 from we.grid.local import run_local
 from we.rundir import CELL_FILE, RunFileError, read_cell
 from we.train.config import make_config, resolve
+from we.train.interrupt import Interrupted, interrupts_raise
 from we.train.trainer import EXIT_CODES
 from we.train.trainer import main as train_main
 
@@ -20,18 +21,22 @@ from we.train.trainer import main as train_main
 def run_cell(run_dir: str | Path) -> int:
     """Train one cell from its cell.json (the local runner's child process); returns an exit code."""
     run_dir = Path(run_dir)
-    try:
-        data = read_cell(run_dir)
-        if data is None or not isinstance(data.get("config"), dict):
-            raise RunFileError(run_dir / CELL_FILE, "no such file" if data is None else "holds no 'config'")
-        out = Path(str(data["config"].get("out", "")))
-        if not out.is_absolute() or out.resolve() != run_dir.resolve():  # a copied cell.json names the original
-            raise RunFileError(run_dir / CELL_FILE, f"its config's out {str(out)!r} is not the folder it sits in "
-                                                    f"({run_dir.resolve()}); refused")
-        result = train_main(resolve(make_config(data["config"], source=str(run_dir / CELL_FILE))))
-    except SuiteError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    with interrupts_raise():  # SIGINT/SIGTERM (a local cancel): result.json says interrupted, last.pt resumes
+        try:
+            data = read_cell(run_dir)
+            if data is None or not isinstance(data.get("config"), dict):
+                raise RunFileError(run_dir / CELL_FILE, "no such file" if data is None else "holds no 'config'")
+            out = Path(str(data["config"].get("out", "")))
+            if not out.is_absolute() or out.resolve() != run_dir.resolve():  # a copied cell.json names the original
+                raise RunFileError(run_dir / CELL_FILE, f"its config's out {str(out)!r} is not the folder it sits "
+                                                        f"in ({run_dir.resolve()}); refused")
+            result = train_main(resolve(make_config(data["config"], source=str(run_dir / CELL_FILE))))
+        except SuiteError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except Interrupted as stop:
+            print(f"{stop} {stop.where()}; `python -m we.grid submit` resumes it", file=sys.stderr, flush=True)
+            return stop.exit_code
     return EXIT_CODES.get(result.get("status"), 1)
 
 

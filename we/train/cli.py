@@ -1,7 +1,7 @@
 """`python -m we.train [--config FILE] [key=value ...]`: one run from the command line.
 
 Exit codes: 0 complete, 1 failed (the error is in result.json and on one line here), 2 bad config
-(one line naming the key) or a refused checkpoint (one line naming the file; nothing written), 3 diverged,
+(one line naming the key; a run of the recipe's full length without `out` is one) or a refused checkpoint (one line naming the file; nothing written), 3 diverged,
 130 / 143 interrupted by SIGINT / SIGTERM (result.json says `interrupted`, last.pt keeps the finished
 epochs, one line here says how to resume: the same command).
 """
@@ -15,9 +15,21 @@ import sys
 from we.errors import SuiteError
 from we.rundir import LAST_CHECKPOINT
 from we.train.checkpoint import TRUST_FLAG
-from we.train.config import load_config
+from we.train.config import CORE_KEYS, Config, load_config, load_yaml, parse_overrides
 from we.train.interrupt import Interrupted, interrupts_raise
 from we.train.trainer import EXIT_CODES, log, main
+
+
+def check_out_given(cfg: Config, given: dict) -> None:
+    """Without `out`, a run of its recipe's full length is refused (it would train for hours into the
+    shared default folder); a shorter one says first where it writes."""
+    if "out" in given:
+        return
+    if "epochs" not in given:
+        raise ConfigError(f"config key 'out': no run folder given for a {cfg.epochs}-epoch run (the {cfg.recipe} "
+                          f"recipe's full length for {cfg.dataset}); pass out=DIR (e.g. out=results/runs/{cfg.model}-"
+                          f"{cfg.method}-s{cfg.seed}), or epochs=N for a shorter run into {CORE_KEYS['out'].default}")
+    log(f"no out given: writing {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} of {cfg.model} on {cfg.dataset} into {cfg.out}")
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -31,6 +43,7 @@ def cli(argv: list[str] | None = None) -> int:
     with interrupts_raise():
         try:
             cfg = load_config(args.config, args.overrides)
+            check_out_given(cfg, {**(load_yaml(args.config) if args.config else {}), **parse_overrides(args.overrides)})
             result = main(cfg, trust_checkpoint=args.trust_checkpoint)
         except SuiteError as err:  # a bad config, checkpoint or run-folder file: one line, nothing written
             print(f"error: {err}", file=sys.stderr)

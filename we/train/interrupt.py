@@ -6,6 +6,11 @@ status `interrupted` in result.json and the command line exits 128 + the signal'
 A `held()` section (an epoch's checkpoint and metrics) is never cut: a signal that arrives inside
 it is raised at its end, so last.pt and metrics.jsonl always hold the same finished epochs.
 
+Only the process that installed the handlers acts on them: a Ctrl-C in a terminal signals the whole
+process group, the DataLoader workers included, and a forked worker inherits the handler; workers
+ignore both signals (`ignore_in_worker`, their `worker_init_fn`) and the main process shuts them
+down as it stops, so neither a worker's traceback nor a "worker exited unexpectedly" failure appears.
+
 Inside a submitit job (SUBMITIT_EXECUTOR set) nothing is installed: submitit's own handlers for
 preemption, timeout and requeue stay in charge.
 """
@@ -20,7 +25,7 @@ from typing import Any, Iterator
 from we.rundir import LAST_CHECKPOINT
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-_state: dict[str, Any] = {"holding": 0, "pending": None, "stopping": False}
+_state: dict[str, Any] = {"holding": 0, "pending": None, "stopping": False, "owner": None}
 
 
 class Interrupted(BaseException):
@@ -45,7 +50,15 @@ def in_submitit_job() -> bool:
     return bool(os.environ.get("SUBMITIT_EXECUTOR"))
 
 
+def ignore_in_worker(worker_id: int = 0) -> None:
+    """A DataLoader worker's `worker_init_fn`: SIGINT and SIGTERM are the main process's to handle."""
+    for s in SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
 def _raise(signum: int, frame: Any = None) -> None:
+    if _state["owner"] != os.getpid():
+        return  # a forked child (a loader worker before its worker_init_fn ran): the main process stops it
     if _state["stopping"]:
         return  # a second signal does not cut short the writing of result.json
     if _state["holding"]:
@@ -63,13 +76,13 @@ def interrupts_raise() -> Iterator[bool]:
         yield False
         return
     previous = {s: signal.signal(s, _raise) for s in SIGNALS}
-    _state.update(holding=0, pending=None, stopping=False)
+    _state.update(holding=0, pending=None, stopping=False, owner=os.getpid())
     try:
         yield True
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        _state.update(holding=0, pending=None, stopping=False)
+        _state.update(holding=0, pending=None, stopping=False, owner=None)
 
 
 @contextmanager

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from we.train.datasets import (DATA_PATHS, DATASETS, DEVICE_DATASETS, NORMALIZATIONS, PAD, DatasetInfo, DigitsDataset,
                                _check_choice, _epoch_seed, _load_cifar, _load_imagenet, _SeededTransform, _transforms,
                                dataset_info)
+from we.train.interrupt import ignore_in_worker
 from we.train.mnist import FashionMNISTDataset
 
 __all__ = ["Data", "TrainIterable", "build_data", "augment_batch", "shard_positions"]
@@ -179,7 +180,8 @@ class _LoaderTrain(TrainIterable):
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=batch_size // world_size, sampler=self.sampler,
             drop_last=drop_last and world_size == 1, num_workers=workers, pin_memory=self.pin_memory,
-            persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))
+            persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed),
+            worker_init_fn=ignore_in_worker)
 
     def __len__(self) -> int:
         return _num_batches(len(self.dataset), self.batch_size, self.drop_last)
@@ -197,7 +199,7 @@ class _LoaderEval:
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=self.pin_memory,
             persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0),
-        )
+            worker_init_fn=ignore_in_worker)
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -1,0 +1,9 @@
+"""`we-bench`: `we.bench.cli.main`, or one line naming the extra to install (see we/commands/__init__.py)."""
+from __future__ import annotations
+
+from we.commands import needs_extra
+
+try:
+    from we.bench.cli import main
+except ModuleNotFoundError as err:
+    main = needs_extra("we-bench", err)
