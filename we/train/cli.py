@@ -12,7 +12,7 @@ import os
 import shlex
 import sys
 
-from we.errors import SuiteError
+from we.errors import ConfigError, SuiteError
 from we.rundir import LAST_CHECKPOINT
 from we.train.checkpoint import TRUST_FLAG
 from we.train.config import CORE_KEYS, Config, load_config, load_yaml, parse_overrides
