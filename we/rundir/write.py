@@ -66,17 +66,6 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def _revive(obj: Any) -> Any:
-    """The inverse of `_plain`: "NaN", "Infinity", "-Infinity" back to floats."""
-    if isinstance(obj, str):
-        return _NON_FINITE.get(obj, obj)
-    if isinstance(obj, dict):
-        return {k: _revive(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_revive(v) for v in obj]
-    return obj
-
-
 def dumps(obj: Any, **kw: Any) -> str:
     """Strict JSON (no bare NaN / Infinity; see `_plain`); objects JSON lacks are written as str()."""
     return json.dumps(_plain(obj), allow_nan=False, default=str, **kw)
