@@ -116,10 +116,15 @@ networks = st.tuples(st.lists(layer_specs, min_size=1, max_size=6), st.integers(
                      st.sampled_from([torch.float32, torch.float64]))
 
 
-def run_step(net: nn.Module, s: dict):
+def step_kwargs(s: dict) -> dict:
+    """The keyword arguments of one paper step (fast path and oracle alike) for the drawn switches."""
     conv, bn = s["kinds"]
-    return evolve(net, s["rate"], gamma=s["gamma"], matching=s["matching"], conv=conv, bn=bn,
-                  selection=s["selection"], alpha=s["alpha"], level=s["level"])
+    return {"gamma": s["gamma"], "matching": s["matching"], "conv": conv, "bn": bn, "selection": s["selection"],
+            "alpha": s["alpha"], "level": s["level"]}
+
+
+def run_step(net: nn.Module, s: dict):
+    return evolve(net, s["rate"], **step_kwargs(s))
 
 
 def has_layer(net: nn.Module, conv: bool, bn: bool) -> bool:
@@ -129,17 +134,14 @@ def has_layer(net: nn.Module, conv: bool, bn: bool) -> bool:
 @PROPERTY_SETTINGS
 @given(networks, switches)
 def test_paper_step_equals_the_loop_oracle(network, s):
-    specs, seed, dtype = network
-    net = build(specs, seed, dtype)
-    conv, bn = s["kinds"]
-    if not has_layer(net, conv, bn):
+    net = build(*network)
+    if not has_layer(net, *s["kinds"]):
         with pytest.raises(ValueError, match="Sequential"):
             run_step(net, s)
         return
     oracle = copy.deepcopy(net)
     counts = run_step(net, s)
-    expected = evolve_reference(oracle, s["rate"], gamma=s["gamma"], matching=s["matching"], conv=conv, bn=bn,
-                                selection=s["selection"], alpha=s["alpha"], level=s["level"])
+    expected = evolve_reference(oracle, s["rate"], **step_kwargs(s))
     assert counts == expected
     for (name, a), b in zip(net.named_parameters(), oracle.parameters()):
         torch.testing.assert_close(a, b, msg=name)
@@ -148,8 +150,7 @@ def test_paper_step_equals_the_loop_oracle(network, s):
 @PROPERTY_SETTINGS
 @given(networks, switches)
 def test_paper_step_touches_only_what_it_may(network, s):
-    specs, seed, dtype = network
-    net = build(specs, seed, dtype)
+    net, dtype = build(*network), network[2]
     conv, bn = s["kinds"]
     if not has_layer(net, conv, bn):
         return
