@@ -115,12 +115,8 @@ def group_alive(pgid: int) -> list[int]:
     return alive
 
 
-@pytest.mark.parametrize("target, sig, code", [
-    ("group", signal.SIGINT, 130),
-    pytest.param("group", signal.SIGTERM, 143, marks=pytest.mark.xfail(
-        strict=False, reason="known defect: under load, multiprocessing's resource_sharer thread in the main process "
-                             "can print a traceback when SIGTERM reaches the whole group")),
-    ("main", signal.SIGINT, 130)])
+@pytest.mark.parametrize("target, sig, code", [("group", signal.SIGINT, 130), ("group", signal.SIGTERM, 143),
+                                               ("main", signal.SIGINT, 130)])
 def test_a_signal_to_a_run_with_loader_workers_stops_it_in_at_most_two_lines(tmp_path: Path, target: str, sig: int,
                                                                              code: int):
     """As a terminal's Ctrl-C: the whole process group (main process and its 2 DataLoader workers) gets

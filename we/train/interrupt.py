@@ -22,6 +22,8 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+import torch
+
 from we.rundir import LAST_CHECKPOINT
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -51,9 +53,14 @@ def in_submitit_job() -> bool:
 
 
 def ignore_in_worker(worker_id: int = 0) -> None:
-    """A DataLoader worker's `worker_init_fn`: SIGINT and SIGTERM are the main process's to handle."""
+    """A DataLoader worker's `worker_init_fn`: SIGINT and SIGTERM are the main process's to handle.
+
+    The worker hands its batches over through shared-memory files rather than file descriptors: with
+    descriptors, a thread of the worker serves them to the main process, and when a signal stops the
+    main process mid-handover that thread prints a ConnectionResetError traceback."""
     for s in SIGNALS:
         signal.signal(s, signal.SIG_IGN)
+    torch.multiprocessing.set_sharing_strategy("file_system")
 
 
 def _raise(signum: int, frame: Any = None) -> None:
