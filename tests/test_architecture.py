@@ -3,6 +3,8 @@ report -> bench), no import cycle, no project import inside a function, modules 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,3 +110,18 @@ def test_the_checker_sees_what_it_forbids(tmp_path):
     found = project_imports(bad)
     assert ("we.errors", 1, False) in found and ("we.train.config", 4, True) in found
     assert layer("we.train.config") > layer("we.core.units")
+
+
+def test_the_report_reads_folders_only():
+    """Importing every module of we.report (a table rebuilt from a copied results/runs on a laptop) loads
+    neither the trainer nor submitit nor an executor nor the grid's job state (sacct, local pids)."""
+    modules = sorted(m for m in MODULES if (m == "we.report" or m.startswith("we.report.")) and
+                     not m.endswith(".__main__"))  # the entry script runs the CLI when imported
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in modules) +
+            "print('\\n'.join(sorted(sys.modules)))")
+    loaded = set(subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                                check=True).stdout.split())
+    forbidden = {"submitit", "we.train.trainer", "we.grid.jobs", "we.grid.local", "we.grid.slurm", "we.grid.state",
+                 "we.grid.worker", "we.grid"}
+    assert len(modules) > 5 and "we.report.tables" in loaded
+    assert not loaded & forbidden, sorted(loaded & forbidden)

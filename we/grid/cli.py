@@ -9,7 +9,7 @@ from any working directory. `plan` prints a summary of the cells, their states a
 estimate (we/grid/plan.py); `prepare` makes the grid's datasets ready on this host
 (we/grid/prepare.py); `submit` does the same, then starts the todo, failed and interrupted cells
 on an executor (under the grid's lock); `status` counts the states and shows failed cells' logs.
-`collect` builds the tables and figures: it belongs to the report layer (we.report.collect_grid),
+`collect` builds the tables and figures: it belongs above the report layer (we.commands.collect_grid),
 which `python -m we.grid` (we/grid/__main__.py) hands to `main` here.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ from we.grid.state import TO_RUN, CellState, adopt_twin, assess, write_cell, wri
 from we.rundir import check_writable, log_tail, runs_root
 
 DEFAULT_PROFILE = REPO_ROOT / "slurm" / "default.yaml"
-# collect(grid, cells, runs_root, out_dir, reuse) for `collect` (we.report.collect_grid.collect_grid)
+# collect(grid, cells, runs_root, out_dir, reuse) for `collect` (we.commands.collect_grid.collect_grid)
 Collect = Callable[[Grid, Sequence[Cell], Path, Path, bool], Any]
 
 

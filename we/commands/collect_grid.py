@@ -1,8 +1,8 @@
 """`python -m we.grid collect GRID`: bring a grid's run folders up to date, then tabulate them.
 
-The grid layer below cannot call the report, so its CLI (we/grid/__main__.py) hands `collect`
-to `collect_grid` here: link finished twin runs of other grids, write grid.json, then build the
-tables and figures with `we.report.tables.collect` (the one collect path), given the grid's state of
+The grid layer cannot call the report above it, and the report reads folders only (it never asks an
+executor), so the grid's entry script (we/grid/__main__.py) hands `collect` to `collect_grid` here: link
+finished twin runs of other grids, write grid.json, then build the tables and figures with `we.report.tables.collect` (the one collect path), given the grid's state of
 its folders (which asks the executors; `python -m we.report collect` reads the folders only).
 """
 from __future__ import annotations
