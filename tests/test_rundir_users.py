@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -160,7 +162,7 @@ def trained_grid(tmp_path_factory) -> tuple[Path, Path]:
     """A grid of 2 one-epoch digits cells, trained once in this process (each test copies its runs root)."""
     tmp = tmp_path_factory.mktemp("grid")
     path = tmp / "hostile.yaml"
-    base = {**dict(a.split("=") for a in TINY), "epochs": 1, "limit_train": 32, "batch_size": 32, "workers": 0}
+    base = {**{k: yaml.safe_load(v) for k, v in (a.split("=") for a in TINY)}, "epochs": 1, "limit_train": 32}
     path.write_text(yaml.safe_dump({"name": "hostile", "base": base, "axes": {"method": ["baseline"]},
                                     "seeds": [0, 1]}))
     for cell in resolve_cells(load_grid(path), tmp / "runs"):
@@ -265,3 +267,22 @@ def test_collect_never_writes_through_a_link_in_out_dir(tmp_path: Path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "outside" in err[0] and "g.md" in err[0], err
     assert victim.read_text() == "keep me\n"
+
+
+# ---- trust: a grid may import code, from the paths the user gave only ---------------------------------------------
+def test_a_grid_naming_user_code_never_imports_it_from_the_current_folder_implicitly(tmp_path: Path):
+    (tmp_path / "nets.py").write_text("import pathlib\npathlib.Path('imported').touch()\n"
+                                      "from models import create\n"
+                                      "def build(num_classes):\n    return create('resnet20', num_classes=num_classes)\n")
+    base = {**{k: yaml.safe_load(v) for k, v in (a.split("=") for a in TINY)}, "model": "nets:build", "epochs": 1}
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump({"name": "mine", "base": base, "axes": {"method": ["baseline"]},
+                                                         "seeds": [0]}))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    plan = [sys.executable, "-m", "we.grid", "plan", "mine.yaml", "--runs-root", str(tmp_path / "runs")]
+    run = subprocess.run(plan, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    err = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(err) == 1 and "nets" in err[0] and "PYTHONPATH" in err[0], run.stderr
+    assert not (tmp_path / "imported").exists()  # ./nets.py never ran
+    run = subprocess.run(plan, cwd=tmp_path, env={**env, "PYTHONPATH": "."}, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "imported").exists()  # the user said so: PYTHONPATH=.
