@@ -196,8 +196,10 @@ def _open_run_folder(out: Path, cfg: Config, dist_env: DistEnv,
             log(f"{out}: already {previous['status']}; nothing to do")
         return previous, None
     resume = load_checkpoint(ckpt_path) if ckpt_path.exists() or ckpt_path.is_symlink() else None
-    if resume is not None and isinstance(resume.get("config"), dict):  # refused: nothing written yet
-        _check_same_config(ckpt_path, resume["config"], cfg)
+    if resume is not None:  # refused here, before anything is written
+        if isinstance(resume.get("config"), dict):
+            _check_same_config(ckpt_path, resume["config"], cfg)
+        _check_same_version(ckpt_path, resume.get("method_version", 1), cfg)
     return None, resume
 
 
@@ -289,7 +291,6 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SIN
     start_epoch, iteration, best_saved = 0, 0, None
     if resume is not None:
         state = resume
-        _check_same_version(out / LAST_CHECKPOINT, state.get("method_version", 1), cfg)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
