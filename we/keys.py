@@ -38,7 +38,8 @@ class BadValue(ValueError):
 class Key:
     """One key: its type annotation, default, one-line meaning, and the checks every value passes.
 
-    `type`: an annotation (int, float, str, bool, list, dict, list[int], Optional[...], Union[...]);
+    `type`: an annotation (int, float, str, bool, list, dict, list[int], Optional[...], Union[...]; object:
+    any value, for a key whose entries are checked one by one elsewhere);
     ints are accepted for floats. `choices`: the allowed strings; `minimum` / `maximum`: the allowed
     range of a number (of each item of a list), `strict`: values must exceed the minimum; `finite`:
     infinity and NaN are refused (set False for a key that means them); `check`: a callable returning a
@@ -108,7 +109,8 @@ def type_name(tp: Any) -> str:
         return " or ".join(type_name(a) for a in args)
     if typing.get_origin(tp) is list:
         return f"list of {type_name(args[0])}"
-    return {dict: "mapping", list: "list", NoneType: "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+    names = {bool: "bool (true or false)", dict: "mapping", list: "list", NoneType: "null", object: "any value"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def coerce(value: Any, tp: Any) -> Any:
@@ -137,7 +139,7 @@ def coerce(value: Any, tp: Any) -> Any:
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-    elif tp in (bool, str, list, dict, NoneType):
+    elif tp in (bool, str, list, dict, NoneType, object):
         if isinstance(value, tp):
             return value
     raise BadValue(f"expected {type_name(tp)}, got {excerpt(value)}")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from we.errors import ConfigError, InputError
+from we.keys import excerpt
 from we.grid.schema import Grid, MethodEntry, check_config_value, display_path, strip_config_prefix
 from we.methods import METHODS, version_keys
 from we.rundir import DEFAULT_RUNS_ROOT, runs_root  # noqa: F401 - the runs-root rule, for the grid's callers
@@ -170,7 +171,7 @@ def resolve_cells(grid: Grid, runs_root: Path = DEFAULT_RUNS_ROOT, sets: dict[st
         if method not in METHODS:
             raise InputError(file, spec.method_where,
                              f"method '{spec.labels['method']}' (grid {file}, cell {spec.key}) is not implemented "
-                             f"yet (config method {method!r}; implemented: {', '.join(METHODS)})")
+                             f"yet (config method {excerpt(method)}; implemented: {', '.join(METHODS)})")
         try:
             cfg = resolve(make_config(values, source=file))
         except ConfigError as err:
@@ -192,6 +193,6 @@ def resolve_cells(grid: Grid, runs_root: Path = DEFAULT_RUNS_ROOT, sets: dict[st
     keys = Counter(c.key for c in cells)
     dup = [k for k, n in keys.items() if n > 1]
     if dup:
-        raise InputError(file, "axes", f"two cells share the key {dup[0]!r} (duplicate cells)")
+        raise InputError(file, "axes", f"two cells share the key {excerpt(dup[0])} (duplicate cells)")
     return cells
 
