@@ -178,10 +178,12 @@ def resolve_cells(grid: Grid, runs_root: Path = DEFAULT_RUNS_ROOT, sets: dict[st
             message = str(err)
             match = re.search(r"config key '([^']+)'", message)
             where = origins.get(match.group(1), "base") if match else "base"
-            named = match is None or where.split(".")[-1].split("[")[0].replace("--set ", "") == match.group(1)
+            text = strip_config_prefix(message, file)
+            if match and match.group(1) not in text and not where.endswith(match.group(1)):
+                text = message  # the key is neither in the place named nor in the complaint: keep it
             raise InputError(file if not where.startswith("--set") else "--set",
                              where.replace("--set ", "") if where.startswith("--set") else where,
-                             f"{strip_config_prefix(message, file) if named else message} (cell {spec.key})") from None
+                             f"{text} (cell {spec.key})") from None
         config = to_dict(cfg)
         digest = config_hash(config)
         run_dir = run_folder(runs_root, grid.name, spec.key, digest)
