@@ -175,6 +175,16 @@ def test_grid_plan_refuses_an_alias_bomb_with_one_line(tmp_path: Path, capsys, m
     assert code == 2 and len(lines) == 1 and "bomb.yaml" in lines[0] and "aliases expand" in lines[0], lines
 
 
+def test_the_trainer_refuses_an_alias_bomb_config_with_one_line(tmp_path: Path, capsys):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(alias_bomb().replace("description:", "lr_milestones:"))
+    out = tmp_path / "run"
+    code = train_cli(["--config", str(path), f"out={out}"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "bomb.yaml" in lines[0] and "aliases expand" in lines[0], lines
+    assert not out.exists()
+
+
 def test_a_recursive_alias_is_refused_and_small_aliases_still_load(tmp_path: Path):
     path = tmp_path / "loop.yaml"
     path.write_text("a: &a [1, *a]\n")
