@@ -169,10 +169,10 @@ def dataset_family(dataset: str) -> str:
     return "imagenet" if dataset == "imagenet" else "cifar"
 
 
-def _parse(key: str, value: Any) -> Any:
+def _parse(key: str, spec: ConfigKey, value: Any) -> Any:
     """`value` checked against the type of config key `key`; ConfigError naming the key."""
     try:
-        return config_keys()[key].parse(value)
+        return spec.parse(value)
     except BadValue as err:
         raise ConfigError(f"config key '{key}': {err}") from None
 
@@ -186,7 +186,7 @@ def make_config(values: dict[str, Any], source: str = "config") -> Config:
             close = [k for k in keys if k.split("_")[-1] == str(key).split("_")[-1]]
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{source}: unknown config key {excerpt(str(key))}{hint}")
-        kwargs[key] = _parse(key, value)
+        kwargs[key] = _parse(key, keys[key], value)
     return Config(**kwargs)
 
 
@@ -285,7 +285,7 @@ def check_keys(cfg: Config, keys: list[str] | None = None) -> None:
     specs = config_keys()
     for key in specs if keys is None else keys:
         value = getattr(cfg, key)
-        _parse(key, value)
+        _parse(key, specs[key], value)
         complaint = specs[key].complaint(value)
         if complaint:
             raise ConfigError(f"config key '{key}': {complaint}")
