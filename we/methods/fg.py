@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from we.errors import ConfigError
+from we.keys import excerpt
 from we.methods.base import ConfigKey, Method, Preset, TrainContext
 
 StateDict = dict[str, torch.Tensor]
@@ -185,7 +186,8 @@ class FGMethod(Method):
     def check(cls, cfg: Any) -> None:
         if cfg.fg_lrs is not None:
             if len(cfg.fg_lrs) != cfg.fg_n or any(lr <= 0 for lr in cfg.fg_lrs):
-                raise ConfigError(f"config key 'fg_lrs': must hold fg_n={cfg.fg_n} positive rates, got {cfg.fg_lrs!r}")
+                raise ConfigError(f"config key 'fg_lrs': must hold fg_n={cfg.fg_n} positive rates, "
+                                  f"got {excerpt(cfg.fg_lrs)}")
             if cfg.lr is not None and cfg.fg_lrs[0] != cfg.lr:
                 raise ConfigError(f"config key 'fg_lrs': the first rate is network 0's and must equal lr={cfg.lr!r}, "
                                   f"got {cfg.fg_lrs[0]!r}")

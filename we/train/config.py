@@ -46,8 +46,8 @@ CORE_KEYS: dict[str, ConfigKey] = {
     "dataset": K(str, "digits", "digits | cifar10 | cifar100 | imagenet | fashion_mnist", choices=DATASETS),
     "data_dir": K(str, "data", "dataset root"),
     "download": K(bool, True, "CIFAR, Fashion-MNIST: download into data_dir where the network allows"),
-    "image_size": K(Optional[int], None, "None: 32 (CIFAR, digits, Fashion-MNIST), 224 (ImageNet), 128 for mobilenetv2_050",
-                    minimum=IMAGE_SIZE_RANGE[0], maximum=IMAGE_SIZE_RANGE[1]),
+    "image_size": K(Optional[int], None, "None: 32 (CIFAR, digits, Fashion-MNIST), 224 (ImageNet), 128 for "
+                    "mobilenetv2_050", minimum=IMAGE_SIZE_RANGE[0], maximum=IMAGE_SIZE_RANGE[1]),
     "normalization": K(Optional[str], None, "paper (dataset statistics) | official (the authors' constants)",
                        choices=NORMALIZATIONS),
     "data_path": K(str, "auto", "auto (device on CUDA, loader on CPU) | loader | device",
@@ -311,8 +311,9 @@ def check_across_keys(cfg: Config) -> None:
     """The checks of a resolved config that involve several keys (the core's, then each plug-in's)."""
     _check_model_options(cfg)
     if dataset_family(cfg.dataset) != "imagenet" and cfg.image_size != IMAGE_SIZES[cfg.dataset]:
-        raise ConfigError(f"config key 'image_size': {cfg.dataset} images are {IMAGE_SIZES[cfg.dataset]} pixels "
-                          f"square; image_size must be {IMAGE_SIZES[cfg.dataset]} (or left out), got {cfg.image_size!r}")
+        size = IMAGE_SIZES[cfg.dataset]
+        raise ConfigError(f"config key 'image_size': {cfg.dataset} images are {size} pixels square; image_size "
+                          f"must be {size} (or left out), got {cfg.image_size!r}")
     for cls in METHODS.values():
         cls.check(cfg)
     if cfg.data_path == "device" and cfg.dataset == "imagenet":
