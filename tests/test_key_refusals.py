@@ -91,9 +91,13 @@ def test_the_key_spec_declares_finiteness_bounds_and_a_check():
     assert checked(Key(float, minimum=0), 1) == 1.0
 
 
-def test_a_profile_refuses_nan_memory():
+def test_a_profile_refuses_nan_memory_and_bad_config_values():
     with pytest.raises(InputError, match="mem_gb: must be a finite number"):
         check_profile_values({"mem_gb": float("nan")}, "prof.yaml", required=False)
+    with pytest.raises(InputError, match=r"prof\.yaml: config: config key 'workers': must be >= 0, got -1"):
+        check_profile_values({"config": {"workers": -1}}, "prof.yaml", required=False)
+    with pytest.raises(InputError, match="config key 'download': expected bool"):
+        check_profile_values({"config": {"download": "yes"}}, "prof.yaml", required=False)
 
 
 GRID = {"name": "bad", "base": {"dataset": "digits", "model": "resnet20", "epochs": 1, "limit_train": 64,

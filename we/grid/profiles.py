@@ -12,6 +12,7 @@ from typing import Any, Optional, Sequence, Union
 from we.errors import InputError
 from we.files import read_yaml
 from we.keys import BadValue, Key, checked, excerpt
+from we.train.config import config_keys
 
 # Result-neutral config keys a cluster profile may set for its jobs (`config:` in a profile).
 PROFILE_CONFIG_KEYS = ("device", "data_dir", "download", "workers", "progress", "loggers")
@@ -23,7 +24,14 @@ def _str_list(v: Any) -> Optional[str]:
 
 def _config_map(v: Any) -> Optional[str]:
     bad = [k for k in v if k not in PROFILE_CONFIG_KEYS]
-    return f"only result-neutral config keys ({', '.join(PROFILE_CONFIG_KEYS)}), not {excerpt(bad[0])}" if bad else None
+    if bad:
+        return f"only result-neutral config keys ({', '.join(PROFILE_CONFIG_KEYS)}), not {excerpt(bad[0])}"
+    for key, value in v.items():  # each value by its config key's spec
+        try:
+            checked(config_keys()[key], value)
+        except BadValue as err:
+            return f"config key '{key}': {err}"
+    return None
 
 
 def _sbatch_map(v: Any) -> Optional[str]:
