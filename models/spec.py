@@ -51,6 +51,9 @@ def _split(spec: str) -> tuple[str, str]:
     prefix, _, name = spec.partition(":")
     if not prefix or not name:
         raise ValueError(f"model spec {spec!r} is not <zoo name>, timm:<name> or <module>:<callable>")
+    if prefix != "timm" and not (all(part.isidentifier() for part in prefix.split(".")) and name.isidentifier()):
+        raise ValueError(f"model spec {spec!r} is not <module>:<callable> (a dotted module name, such as "
+                         "mypkg.nets, and a function name)")
     return prefix, name
 
 

@@ -1,4 +1,4 @@
-"""The package's shape: imports go one way (errors/files -> rundir -> core -> models -> methods -> train -> grid ->
+"""The package's shape: imports go one way (errors/keys/files -> rundir -> core -> models -> methods -> train -> grid ->
 report -> bench), no import cycle, no project import inside a function, modules of about 400 lines at most."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-LAYERS = {"we.errors": 0, "we.files": 0, "we.rundir": 0.5, "we": 1, "we.core": 1, "we.lightning": 1.5, "models": 2,
+LAYERS = {"we.errors": 0, "we.keys": 0, "we.files": 0, "we.rundir": 0.5, "we": 1, "we.core": 1, "we.lightning": 1.5, "models": 2,
           "we.methods": 3, "we.train": 4, "we.grid": 5, "we.report": 6, "we.bench": 7, "we.commands": 8}
 MAX_LINES = 400
 

@@ -275,7 +275,8 @@ class _Net(nn.Module):
 
 def _repr_setup(*extra: str):
     torch.manual_seed(0)
-    cfg = load_config(None, ["method=repr", "repr_s1=1", "repr_s2=2", "epochs=10", "image_size=8", *extra])
+    # the toy net's 8x8 inputs (a run of the 32x32 digits refuses image_size=8; this config trains no data)
+    cfg = load_config(None, ["method=repr", "repr_s1=1", "repr_s2=2", "epochs=10", *extra]).replace(image_size=8)
     model = _Net()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     ctx = TrainContext(model, opt, cfg, torch.device("cpu"), 4)

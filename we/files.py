@@ -27,8 +27,41 @@ def current_umask() -> int:
     return mask
 
 
+# The most values a YAML document may hold with its aliases expanded: a grid or config is a few hundred; an alias
+# "bomb" (a few hundred bytes whose aliases expand to a billion values) is refused before anything walks it.
+MAX_YAML_VALUES = 100_000
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a mapping naming one key twice (YAML would keep the last silently)."""
+    """SafeLoader that refuses a mapping naming one key twice (YAML would keep the last silently), a
+    recursive alias, and aliases that expand to more than MAX_YAML_VALUES values."""
+
+    def compose_document(self) -> yaml.Node:
+        node = super().compose_document()
+        _count_expanded(node, {}, set())
+        return node
+
+
+def _count_expanded(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """The values under `node` with every alias expanded (each shared node counted once, by its id)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_nodes:
+        raise yaml.composer.ComposerError(None, None, "a recursive alias (a value that contains itself)",
+                                          node.start_mark)
+    open_nodes.add(id(node))
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_count_expanded(child, sizes, open_nodes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_count_expanded(k, sizes, open_nodes) + _count_expanded(v, sizes, open_nodes)
+                    for k, v in node.value)
+    if size > MAX_YAML_VALUES:
+        raise yaml.composer.ComposerError(None, None, f"aliases expand to more than {MAX_YAML_VALUES} values",
+                                          node.start_mark)
+    open_nodes.discard(id(node))
+    sizes[id(node)] = size
+    return size
 
 
 def _construct_unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -56,6 +89,8 @@ def read_yaml(path: Path, what: str) -> Any:
         raise InputError(path, what, f"unreadable ({err.strerror})") from None
     try:
         return yaml.load(text, Loader=UniqueKeyLoader)
+    except RecursionError:
+        raise InputError(path, "(file)", "malformed YAML: nested too deeply") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "(file)"

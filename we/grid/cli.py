@@ -34,6 +34,7 @@ from we.grid.records import grid_lock, record_logs
 from we.grid.schema import Grid, display_path, load_grid
 from we.grid.slurm import SlurmExecutor
 from we.grid.state import TO_RUN, CellState, adopt_twin, assess, write_cell, write_grid_file
+from we.keys import Key, excerpt
 from we.rundir import check_writable, log_tail, runs_root
 
 DEFAULT_PROFILE = REPO_ROOT / "slurm" / "default.yaml"
@@ -98,12 +99,33 @@ def submit(grid: Grid, cells: Sequence[Cell], executor: Any, runs_root: Path, re
     return SubmitReport(submitted, skipped, reused)
 
 
+POLL_ENV = "WE_GRID_POLL_S"  # the environment variable that sets the seconds between polls of `submit --wait`
+POLL_KEY = Key(float, None, "seconds between state polls while waiting (unset: 2 local, 10 slurm)", minimum=0,
+               strict=True)
+DEFAULT_POLL_S = {"local": 2.0, "slurm": 10.0}
+
+
+def poll_seconds(executor: str) -> float:
+    """The seconds between polls: $WE_GRID_POLL_S, checked against POLL_KEY, else the executor's default."""
+    raw = os.environ.get(POLL_ENV)
+    if raw is None:
+        return DEFAULT_POLL_S[executor]
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InputError("environment", POLL_ENV, f"expected a number of seconds, got {excerpt(raw)}") from None
+    complaint = POLL_KEY.complaint(value)
+    if complaint:
+        raise InputError("environment", POLL_ENV, complaint)
+    return value
+
+
 def wait(grid: Grid, cells: Sequence[Cell], runs_root: Path, reuse: bool = True, poll_s: float | None = None,
          out: Any = None) -> list[CellState]:
     """Block until no cell of the grid is running; prints each change of the state counts."""
     out = out or sys.stdout
     if poll_s is None:
-        poll_s = float(os.environ.get("WE_GRID_POLL_S", "2"))
+        poll_s = poll_seconds("local")
     last = ""
     while True:
         states = assess(cells, runs_root, reuse)
@@ -207,6 +229,7 @@ def main(argv: list[str] | None = None, collect: Collect | None = None) -> int:
     root, rule = runs_root(args.runs_root)
     reuse = not args.no_reuse
     try:
+        poll_s = poll_seconds(args.executor)
         grid = load_grid(args.grid)
         sets = parse_sets(set_items)
         profile = None
@@ -259,8 +282,7 @@ def main(argv: list[str] | None = None, collect: Collect | None = None) -> int:
         return 0
     runner = getattr(executor, "process", None)
     try:
-        states = wait(grid, cells, root, reuse, poll_s=None if args.executor == "local" else
-                      float(os.environ.get("WE_GRID_POLL_S", "10")))
+        states = wait(grid, cells, root, reuse, poll_s=poll_s)
         if runner is not None:  # the local runner records each cell's exit before it ends
             runner.wait()
             states = assess(cells, root, reuse)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from we.errors import ConfigError, InputError
+from we.keys import excerpt
 from we.grid.schema import Grid, MethodEntry, check_config_value, display_path, strip_config_prefix
 from we.methods import METHODS, version_keys
 from we.rundir import DEFAULT_RUNS_ROOT, runs_root  # noqa: F401 - the runs-root rule, for the grid's callers
@@ -170,16 +171,19 @@ def resolve_cells(grid: Grid, runs_root: Path = DEFAULT_RUNS_ROOT, sets: dict[st
         if method not in METHODS:
             raise InputError(file, spec.method_where,
                              f"method '{spec.labels['method']}' (grid {file}, cell {spec.key}) is not implemented "
-                             f"yet (config method {method!r}; implemented: {', '.join(METHODS)})")
+                             f"yet (config method {excerpt(method)}; implemented: {', '.join(METHODS)})")
         try:
             cfg = resolve(make_config(values, source=file))
         except ConfigError as err:
             message = str(err)
             match = re.search(r"config key '([^']+)'", message)
             where = origins.get(match.group(1), "base") if match else "base"
+            text = strip_config_prefix(message, file)
+            if match and match.group(1) not in text and not where.endswith(match.group(1)):
+                text = message  # the key is neither in the place named nor in the complaint: keep it
             raise InputError(file if not where.startswith("--set") else "--set",
                              where.replace("--set ", "") if where.startswith("--set") else where,
-                             f"{strip_config_prefix(message, file)} (cell {spec.key})") from None
+                             f"{text} (cell {spec.key})") from None
         config = to_dict(cfg)
         digest = config_hash(config)
         run_dir = run_folder(runs_root, grid.name, spec.key, digest)
@@ -192,6 +196,6 @@ def resolve_cells(grid: Grid, runs_root: Path = DEFAULT_RUNS_ROOT, sets: dict[st
     keys = Counter(c.key for c in cells)
     dup = [k for k, n in keys.items() if n > 1]
     if dup:
-        raise InputError(file, "axes", f"two cells share the key {dup[0]!r} (duplicate cells)")
+        raise InputError(file, "axes", f"two cells share the key {excerpt(dup[0])} (duplicate cells)")
     return cells
 

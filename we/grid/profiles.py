@@ -7,28 +7,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 from we.errors import InputError
 from we.files import read_yaml
+from we.keys import BadValue, Key, checked, excerpt
+from we.train.config import config_keys
 
 # Result-neutral config keys a cluster profile may set for its jobs (`config:` in a profile).
 PROFILE_CONFIG_KEYS = ("device", "data_dir", "download", "workers", "progress", "loggers")
-
-
-@dataclass(frozen=True)
-class ProfileKey:
-    """One profile key: accepted types, whether a profile must give it, its default and a check."""
-
-    types: tuple[type, ...]
-    required: bool
-    default: Any = None
-    check: Optional[Callable[[Any], Optional[str]]] = None  # returns a complaint or None
-    doc: str = ""
-
-
-def _at_least(n: int) -> Callable[[Any], Optional[str]]:
-    return lambda v: None if v is None or v >= n else f"must be >= {n}, got {v!r}"
 
 
 def _str_list(v: Any) -> Optional[str]:
@@ -37,7 +24,14 @@ def _str_list(v: Any) -> Optional[str]:
 
 def _config_map(v: Any) -> Optional[str]:
     bad = [k for k in v if k not in PROFILE_CONFIG_KEYS]
-    return f"only result-neutral config keys ({', '.join(PROFILE_CONFIG_KEYS)}), not {bad[0]!r}" if bad else None
+    if bad:
+        return f"only result-neutral config keys ({', '.join(PROFILE_CONFIG_KEYS)}), not {excerpt(bad[0])}"
+    for key, value in v.items():  # each value by its config key's spec
+        try:
+            checked(config_keys()[key], value)
+        except BadValue as err:
+            return f"config key '{key}': {err}"
+    return None
 
 
 def _sbatch_map(v: Any) -> Optional[str]:
@@ -45,47 +39,37 @@ def _sbatch_map(v: Any) -> Optional[str]:
     return "keys must be sbatch option names (strings)" if bad else None
 
 
-NoneType = type(None)
-PROFILE_KEYS: dict[str, ProfileKey] = {
-    "partition": ProfileKey((str,), True, doc="SLURM partition"),
-    "gpus_per_node": ProfileKey((int,), True, check=_at_least(0), doc="GPUs per job (0: none requested)"),
-    "cpus_per_task": ProfileKey((int,), True, check=_at_least(1), doc="CPUs per job (data loading)"),
-    "mem_gb": ProfileKey((int, float, NoneType), True, check=lambda v: None if v is None or v > 0 else
-                         f"must be > 0 or null, got {v!r}", doc="memory per job in GB (null: not requested)"),
-    "timeout_min": ProfileKey((int,), True, check=_at_least(1), doc="wall-clock limit of one allocation"),
-    "max_num_timeout": ProfileKey((int,), True, check=_at_least(0),
-                                  doc="requeues after a timeout before the job counts as failed"),
-    "array_parallelism": ProfileKey((int,), True, check=_at_least(1), doc="array tasks running at once"),
-    "account": ProfileKey((str, NoneType), True, doc="SLURM account (null: the user's default)"),
-    "qos": ProfileKey((str, NoneType), True, doc="quality of service (null: the default)"),
-    "setup": ProfileKey((list,), True, check=_str_list, doc="shell lines run before each task"),
+PROFILE_KEYS: dict[str, Key] = {
+    "partition": Key(str, required=True, doc="SLURM partition"),
+    "gpus_per_node": Key(int, required=True, minimum=0, doc="GPUs per job (0: none requested)"),
+    "cpus_per_task": Key(int, required=True, minimum=1, doc="CPUs per job (data loading)"),
+    "mem_gb": Key(Optional[Union[int, float]], required=True, minimum=0, strict=True,
+                  doc="memory per job in GB (null: not requested)"),
+    "timeout_min": Key(int, required=True, minimum=1, doc="wall-clock limit of one allocation"),
+    "max_num_timeout": Key(int, required=True, minimum=0,
+                           doc="requeues after a timeout before the job counts as failed"),
+    "array_parallelism": Key(int, required=True, minimum=1, doc="array tasks running at once"),
+    "account": Key(Optional[str], required=True, doc="SLURM account (null: the user's default)"),
+    "qos": Key(Optional[str], required=True, doc="quality of service (null: the default)"),
+    "setup": Key(list, required=True, check=_str_list, doc="shell lines run before each task"),
     # optional
-    "tasks_per_node": ProfileKey((int,), False, 1, _at_least(1),
-                                 doc="processes per job; > 1 trains one run with DistributedDataParallel, "
-                                     "one process per GPU"),
-    "constraint": ProfileKey((str, NoneType), False, None, doc="node feature constraint"),
-    "signal_delay_s": ProfileKey((int,), False, 120, _at_least(0),
-                                 doc="seconds before the limit at which the job is told to checkpoint"),
-    "job_name": ProfileKey((str,), False, "we-repro", doc="prefix of the job names (the grid name follows)"),
-    "python": ProfileKey((str, NoneType), False, None, doc="python on the nodes (null: this interpreter)"),
-    "use_srun": ProfileKey((bool,), False, True, doc="run the task through srun inside the allocation"),
-    "additional_parameters": ProfileKey((dict,), False, {}, _sbatch_map, doc="extra sbatch options"),
-    "config": ProfileKey((dict,), False, {}, _config_map,
-                         doc="result-neutral config keys for the jobs (device, data_dir, workers, ...)"),
-    "pack": ProfileKey((int,), False, 1, _at_least(1),
-                       doc="cells per job: up to this many single-GPU CIFAR/digits cells train at once, "
-                           "one process each, sharing the job's GPU, CPUs and memory (ImageNet and "
-                           "tasks_per_node > 1 cells are never packed)"),
+    "tasks_per_node": Key(int, 1, minimum=1, doc="processes per job; > 1 trains one run with DistributedDataParallel, "
+                                                 "one process per GPU"),
+    "constraint": Key(Optional[str], None, doc="node feature constraint"),
+    "signal_delay_s": Key(int, 120, minimum=0, doc="seconds before the limit at which the job is told to checkpoint"),
+    "job_name": Key(str, "we-repro", doc="prefix of the job names (the grid name follows)"),
+    "python": Key(Optional[str], None, doc="python on the nodes (null: this interpreter)"),
+    "use_srun": Key(bool, True, doc="run the task through srun inside the allocation"),
+    "additional_parameters": Key(dict, {}, check=_sbatch_map, doc="extra sbatch options"),
+    "config": Key(dict, {}, check=_config_map,
+                  doc="result-neutral config keys for the jobs (device, data_dir, workers, ...)"),
+    "pack": Key(int, 1, minimum=1, doc="cells per job: up to this many single-GPU CIFAR/digits cells train at once, "
+                                       "one process each, sharing the job's GPU, CPUs and memory (ImageNet and "
+                                       "tasks_per_node > 1 cells are never packed)"),
 }
 # Keys a grid's `resources:` may override for its own jobs.
 RESOURCE_KEYS = ("gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb", "timeout_min", "max_num_timeout",
                  "array_parallelism", "constraint", "signal_delay_s", "additional_parameters", "pack")
-
-
-def _type_label(types: tuple[type, ...]) -> str:
-    names = {int: "int", float: "number", str: "string", list: "list", dict: "mapping", bool: "bool",
-             NoneType: "null"}
-    return " or ".join(names[t] for t in types)
 
 
 def check_profile_values(values: Any, file: str | Path, required: bool, prefix: str = "",
@@ -99,14 +83,10 @@ def check_profile_values(values: Any, file: str | Path, required: bool, prefix: 
     for key, value in values.items():
         if key not in known:
             raise InputError(file, f"{prefix}{key}", f"unknown key (known: {', '.join(known)})")
-        spec = PROFILE_KEYS[key]
-        ok = isinstance(value, spec.types) and not (isinstance(value, bool) and bool not in spec.types)
-        if not ok:
-            raise InputError(file, f"{prefix}{key}", f"expected {_type_label(spec.types)}, got {value!r}")
-        complaint = spec.check(value) if spec.check else None
-        if complaint:
-            raise InputError(file, f"{prefix}{key}", complaint)
-        out[key] = value
+        try:
+            out[key] = checked(PROFILE_KEYS[key], value)
+        except BadValue as err:
+            raise InputError(file, f"{prefix}{key}", str(err)) from None
     if required:
         for key, spec in PROFILE_KEYS.items():
             if key in out:

@@ -23,17 +23,34 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from we.errors import ConfigError, InputError
 from we.files import IN_CHECKOUT, REPO_ROOT, read_yaml
+from we.keys import BadValue, Key, checked, excerpt
 from we.grid.profiles import RESOURCE_KEYS, check_profile_values
 from we.methods import method_presets
 from we.train.config import make_config
 
 GRID_DIR = REPO_ROOT / "experiments"
-GRID_KEYS = ("name", "description", "base", "axes", "exclude", "seeds", "resources", "train")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _folder_safe(name: str) -> Optional[str]:
+    return None if NAME_RE.match(name) else f"expected a folder-safe name (letters, digits, _ . -), got {excerpt(name)}"
+
+
+# The keys of a grid file; axes, exclude and seeds are checked entry by entry below (each message names its entry).
+GRID_KEYS: dict[str, Key] = {
+    "name": Key(str, required=True, check=_folder_safe, doc="run folders go to <runs-root>/<name>/"),
+    "description": Key(str, "", doc="one line about the grid"),
+    "base": Key(Optional[dict], {}, doc="config keys shared by every cell"),
+    "axes": Key(object, {}, doc="axis -> list of values; the cells are their product"),
+    "exclude": Key(object, [], doc="partial cells left out"),
+    "seeds": Key(object, [], doc="the seeds of every cell"),
+    "resources": Key(Optional[dict], {}, doc="cluster-profile keys for this grid's jobs"),
+    "train": Key(bool, True, doc="false: a plot-only grid without cells"),
+}
 
 
 @dataclass(frozen=True)
@@ -85,7 +102,7 @@ def display_path(path: Path) -> str:
 def check_config_value(file: str, where: str, key: Any, value: Any) -> None:
     """One config key's name and type (range and registry checks come with resolution)."""
     if not isinstance(key, str):
-        raise InputError(file, where, f"config keys are strings, got {key!r}")
+        raise InputError(file, where, f"config keys are strings, got {excerpt(key)}")
     try:
         make_config({key: value}, source=file)
     except ConfigError as err:
@@ -105,28 +122,10 @@ def load_grid(ref: str | Path) -> Grid:
     """Read and check a grid file; every problem is an InputError naming the file and key."""
     path = find_grid_file(ref)
     file = display_path(path)
-    data = read_yaml(path, "grid")
-    if not isinstance(data, dict):
-        raise InputError(file, "(top level)", f"expected a mapping with keys {', '.join(GRID_KEYS)}, "
-                                              f"got {type(data).__name__}")
-    for key in data:
-        if key not in GRID_KEYS:
-            raise InputError(file, str(key), f"unknown grid key (known: {', '.join(GRID_KEYS)})")
-    if "name" not in data:
-        raise InputError(file, "name", "missing")
-    name = data["name"]
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise InputError(file, "name", f"expected a folder-safe name (letters, digits, _ . -), got {name!r}")
-    description = data.get("description", "")
-    if not isinstance(description, str):
-        raise InputError(file, "description", f"expected a string, got {description!r}")
-    train = data.get("train", True)
-    if not isinstance(train, bool):
-        raise InputError(file, "train", f"expected true or false, got {train!r}")
-
-    base = data.get("base", {}) or {}
-    if not isinstance(base, dict):
-        raise InputError(file, "base", f"expected a mapping of config keys, got {type(base).__name__}")
+    given = read_yaml(path, "grid")
+    data = _grid_keys(file, given)
+    name, description, train = data["name"], data["description"], data["train"]
+    base = data["base"] or {}
     for key, value in base.items():
         if key in ("out", "seed"):
             raise InputError(file, f"base.{key}", "set by the grid (run folder and `seeds`), not in base")
@@ -134,11 +133,10 @@ def load_grid(ref: str | Path) -> Grid:
             raise InputError(file, "base.method", "use the `method` axis (paper method labels)")
         check_config_value(file, f"base.{key}", key, value)
 
-    resources = data.get("resources", {}) or {}
+    resources = data["resources"] or {}
     resources = check_profile_values(resources, file, required=False, prefix="resources.", allowed=RESOURCE_KEYS)
 
-    axes_raw = data.get("axes", {})
-    seeds_raw = data.get("seeds", [])
+    axes_raw, seeds_raw = data["axes"], data["seeds"]
     if not train:
         if axes_raw:
             raise InputError(file, "axes", "a grid with `train: false` has no cells: leave out axes")
@@ -146,7 +144,7 @@ def load_grid(ref: str | Path) -> Grid:
             raise InputError(file, "seeds", "a grid with `train: false` has no cells: leave out seeds")
         return Grid(name, path, description, base, {}, [], [], resources, False)
 
-    if "axes" not in data:
+    if "axes" not in given:
         raise InputError(file, "axes", "missing")
     if not isinstance(axes_raw, dict) or not axes_raw:
         raise InputError(file, "axes", "expected a non-empty mapping of axis name -> list of values")
@@ -167,37 +165,56 @@ def load_grid(ref: str | Path) -> Grid:
     if "method" not in axes:
         raise InputError(file, "axes.method", "missing (every grid names its methods; e.g. [baseline, we])")
 
-    if "seeds" not in data:
+    if "seeds" not in given:
         raise InputError(file, "seeds", "missing (e.g. [0, 1, 2, 3, 4])")
     seeds = seeds_raw
     if not isinstance(seeds, list) or not seeds:
-        raise InputError(file, "seeds", f"expected a non-empty list of ints, got {seeds!r}")
+        raise InputError(file, "seeds", f"expected a non-empty list of ints, got {excerpt(seeds)}")
     for i, s in enumerate(seeds):
         if not isinstance(s, int) or isinstance(s, bool) or s < 0:
-            raise InputError(file, f"seeds[{i}]", f"expected an int >= 0, got {s!r}")
+            raise InputError(file, f"seeds[{i}]", f"expected an int >= 0, got {excerpt(s)}")
     if len(set(seeds)) != len(seeds):
         dup = [s for s, n in Counter(seeds).items() if n > 1][0]
         raise InputError(file, "seeds", f"seed {dup} given twice (duplicate cells)")
 
-    exclude = data.get("exclude", []) or []
+    exclude = data["exclude"] or []
     if not isinstance(exclude, list):
         raise InputError(file, "exclude", f"expected a list of partial cells, got {type(exclude).__name__}")
     for i, part in enumerate(exclude):
         where = f"exclude[{i}]"
         if not isinstance(part, dict) or not part:
-            raise InputError(file, where, f"expected a non-empty mapping axis -> value, got {part!r}")
+            raise InputError(file, where, f"expected a non-empty mapping axis -> value, got {excerpt(part)}")
         for axis, value in part.items():
             if axis == "seed":
                 if value not in seeds:
-                    raise InputError(file, f"{where}.seed", f"{value!r} is not one of the seeds")
+                    raise InputError(file, f"{where}.seed", f"{excerpt(value)} is not one of the seeds")
                 continue
             if axis not in axes:
                 raise InputError(file, f"{where}.{axis}", f"unknown axis (axes: {', '.join(axes)}, seed)")
             known = axis_labels(axes[axis])
             if value not in known:
-                raise InputError(file, f"{where}.{axis}", f"{value!r} is not a value of that axis "
+                raise InputError(file, f"{where}.{axis}", f"{excerpt(value)} is not a value of that axis "
                                                           f"({', '.join(map(str, known))})")
     return Grid(name, path, description, base, axes, exclude, list(seeds), resources, True)
+
+
+def _grid_keys(file: str, data: Any) -> dict[str, Any]:
+    """The grid file's top-level mapping checked against GRID_KEYS, with the defaults of the keys it leaves out."""
+    if not isinstance(data, dict):
+        raise InputError(file, "(top level)", f"expected a mapping with keys {', '.join(GRID_KEYS)}, "
+                                              f"got {type(data).__name__}")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in GRID_KEYS:
+            raise InputError(file, str(key), f"unknown grid key (known: {', '.join(GRID_KEYS)})")
+        try:
+            out[key] = checked(GRID_KEYS[key], value)
+        except BadValue as err:
+            raise InputError(file, key, str(err)) from None
+    for key, spec in GRID_KEYS.items():
+        if spec.required and key not in out:
+            raise InputError(file, key, "missing")
+    return {**{key: spec.default for key, spec in GRID_KEYS.items()}, **out}
 
 
 def axis_labels(values: list[Any]) -> list[Any]:
@@ -207,7 +224,7 @@ def axis_labels(values: list[Any]) -> list[Any]:
 def _value_axis(file: str, axis: str, values: list[Any]) -> list[Any]:
     for i, value in enumerate(values):
         if not _scalar(value):
-            raise InputError(file, f"axes.{axis}[{i}]", f"expected a single value, got {value!r}")
+            raise InputError(file, f"axes.{axis}[{i}]", f"expected a single value, got {excerpt(value)}")
         check_config_value(file, f"axes.{axis}[{i}]", axis, value)
     dup = [v for v, n in Counter(map(repr, values)).items() if n > 1]
     if dup:
@@ -222,32 +239,32 @@ def _method_axis(file: str, values: list[Any]) -> list[MethodEntry]:
         where = f"axes.method[{i}]"
         if isinstance(value, str):
             if value not in presets:
-                raise InputError(file, where, f"unknown method label {value!r} (known: {', '.join(presets)}; "
+                raise InputError(file, where, f"unknown method label {excerpt(value)} (known: {', '.join(presets)}; "
                                               f"or give {{label: ..., overrides: {{method: ..., ...}}}})")
             entries.append(MethodEntry(value, dict(presets[value]), where))
             continue
         if not isinstance(value, dict):
-            raise InputError(file, where, f"expected a method label or {{label, overrides}}, got {value!r}")
+            raise InputError(file, where, f"expected a method label or {{label, overrides}}, got {excerpt(value)}")
         unknown = [k for k in value if k not in ("label", "overrides")]
         if unknown:
             raise InputError(file, f"{where}.{unknown[0]}", "unknown key (a method entry has label and overrides)")
         label = value.get("label")
         if not isinstance(label, str) or not NAME_RE.match(label):
-            raise InputError(file, f"{where}.label", f"expected a folder-safe label, got {label!r}")
+            raise InputError(file, f"{where}.label", f"expected a folder-safe label, got {excerpt(label)}")
         overrides = value.get("overrides", {})
         if not isinstance(overrides, dict):
-            raise InputError(file, f"{where}.overrides", f"expected a mapping of config keys, got {overrides!r}")
+            raise InputError(file, f"{where}.overrides", f"expected a mapping of config keys, got {excerpt(overrides)}")
         for key, v in overrides.items():
             if key in ("out", "seed"):
                 raise InputError(file, f"{where}.overrides.{key}", "set by the grid, not by a method")
             check_config_value(file, f"{where}.overrides.{key}", key, v)
         preset = presets.get(label, {})
         if not preset and "method" not in overrides:
-            raise InputError(file, f"{where}.overrides.method", f"missing: label {label!r} is not a preset, "
+            raise InputError(file, f"{where}.overrides.method", f"missing: label {excerpt(label)} is not a preset, "
                                                                "so the entry must name the config method")
         entries.append(MethodEntry(label, {**preset, **overrides}, where))
     dup = [lab for lab, n in Counter(e.label for e in entries).items() if n > 1]
     if dup:
-        raise InputError(file, "axes.method", f"label {dup[0]!r} given twice (duplicate cells)")
+        raise InputError(file, "axes.method", f"label {excerpt(dup[0])} given twice (duplicate cells)")
     return entries
 

@@ -5,8 +5,8 @@ after every optimizer step, at the end of every epoch, and by adding a term to t
 baseline is the protocol with every hook empty.
 
 A plug-in also owns all its knowledge, declared as class attributes: its config keys (`keys`, each
-named `<name>_...`, with type, default, allowed values and range), its per-recipe defaults, its checks
-(`check`), the grid labels it answers to with their names in the paper (`presets`), its cost relative
+named `<name>_...`, a `we.keys.Key` with type, default, allowed values, range and check), its
+per-recipe defaults, its checks across keys (`check`), the grid labels it answers to with their names in the paper (`presets`), its cost relative
 to the baseline (`cost`) and where its choices come from (`sources`). Config, grids, reports and the
 bench read all of it from the registry (`we.methods`).
 """
@@ -18,21 +18,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from we.keys import Key
 
-@dataclass(frozen=True)
-class ConfigKey:
-    """One config key: its type annotation, default, one-line meaning, and the checks every value passes.
-
-    `choices`: the allowed strings; `minimum`: the smallest allowed value (`strict`: values must exceed
-    it). A default of None means "filled in at resolution" (from the recipe or the plug-in's `resolve`).
-    """
-
-    type: Any
-    default: Any
-    doc: str = ""
-    choices: tuple[str, ...] = ()
-    minimum: float | None = None
-    strict: bool = False
+ConfigKey = Key  # a run config key: the suite's one key spec (we.keys)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from we.errors import ConfigError
+from we.keys import excerpt
 from we.methods.base import ConfigKey, Method, Preset, TrainContext
 
 StateDict = dict[str, torch.Tensor]
@@ -163,7 +164,8 @@ class FGMethod(Method):
                           minimum=1),
         "fg_threshold": ConfigKey(float, 0.1, "FG-1: filters with l1 norm below it receive a strong filter",
                                   minimum=0),
-        "fg_a": ConfigKey(float, 0.4, "A in c = A/pi * arctan(k (H_own - H_other)) + 1/2"),
+        "fg_a": ConfigKey(float, 0.4, "A in c = A/pi * arctan(k (H_own - H_other)) + 1/2 (in [0, 1]: keeps c in "
+                          "[0, 1])", minimum=0, maximum=1),
         "fg_k": ConfigKey(float, 500.0, "k in the same coefficient (the authors' script calls it c)", minimum=0),
         "fg_bins": ConfigKey(int, 10, "histogram bins of the layer entropy H", minimum=2),
         "fg_lrs": ConfigKey(Optional[list[float]], None, "initial lr of networks 0..n-1 (None: the authors' rule "
@@ -182,11 +184,10 @@ class FGMethod(Method):
 
     @classmethod
     def check(cls, cfg: Any) -> None:
-        if not 0.0 <= cfg.fg_a <= 1.0:
-            raise ConfigError(f"config key 'fg_a': must be in [0, 1] (keeps c in [0, 1]), got {cfg.fg_a!r}")
         if cfg.fg_lrs is not None:
             if len(cfg.fg_lrs) != cfg.fg_n or any(lr <= 0 for lr in cfg.fg_lrs):
-                raise ConfigError(f"config key 'fg_lrs': must hold fg_n={cfg.fg_n} positive rates, got {cfg.fg_lrs!r}")
+                raise ConfigError(f"config key 'fg_lrs': must hold fg_n={cfg.fg_n} positive rates, "
+                                  f"got {excerpt(cfg.fg_lrs)}")
             if cfg.lr is not None and cfg.fg_lrs[0] != cfg.lr:
                 raise ConfigError(f"config key 'fg_lrs': the first rate is network 0's and must equal lr={cfg.lr!r}, "
                                   f"got {cfg.fg_lrs[0]!r}")

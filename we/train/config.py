@@ -3,21 +3,21 @@
 A run is described by a flat `Config`: the core keys below (`CORE_KEYS`, one visible block of
 defaults) plus every registered method's keys (`we.methods`). Keys left at `None` are filled by
 `resolve()` from the recipe table (`RECIPES`) and the plug-ins, so a resolved config has every value
-explicit and is what gets saved beside the results and inside every checkpoint. Unknown keys and
-wrong types fail loudly, with one line naming the key.
+explicit and is what gets saved beside the results and inside every checkpoint. Every key is a
+`we.keys.Key`: unknown keys, wrong types and values outside a key's declared range (NaN and infinity
+included) fail loudly, with one line naming the key, before anything runs.
 """
 from __future__ import annotations
 
-import types
-import typing
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import yaml
 
 import models
 from we.errors import ConfigError, InputError
 from we.files import read_yaml
+from we.keys import BadValue, excerpt
 from we.methods import METHODS, ConfigKey, method_keys
 from we.rundir import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, RESULT_FILE
 from we.train.datasets import DATASETS, NORMALIZATIONS, TRAIN_IMAGES
@@ -25,10 +25,20 @@ from we.train.loggers import LOGGERS, check_loggers
 
 K = ConfigKey
 MODEL_VARIANTS = ("zoo", "authors")
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
+IMAGE_SIZE_RANGE = (8, 1024)  # input sizes a run may ask for (ImageNet family; the 32x32 sets take 32 only)
+
+
+def _increasing_epochs(epochs: list[int]) -> Optional[str]:
+    if any(m <= 0 for m in epochs) or epochs != sorted(set(epochs)):
+        return f"must be strictly increasing positive epochs, got {excerpt(epochs)}"
+    return None
+
+
 CORE_KEYS: dict[str, ConfigKey] = {
     # ---- run -------------------------------------------------------------------------------------
     "out": K(str, "results/runs/manual", f"run folder: {CONFIG_FILE}, metrics, {RESULT_FILE}, {LAST_CHECKPOINT}, {BEST_CHECKPOINT}"),
-    "seed": K(int, 0, "seeds model init, data order and augmentation", minimum=0),
+    "seed": K(int, 0, "seeds model init, data order and augmentation", minimum=0, maximum=SEED_MAX),
     "device": K(str, "auto", "auto | cpu | cuda | cuda:N (several processes: cuda:LOCAL_RANK each)"),
     "dist_backend": K(str, "auto", "several processes: auto (nccl on CUDA, gloo on CPU) | nccl | gloo",
                       choices=("auto", "nccl", "gloo")),
@@ -36,7 +46,8 @@ CORE_KEYS: dict[str, ConfigKey] = {
     "dataset": K(str, "digits", "digits | cifar10 | cifar100 | imagenet | fashion_mnist", choices=DATASETS),
     "data_dir": K(str, "data", "dataset root"),
     "download": K(bool, True, "CIFAR, Fashion-MNIST: download into data_dir where the network allows"),
-    "image_size": K(Optional[int], None, "None: 32 (CIFAR, digits, Fashion-MNIST), 224 (ImageNet), 128 for mobilenetv2_050"),
+    "image_size": K(Optional[int], None, "None: 32 (CIFAR, digits, Fashion-MNIST), 224 (ImageNet), 128 for "
+                    "mobilenetv2_050", minimum=IMAGE_SIZE_RANGE[0], maximum=IMAGE_SIZE_RANGE[1]),
     "normalization": K(Optional[str], None, "paper (dataset statistics) | official (the authors' constants)",
                        choices=NORMALIZATIONS),
     "data_path": K(str, "auto", "auto (device on CUDA, loader on CPU) | loader | device",
@@ -61,9 +72,9 @@ CORE_KEYS: dict[str, ConfigKey] = {
     "nesterov": K(Optional[bool], None, "Nesterov momentum"),
     "schedule": K(Optional[str], None, "multistep (x lr_gamma at lr_milestones) | step (every lr_step) | cosine",
                   choices=("multistep", "step", "cosine")),
-    "lr_milestones": K(Optional[list[int]], None, "multistep: epochs of the lr drops"),
+    "lr_milestones": K(Optional[list[int]], None, "multistep: epochs of the lr drops", check=_increasing_epochs),
     "lr_step": K(Optional[int], None, "step: epochs between lr drops", minimum=0, strict=True),
-    "lr_gamma": K(float, 0.1, "learning-rate decay factor"),
+    "lr_gamma": K(float, 0.1, "learning-rate decay factor", minimum=0, strict=True, maximum=1),
     # ---- speed switches (recorded in result.json) ---------------------------------------------------
     "amp": K(bool, False, "bf16 autocast"),
     "channels_last": K(bool, False, "channels-last memory format"),
@@ -158,50 +169,12 @@ def dataset_family(dataset: str) -> str:
     return "imagenet" if dataset == "imagenet" else "cifar"
 
 
-def _type_name(tp: Any) -> str:
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if typing.get_origin(tp) in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in args)
-    if typing.get_origin(tp) is list:
-        return f"list of {_type_name(args[0])}"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check `value` against the annotation `tp`; ints are accepted for floats. Raises ConfigError."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(key, value, arg)
-            except ConfigError:
-                pass
-        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, list):
-            raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
-        return [_coerce(key, v, item) for v in value]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+def _parse(key: str, spec: ConfigKey, value: Any) -> Any:
+    """`value` checked against the type of config key `key`; ConfigError naming the key."""
+    try:
+        return spec.parse(value)
+    except BadValue as err:
+        raise ConfigError(f"config key '{key}': {err}") from None
 
 
 def make_config(values: dict[str, Any], source: str = "config") -> Config:
@@ -212,8 +185,8 @@ def make_config(values: dict[str, Any], source: str = "config") -> Config:
         if key not in keys:
             close = [k for k in keys if k.split("_")[-1] == str(key).split("_")[-1]]
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{source}: unknown config key '{key}'{hint}")
-        kwargs[key] = _coerce(key, value, keys[key].type)
+            raise ConfigError(f"{source}: unknown config key {excerpt(str(key))}{hint}")
+        kwargs[key] = _parse(key, keys[key], value)
     return Config(**kwargs)
 
 
@@ -260,8 +233,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def resolve(cfg: Config) -> Config:
-    """Fill keys left at None from the recipe table and the plug-ins, and validate every value."""
-    validate_choices(cfg)
+    """Fill keys left at None from the recipe table and the plug-ins; every key is checked once: the
+    given ones (and the registries they name) before anything is filled, the filled ones after."""
+    given = [key for key, value in to_dict(cfg).items() if value is not None]
+    check_keys(cfg, given)
+    check_registries(cfg)
     family = dataset_family(cfg.dataset)
     values = to_dict(cfg)
     defaults = {**RECIPES[(cfg.recipe, family)],
@@ -278,7 +254,8 @@ def resolve(cfg: Config) -> Config:
     for cls in METHODS.values():
         cls.resolve(values)
     out = Config(**values)
-    validate(out)
+    check_keys(out, [key for key in values if key not in given])
+    check_across_keys(out)
     return out
 
 
@@ -303,49 +280,51 @@ def _check_model_options(cfg: Config) -> None:
             raise ConfigError(f"config key 'model_arch': {cfg.model}: {err}") from None
 
 
-def validate_choices(cfg: Config) -> None:
-    """Check enumerated keys, the model and the method against their registries."""
-    for key, spec in config_keys().items():
+def check_keys(cfg: Config, keys: list[str] | None = None) -> None:
+    """Each key's own declaration (type, choices, finiteness, bounds, its check) for `keys` (all: None)."""
+    specs = config_keys()
+    for key in specs if keys is None else keys:
         value = getattr(cfg, key)
-        for item in value if isinstance(value, list) else [value]:  # a list key: each of its items
-            if spec.choices and item is not None and item not in spec.choices:
-                raise ConfigError(f"config key '{key}': {item!r} is not one of {', '.join(spec.choices)}")
+        _parse(key, specs[key], value)
+        complaint = specs[key].complaint(value)
+        if complaint:
+            raise ConfigError(f"config key '{key}': {complaint}")
+
+
+def check_registries(cfg: Config) -> None:
+    """The model, the method and the loggers against their registries; the model against the dataset."""
     check_loggers(cfg.loggers)
     try:
         models.check_spec(cfg.model)
     except ValueError as err:
         raise ConfigError(f"config key 'model': {err}") from None
     if cfg.method not in METHODS:
-        raise ConfigError(f"config key 'method': unknown method {cfg.method!r} (known: {', '.join(METHODS)})")
+        raise ConfigError(f"config key 'method': unknown method {excerpt(cfg.method)} (known: {', '.join(METHODS)})")
     family = models.model_info(cfg.model).family if models.is_zoo(cfg.model) else dataset_family(cfg.dataset)
     if family != dataset_family(cfg.dataset):  # zoo models only: timm and your own models fit any dataset
         raise ConfigError(f"config key 'model': {cfg.model!r} is a {family} model, dataset {cfg.dataset!r} is not")
     if cfg.device != "auto" and not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
-        raise ConfigError(f"config key 'device': {cfg.device!r} is not auto, cpu, cuda or cuda:N")
+        raise ConfigError(f"config key 'device': {excerpt(cfg.device)} is not auto, cpu, cuda or cuda:N")
 
 
-def validate(cfg: Config) -> None:
-    """Range checks on a resolved config: every key's minimum, then the checks across keys."""
-    validate_choices(cfg)
-    for key, spec in config_keys().items():
-        value = getattr(cfg, key)
-        if spec.minimum is None or value is None:
-            continue
-        if value < spec.minimum or (spec.strict and value == spec.minimum):
-            raise ConfigError(f"config key '{key}': must be {'>' if spec.strict else '>='} {spec.minimum}, "
-                              f"got {value!r}")
+def check_across_keys(cfg: Config) -> None:
+    """The checks of a resolved config that involve several keys (the core's, then each plug-in's)."""
     _check_model_options(cfg)
-    if not 0 < cfg.lr_gamma <= 1:
-        raise ConfigError(f"config key 'lr_gamma': must be in (0, 1], got {cfg.lr_gamma!r}")
-    ms = cfg.lr_milestones
-    if ms is not None and (any(m <= 0 for m in ms) or ms != sorted(set(ms))):
-        raise ConfigError(f"config key 'lr_milestones': must be strictly increasing positive epochs, got {ms!r}")
-    if cfg.image_size is not None and cfg.image_size < 8:
-        raise ConfigError(f"config key 'image_size': must be >= 8, got {cfg.image_size!r}")
+    if dataset_family(cfg.dataset) != "imagenet" and cfg.image_size != IMAGE_SIZES[cfg.dataset]:
+        size = IMAGE_SIZES[cfg.dataset]
+        raise ConfigError(f"config key 'image_size': {cfg.dataset} images are {size} pixels square; image_size "
+                          f"must be {size} (or left out), got {cfg.image_size!r}")
     for cls in METHODS.values():
         cls.check(cfg)
     if cfg.data_path == "device" and cfg.dataset == "imagenet":
         raise ConfigError("config key 'data_path': 'device' holds CIFAR-sized sets only; use loader for imagenet")
+
+
+def validate(cfg: Config) -> None:
+    """Every check of a resolved config: each key's declaration, the registries, the checks across keys."""
+    check_keys(cfg)
+    check_registries(cfg)
+    check_across_keys(cfg)
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None) -> Config:
