@@ -115,6 +115,24 @@ def test_kernel_height_one_blends_the_whole_filter():
     torch.testing.assert_close(net[0].weight.detach()[0].flatten(), torch.tensor([4.0, -2.0]))
 
 
+def test_a_grouped_1x3_conv_blends_whole_filters_across_its_groups():
+    """Kernel height 1 (here 1x3) blends the whole filter, and a grouped conv is one layer: its filters are
+    ordered and paired over the layer, not per group. 4 -> 4 channels in 2 groups (2 inputs a filter):
+    scores sum|w| / 2: f0 3, f1 0.25, f2 6, f3 2.4; rate 0.5 -> th = sorted[2] = 3, high = 2;
+    count = #(s <= 0.1 * 6) = 1 -> f1 (group 0) pairs with f2 (group 1), the strongest of the layer,
+    alpha = L1(f1) / (L1(f1) + L1(f2)) = 0.5 / 12.5."""
+    tiny = [[[0.1, -0.2, 0.1]], [[0.05, 0.0, 0.05]]]
+    weights = [[[[1.0] * 3]] * 2, tiny, [[[2.0] * 3]] * 2, [[[0.8] * 3]] * 2]
+    net = nn.Sequential(conv(weights, groups=2))
+    assert net[0].groups == 2 and tuple(net[0].weight.shape) == (4, 2, 1, 3)
+    assert evolve_official(net, CONV_ONLY)["conv_weight"] == 1
+    a = 0.5 / 12.5
+    expected = a * torch.tensor(tiny) + (1 - a) * 2.0
+    torch.testing.assert_close(net[0].weight.detach()[1], expected)
+    for j, w in ((0, 1.0), (2, 2.0), (3, 0.8)):  # the other filters are untouched
+        torch.testing.assert_close(net[0].weight.detach()[j], torch.full((2, 1, 3), w))
+
+
 def test_bn_weight_and_bias_blend_with_abs_alpha_and_conv_bias_is_untouched():
     # BN bias [1.0, -0.05]: pool |.| sorted [0.05, 1.0], rate 0.5 -> th = 1.0, high = 1,
     # count = #(|v| <= 0.1) = 1 -> -0.05 <-> 1.0 with alpha = 0.05 / 1.05
