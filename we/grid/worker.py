@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from we.errors import SuiteError
+from we.errors import ConfigError, SuiteError
 from we.grid.local import run_local
 from we.rundir import CELL_FILE, RunFileError, read_cell
 from we.train.config import make_config, resolve
@@ -28,8 +28,8 @@ def run_cell(run_dir: str | Path) -> int:
                 raise RunFileError(run_dir / CELL_FILE, "no such file" if data is None else "holds no 'config'")
             out = Path(str(data["config"].get("out", "")))
             if not out.is_absolute() or out.resolve() != run_dir.resolve():  # a copied cell.json names the original
-                raise RunFileError(run_dir / CELL_FILE, f"its config's out {str(out)!r} is not the folder it sits "
-                                                        f"in ({run_dir.resolve()}); refused")
+                raise ConfigError(f"{run_dir / CELL_FILE}: its config's out {str(out)!r} is not the folder it "
+                                  f"sits in ({run_dir.resolve()}); refused (a copied cell never acts on the original)")
             result = train_main(resolve(make_config(data["config"], source=str(run_dir / CELL_FILE))))
         except SuiteError as err:
             print(f"error: {err}", file=sys.stderr)
