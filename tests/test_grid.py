@@ -236,6 +236,7 @@ def test_state_detection(tmp_path: Path):
     ("echo 'sacct: error: Problem talking to the database' >&2; exit 1", "unknown", "cannot query slurm 4242_0"),
     ("printf 'JobID|State\\n4242_0|RUNNING\\n'", "running", "slurm 4242_0"),
     ("printf 'JobID|State\\n4242_0|PENDING\\n'", "queued", "slurm 4242_0 (PENDING)"),
+    ("printf 'JobID|State|Reason\\n4242_0|PENDING|Priority\\n'", "queued", "slurm 4242_0 (PENDING: Priority)"),
     ("printf 'JobID|State\\n4242_0|TIMEOUT\\n'", "failed", "slurm 4242_0 ended"),
     ("printf 'JobID|State\\n4242_0|CANCELLED by 1000\\n'", "todo",
      "slurm 4242_0 cancelled (CANCELLED by 1000) before it started; submit starts it"),

@@ -148,7 +148,7 @@ def test_slurm_cancel_interrupts_the_running_task_and_the_pending_one_stays_todo
     assert main(["status", *args]) == 0
     out = capsys.readouterr().out
     assert re.search(rf"running +{first.key}: slurm \d+_\d: epoch \d+/{EPOCHS}, test top-1 \d+\.\d\d, ETA ", out), out
-    assert re.search(rf"queued +{second.key}: slurm \d+_\d \(PENDING\)", out), out
+    assert re.search(rf"queued +{second.key}: slurm \d+_\d \(PENDING(: \w+)?\)", out), out
 
     assert main(["cancel", *args]) == 0
     out = capsys.readouterr().out

@@ -28,6 +28,7 @@ class Job:
     alive: bool | None  # queued or running; False once ended; None: cannot tell from here
     started: bool = False  # running, not only queued
     state: str = ""  # the scheduler's own word: sacct's State ("RUNNING", "CANCELLED by 1000"); "" for local jobs
+    reason: str = ""  # why a queued job waits, as sacct says ("Priority", "JobArrayTaskLimit")
 
 
 def process_start_ticks(pid: int) -> int | None:
@@ -59,12 +60,13 @@ def local_active(record: dict[str, Any]) -> bool | None:
     return False
 
 
-def _sacct_states(job_ids: Sequence[str]) -> dict[str, str] | None:
-    """sacct's State per job id (array tasks as `A_i`), e.g. "CANCELLED by 1000"; None when sacct cannot be asked."""
+def _sacct_states(job_ids: Sequence[str]) -> dict[str, tuple[str, str]] | None:
+    """sacct's (State, Reason) per job id (array tasks as `A_i`), e.g. ("CANCELLED by 1000", "None"); None when
+    sacct cannot be asked."""
     from submitit.slurm.slurm import SlurmInfoWatcher
 
     bases = sorted({j.split("_")[0] for j in job_ids})
-    cmd = ["sacct", "-o", "JobID,State", "--parsable2"]
+    cmd = ["sacct", "-o", "JobID,State,Reason", "--parsable2"]
     for base in bases:
         cmd += ["-j", base]
     try:
@@ -74,7 +76,7 @@ def _sacct_states(job_ids: Sequence[str]) -> dict[str, str] | None:
     if res.returncode != 0:
         return None
     info = SlurmInfoWatcher().read_info(res.stdout)
-    return {job: stats.get("State", "") for job, stats in info.items()}
+    return {job: (stats.get("State", ""), stats.get("Reason", "")) for job, stats in info.items()}
 
 
 def _age_s(record: dict[str, Any]) -> float:
@@ -93,9 +95,11 @@ def slurm_jobs(records: Sequence[dict[str, Any]]) -> dict[str, Job]:
         if states is None:
             out[rec["job_id"]] = Job(None)
         elif rec["job_id"] in states:
-            word = states[rec["job_id"]].split(" ")[0]
-            out[rec["job_id"]] = Job(word in SLURM_ACTIVE_STATES, word not in SLURM_QUEUED_STATES,
-                                     states[rec["job_id"]])
+            state, reason = states[rec["job_id"]]
+            word = state.split(" ")[0]
+            queued = word in SLURM_QUEUED_STATES
+            out[rec["job_id"]] = Job(word in SLURM_ACTIVE_STATES, not queued, state,
+                                     reason if queued and reason not in ("", "None") else "")
         else:
             out[rec["job_id"]] = Job(_age_s(rec) < SACCT_GRACE_S)
     return out

@@ -134,7 +134,7 @@ def job_state(run_dir: Path, last: dict[str, Any], job: Job,
     lives; once it ended, how (a cancelled job: `cancelled_state`)."""
     name = f"{last['executor']} {last['job_id']}"
     if job.alive is True:
-        waiting = "" if job.started or not job.state else f" ({job.state})"
+        waiting = f" ({job.state}: {job.reason})" if job.reason else f" ({job.state})" if job.state else ""
         return ("running", name, last) if job.started else ("queued", name + waiting, last)
     if job.alive is None:
         return "unknown", f"cannot query {name}", last
