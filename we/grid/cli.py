@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None, collect: Collect | None = None) -> int:
     except KeyboardInterrupt:
         where = f" (local runner pid {runner.pid})" if runner is not None else ""
         print(f"stopped waiting; the cells keep running{where}: `python -m we.grid status {args.grid}` "
-              "shows them", file=sys.stderr)
+              f"shows them, `python -m we.grid cancel {args.grid}` stops them", file=sys.stderr)
         return 130
     failed = [s for s in states if s.state in ("failed", "interrupted", "unknown", "stale", "unreadable")]
     for st in failed:
