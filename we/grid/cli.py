@@ -264,19 +264,23 @@ def main(argv: list[str] | None = None, collect: Collect | None = None) -> int:
         last_line = str(err).strip().splitlines()[-1] if str(err).strip() else ""
         print(f"error: submission failed: {type(err).__name__}: {last_line}", file=sys.stderr)
         return 1
-    if not args.wait:
-        return 0
+    return wait_after_submit(grid, cells, root, reuse, executor, args.grid) if args.wait else 0
+
+
+def wait_after_submit(grid: Grid, cells: Sequence[Cell], root: Path, reuse: bool, executor: Any, name: str) -> int:
+    """`submit --wait`: block until no cell is queued or running; 1 when a cell did not end done (its note and
+    log lines on stderr), 130 on Ctrl-C (the cells keep running)."""
     runner = getattr(executor, "process", None)
     try:
-        states = wait(grid, cells, root, reuse, poll_s=None if args.executor == "local" else
+        states = wait(grid, cells, root, reuse, poll_s=None if getattr(executor, "name", "") == "local" else
                       float(os.environ.get("WE_GRID_POLL_S", "10")))
         if runner is not None:  # the local runner records each cell's exit before it ends
             runner.wait()
             states = assess(cells, root, reuse)
     except KeyboardInterrupt:
         where = f" (local runner pid {runner.pid})" if runner is not None else ""
-        print(f"stopped waiting; the cells keep running{where}: `python -m we.grid status {args.grid}` "
-              f"shows them, `python -m we.grid cancel {args.grid}` stops them", file=sys.stderr)
+        print(f"stopped waiting; the cells keep running{where}: `python -m we.grid status {name}` "
+              f"shows them, `python -m we.grid cancel {name}` stops them", file=sys.stderr)
         return 130
     failed = [s for s in states if s.state in ("failed", "interrupted", "unknown", "stale", "unreadable")]
     for st in failed:

@@ -92,38 +92,7 @@ def summarize_runs(runs: list[Run], paper: pd.DataFrame, table: Optional[int] = 
     for rec in records:
         groups.setdefault(tuple(rec[k] for k in keys), []).append(rec["_run"])
 
-    def values(rs: list[Run], metric: str) -> list[float]:
-        return [r.result.get(metric) for r in rs if r.counted]
-
-    rows = []
-    for key, rs in groups.items():
-        row: dict[str, Any] = dict(zip(keys, key))
-        for metric in ("final_top1", "best_top1", "final_top5", "best_top5"):
-            mean, std, n = mean_std_n(values(rs, metric))
-            row[f"{metric}_mean"], row[f"{metric}_std"] = mean, std
-            if metric == "final_top1":
-                row["n"] = n
-        row["few_runs"] = row["n"] < PAPER_RUNS
-        ptable, p1, p5 = _paper_lookup(paper, table, row["dataset"], row["model"], row["method"])
-        row["paper_table"], row["paper_top1"], row["paper_top5"] = ptable, p1, p5
-        row["diff_final_top1"] = row["final_top1_mean"] - p1
-        row["diff_best_top1"] = row["best_top1_mean"] - p1
-        row["diff_final_top5"] = row["final_top5_mean"] - p5
-        row["diff_best_top5"] = row["best_top5_mean"] - p5
-        base = baseline_group(groups, keys, key)
-        for metric in ("final_top1", "best_top1"):
-            row[f"p_{metric}"] = (welch_p(values(rs, metric), values(base, metric))
-                                  if base is not None and row["method"] != BASELINE else math.nan)
-        status = Counter(r.status for r in rs)
-        for s in ("failed", "diverged", "running", "unreadable"):
-            row[f"n_{s}"] = status.get(s, 0)
-        row["n_other"] = sum(v for s, v in status.items()
-                             if s not in ("complete", "failed", "diverged", "running", "unreadable"))
-        row["partial_top1_mean"], row["partial_epoch"] = partial_summary(rs)
-        row["not_counted"] = ", ".join(f"{v} {s}" for s, v in sorted(status.items()) if s != "complete")
-        if row["partial_epoch"]:
-            row["not_counted"] += f" (latest: {row['partial_epoch']}, partial)"
-        rows.append(row)
+    rows = [_group_row(key, rs, groups, keys, paper, table) for key, rs in groups.items()]
 
     columns = [*keys, "n", "few_runs",
                "final_top1_mean", "final_top1_std", "best_top1_mean", "best_top1_std",
@@ -145,6 +114,43 @@ def summarize_runs(runs: list[Run], paper: pd.DataFrame, table: Optional[int] = 
     df = df.iloc[sorted(range(len(rows)), key=sort_keys.__getitem__)].reset_index(drop=True)
     df.attrs["axes"] = keys
     return df
+
+
+def _values(runs: Sequence[Run], metric: str) -> list[float]:
+    return [r.result.get(metric) for r in runs if r.counted]
+
+
+def _group_row(key: tuple, rs: list[Run], groups: dict[tuple, list[Run]], keys: list[str],
+               paper: pd.DataFrame, table: Optional[int]) -> dict[str, Any]:
+    """The table row of the group `key` (its values of `keys`): statistics, paper numbers, p-values, the runs
+    not counted and an unfinished group's latest epoch."""
+    row: dict[str, Any] = dict(zip(keys, key))
+    for metric in ("final_top1", "best_top1", "final_top5", "best_top5"):
+        mean, std, n = mean_std_n(_values(rs, metric))
+        row[f"{metric}_mean"], row[f"{metric}_std"] = mean, std
+        if metric == "final_top1":
+            row["n"] = n
+    row["few_runs"] = row["n"] < PAPER_RUNS
+    ptable, p1, p5 = _paper_lookup(paper, table, row["dataset"], row["model"], row["method"])
+    row["paper_table"], row["paper_top1"], row["paper_top5"] = ptable, p1, p5
+    row["diff_final_top1"] = row["final_top1_mean"] - p1
+    row["diff_best_top1"] = row["best_top1_mean"] - p1
+    row["diff_final_top5"] = row["final_top5_mean"] - p5
+    row["diff_best_top5"] = row["best_top5_mean"] - p5
+    base = baseline_group(groups, keys, key)
+    for metric in ("final_top1", "best_top1"):
+        row[f"p_{metric}"] = (welch_p(_values(rs, metric), _values(base, metric))
+                              if base is not None and row["method"] != BASELINE else math.nan)
+    status = Counter(r.status for r in rs)
+    for s in ("failed", "diverged", "running", "unreadable"):
+        row[f"n_{s}"] = status.get(s, 0)
+    row["n_other"] = sum(v for s, v in status.items()
+                         if s not in ("complete", "failed", "diverged", "running", "unreadable"))
+    row["partial_top1_mean"], row["partial_epoch"] = partial_summary(rs)
+    row["not_counted"] = ", ".join(f"{v} {s}" for s, v in sorted(status.items()) if s != "complete")
+    if row["partial_epoch"]:
+        row["not_counted"] += f" (latest: {row['partial_epoch']}, partial)"
+    return row
 
 
 def partial_summary(runs: Sequence[Run]) -> tuple[float, str]:
