@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None, collect: Collect | None = None) -> int:
     parser.add_argument("grid", help="a grid file, or a grid name in experiments/")
     parser.add_argument("--executor", choices=("slurm", "local"), default="local")
     parser.add_argument("--profile", default=None, help="cluster profile (slurm; default slurm/default.yaml)")
-    parser.add_argument("--wait", action="store_true", help="submit: block until no cell is running")
+    parser.add_argument("--wait", action="store_true", help="submit: block until no cell is queued or running")
     parser.add_argument("--runs-root", default=None,
                         help="where run folders go (default $WE_RUNS_ROOT, else the checkout's results/runs)")
     parser.add_argument("--out-dir", default=None,
