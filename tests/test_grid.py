@@ -218,7 +218,10 @@ def test_state_detection(tmp_path: Path):
     dead = RecordingExecutor(pid=2 ** 22 + 7).submit([dead_job], None)[0]  # no such process
     write_cell(dead_job, record=dead)
     states = {s.cell.key: s.state for s in assess(cells, tmp_path / "runs")}
-    assert [states[c.key] for c in cells] == ["done", "diverged", "failed", "failed", "running", "todo"]
+    assert [states[c.key] for c in cells] == ["done", "diverged", "failed", "failed", "queued", "todo"]
+    # the runner records a cell's start: from then on it runs
+    write_cell(live_job, record={**ex.submit([live_job], None)[0], "started": "2026-01-01T00:00:01+00:00"})
+    assert assess([live_job], tmp_path / "runs")[0].state == "running"
     # a job record that ended while the result says complete is done
     write_cell(done, record=dead)
     assert assess([done], tmp_path / "runs")[0].state == "done"
@@ -229,14 +232,18 @@ def test_state_detection(tmp_path: Path):
     assert assess([live_job], tmp_path / "runs")[0].state == "failed"
 
 
-@pytest.mark.parametrize("sacct, state", [
-    ("echo 'sacct: error: Problem talking to the database' >&2; exit 1", "unknown"),
-    ("printf 'JobID|State\\n4242_0|RUNNING\\n'", "running"),
-    ("printf 'JobID|State\\n4242_0|TIMEOUT\\n'", "failed"),
+@pytest.mark.parametrize("sacct, state, note", [
+    ("echo 'sacct: error: Problem talking to the database' >&2; exit 1", "unknown", "cannot query slurm 4242_0"),
+    ("printf 'JobID|State\\n4242_0|RUNNING\\n'", "running", "slurm 4242_0"),
+    ("printf 'JobID|State\\n4242_0|PENDING\\n'", "queued", "slurm 4242_0 (PENDING)"),
+    ("printf 'JobID|State|Reason\\n4242_0|PENDING|Priority\\n'", "queued", "slurm 4242_0 (PENDING: Priority)"),
+    ("printf 'JobID|State\\n4242_0|TIMEOUT\\n'", "failed", "slurm 4242_0 ended"),
+    ("printf 'JobID|State\\n4242_0|CANCELLED by 1000\\n'", "todo",
+     "slurm 4242_0 cancelled (CANCELLED by 1000) before it started; submit starts it"),
 ])
-def test_slurm_job_state_from_accounting(tmp_path: Path, monkeypatch, sacct: str, state: str):
+def test_slurm_job_state_from_accounting(tmp_path: Path, monkeypatch, sacct: str, state: str, note: str):
     """A submitted cell without a result: its state is whatever sacct (a stand-in on PATH) says,
-    and unknown when accounting does not answer."""
+    and unknown when accounting does not answer; a cancelled job that never trained stays todo."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "sacct").write_text(f"#!/bin/sh\n{sacct}\n")
@@ -245,7 +252,8 @@ def test_slurm_job_state_from_accounting(tmp_path: Path, monkeypatch, sacct: str
     grid = load_grid(write_grid(tmp_path, axes={"method": ["baseline"]}, seeds=[0]))
     (cell,) = resolve_cells(grid, tmp_path / "runs")
     write_cell(cell, record={"job_id": "4242_0", "executor": "slurm", "time": "2026-01-01T00:00:00+00:00"})
-    assert assess([cell], tmp_path / "runs")[0].state == state
+    (st,) = assess([cell], tmp_path / "runs")
+    assert (st.state, st.note) == (state, note)
 
 
 def test_a_folder_holding_another_config_is_stale(tmp_path: Path):

@@ -46,7 +46,7 @@ def settle(cells, runs: Path, timeout_s: float, poll_s: float) -> list:
     deadline = time.time() + timeout_s
     while True:
         states = assess(cells, runs)
-        if all(s.state not in ("running", "todo") for s in states) or time.time() >= deadline:
+        if all(s.state not in ("running", "queued", "todo") for s in states) or time.time() >= deadline:
             return states
         time.sleep(poll_s)
 

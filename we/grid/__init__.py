@@ -1,11 +1,12 @@
 """Experiment grids: a YAML file -> cells (one resolved config each) -> run folders, states, jobs.
 
-    python -m we.grid plan|prepare|submit|status|collect GRID ...   (we/grid/__main__.py, we/grid/cli.py)
+    python -m we.grid plan|prepare|submit|status|cancel|collect GRID ...   (we/grid/__main__.py, we/grid/cli.py)
 
 schema (grid files), identity (cells, run folders and hashes, the runs-root rule), state (THE cell
 state, twin runs, cell.json and grid.json), cost (GPU-hour estimate, the CPU guard's size), plan (the
 plan summary), prepare (data before jobs), profiles (cluster profiles), records (cell.json records,
-the grid lock), slurm and local (the executors), worker (the processes they start), cli.
+the grid lock), jobs (whether jobs are queued or running), slurm and local (the executors), worker (the
+processes they start), cancel (stopping a grid's jobs), cli.
 """
 from we.grid.cli import main, plan, status, submit, wait
 from we.grid.cost import DEFAULT_IMAGES_PER_S, Throughput, gpu_hours, load_throughput

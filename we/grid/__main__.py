@@ -1,4 +1,4 @@
-"""`python -m we.grid plan|submit|status|collect GRID ...` (see we/grid/cli.py).
+"""`python -m we.grid plan|submit|status|cancel|collect GRID ...` (see we/grid/cli.py).
 
 An entry script, imported only by the `we-grid` command (we/commands/grid.py): it may reach the layers above
 the grid. `collect` (we.commands.collect_grid) asks the grid for its cells' states, then the report for the tables.

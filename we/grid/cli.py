@@ -1,6 +1,6 @@
 """Experiment grids: a YAML file -> cells (one resolved config each) -> run folders, states, jobs.
 
-    python -m we.grid plan|prepare|submit|status|collect GRID [--executor slurm|local] [--profile FILE]
+    python -m we.grid plan|prepare|submit|status|cancel|collect GRID [--executor slurm|local] [--profile FILE]
                       [--wait] [--runs-root DIR] [--cells] [--allow-cpu-marathon] [--set key=value ...]
 
 GRID is a path or a name in experiments/ (the file format: we/grid/schema.py); `--set` may stand
@@ -8,7 +8,8 @@ anywhere. Run folders go under --runs-root, else $WE_RUNS_ROOT, else the checkou
 from any working directory. `plan` prints a summary of the cells, their states and the GPU-hour
 estimate (we/grid/plan.py); `prepare` makes the grid's datasets ready on this host
 (we/grid/prepare.py); `submit` does the same, then starts the todo, failed and interrupted cells
-on an executor (under the grid's lock); `status` counts the states and shows failed cells' logs.
+on an executor (under the grid's lock); `status` counts the states, shows each running cell's epoch, test
+top-1 and ETA, and failed cells' logs; `cancel` stops the queued and running cells (we/grid/cancel.py).
 `collect` builds the tables and figures: it belongs above the report layer (we.commands.collect_grid),
 which `python -m we.grid` (we/grid/__main__.py) hands to `main` here.
 """
@@ -24,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 from we.errors import DatasetNotFoundError, InputError, SuiteError
 from we.files import IN_CHECKOUT, REPO_ROOT
+from we.grid.cancel import cancel
 from we.grid.identity import Cell, parse_sets, resolve_cells, runs_root
 from we.grid.local import LocalExecutor
 from we.grid.plan import counts as _counts
@@ -33,7 +35,7 @@ from we.grid.profiles import Profile, load_profile
 from we.grid.records import grid_lock, record_logs
 from we.grid.schema import Grid, display_path, load_grid
 from we.grid.slurm import SlurmExecutor
-from we.grid.state import TO_RUN, CellState, adopt_twin, assess, write_cell, write_grid_file
+from we.grid.state import LIVE, TO_RUN, CellState, adopt_twin, assess, progress_note, write_cell, write_grid_file
 from we.keys import Key, excerpt
 from we.rundir import check_writable, log_tail, runs_root
 
@@ -122,7 +124,7 @@ def poll_seconds(executor: str) -> float:
 
 def wait(grid: Grid, cells: Sequence[Cell], runs_root: Path, reuse: bool = True, poll_s: float | None = None,
          out: Any = None) -> list[CellState]:
-    """Block until no cell of the grid is running; prints each change of the state counts."""
+    """Block until no cell of the grid is running or queued; prints each change of the state counts."""
     out = out or sys.stdout
     if poll_s is None:
         poll_s = poll_seconds("local")
@@ -133,7 +135,7 @@ def wait(grid: Grid, cells: Sequence[Cell], runs_root: Path, reuse: bool = True,
         if counts != last:
             print(f"{time.strftime('%H:%M:%S')} {grid.name}: {counts}", file=out, flush=True)
             last = counts
-        if not any(s.state == "running" for s in states):
+        if not any(s.state in LIVE for s in states):
             return states
         time.sleep(poll_s)
 
@@ -145,12 +147,16 @@ def job_log_lines(run_dir: Path, record: dict[str, Any] | None, lines: int = 8) 
 
 def status(grid: Grid, cells: Sequence[Cell], runs_root: Path, reuse: bool = True,
            out: Any = None) -> list[CellState]:
-    """Counts per state; for failed cells, the error and the last log lines."""
+    """Counts per state; for each running cell its epoch, last test top-1 and ETA; queued cells apart; for
+    failed cells, the error and the last log lines."""
     out = out or sys.stdout
     states = assess(cells, runs_root, reuse)
     print(f"{grid.name}: {len(cells)} cells: {_counts(states)}", file=out)
     for st in states:
-        if st.state in ("running", "unknown", "stale", "unreadable"):
+        if st.state == "running" and st.last_record is not None:
+            note = f"{st.note}: {progress_note(st.cell.run_dir, st.cell.config.get('epochs'))}"
+            print(f"  {st.state:8s} {st.cell.key}: {note}", file=out)
+        elif st.state in ("running", "queued", "unknown", "stale", "unreadable"):
             print(f"  {st.state:8s} {st.cell.key}: {st.note}", file=out)
     for st in states:
         if st.state in ("failed", "interrupted"):
@@ -204,11 +210,12 @@ def split_sets(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def main(argv: list[str] | None = None, collect: Collect | None = None) -> int:
     """The grid CLI; `collect` is offered when a collect function is given (python -m we.grid gives it)."""
     parser = argparse.ArgumentParser(prog="python -m we.grid", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("plan", "prepare", "submit", "status") + (("collect",) if collect else ()))
+    parser.add_argument("command", choices=("plan", "prepare", "submit", "status", "cancel")
+                        + (("collect",) if collect else ()))
     parser.add_argument("grid", help="a grid file, or a grid name in experiments/")
     parser.add_argument("--executor", choices=("slurm", "local"), default="local")
     parser.add_argument("--profile", default=None, help="cluster profile (slurm; default slurm/default.yaml)")
-    parser.add_argument("--wait", action="store_true", help="submit: block until no cell is running")
+    parser.add_argument("--wait", action="store_true", help="submit: block until no cell is queued or running")
     parser.add_argument("--runs-root", default=None,
                         help="where run folders go (default $WE_RUNS_ROOT, else the checkout's results/runs)")
     parser.add_argument("--out-dir", default=None,
@@ -251,6 +258,8 @@ def main(argv: list[str] | None = None, collect: Collect | None = None) -> int:
     if args.command == "status":
         states = status(grid, cells, root, reuse)
         return 1 if any(s.state in ("failed", "unreadable") for s in states) else 0
+    if args.command == "cancel":
+        return cancel(grid, cells, root)
     if args.command == "prepare":
         try:
             lines = prepare_data(cells, sys.stdout)
@@ -278,8 +287,13 @@ def main(argv: list[str] | None = None, collect: Collect | None = None) -> int:
         last_line = str(err).strip().splitlines()[-1] if str(err).strip() else ""
         print(f"error: submission failed: {type(err).__name__}: {last_line}", file=sys.stderr)
         return 1
-    if not args.wait:
-        return 0
+    return wait_after_submit(grid, cells, root, reuse, executor, args.grid, poll_s) if args.wait else 0
+
+
+def wait_after_submit(grid: Grid, cells: Sequence[Cell], root: Path, reuse: bool, executor: Any, name: str,
+                      poll_s: float) -> int:
+    """`submit --wait`: block until no cell is queued or running; 1 when a cell did not end done (its note and
+    log lines on stderr), 130 on Ctrl-C (the cells keep running)."""
     runner = getattr(executor, "process", None)
     try:
         states = wait(grid, cells, root, reuse, poll_s=poll_s)
@@ -288,8 +302,8 @@ def main(argv: list[str] | None = None, collect: Collect | None = None) -> int:
             states = assess(cells, root, reuse)
     except KeyboardInterrupt:
         where = f" (local runner pid {runner.pid})" if runner is not None else ""
-        print(f"stopped waiting; the cells keep running{where}: `python -m we.grid status {args.grid}` "
-              "shows them", file=sys.stderr)
+        print(f"stopped waiting; the cells keep running{where}: `python -m we.grid status {name}` "
+              f"shows them, `python -m we.grid cancel {name}` stops them", file=sys.stderr)
         return 130
     failed = [s for s in states if s.state in ("failed", "interrupted", "unknown", "stale", "unreadable")]
     for st in failed:

@@ -1,10 +1,12 @@
-"""Whether a grid's jobs are still live: local runner processes (pid and start time on this host) and SLURM
-jobs (sacct). The grid's state reads it; the report, which reads run folders only, never does.
+"""Whether a grid's jobs are still live, and queued or running: local runner processes (pid and start time
+on this host) and SLURM jobs (sacct). The grid's state reads it; the report, which reads run folders only,
+never does.
 """
 from __future__ import annotations
 
 import socket
 import subprocess
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -13,8 +15,20 @@ from typing import Any, Sequence
 SLURM_ACTIVE_STATES = frozenset({
     "PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED",
     "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT", "STOPPED", "PREEMPTED"})
+# ... of those, the states of a job that waits for its turn (queued, not running).
+SLURM_QUEUED_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING"})
 # A job that sacct does not list yet is taken as queued for this long after its submission.
 SACCT_GRACE_S = 300.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """What its executor says of one job."""
+
+    alive: bool | None  # queued or running; False once ended; None: cannot tell from here
+    started: bool = False  # running, not only queued
+    state: str = ""  # the scheduler's own word: sacct's State ("RUNNING", "CANCELLED by 1000"); "" for local jobs
+    reason: str = ""  # why a queued job waits, as sacct says ("Priority", "JobArrayTaskLimit")
 
 
 def process_start_ticks(pid: int) -> int | None:
@@ -32,7 +46,7 @@ def process_start_ticks(pid: int) -> int | None:
 def local_active(record: dict[str, Any]) -> bool | None:
     """Whether a local record's job is live: its runner runs and has not recorded the cell's exit
     (None: the runner is on another machine)."""
-    if "exit_code" in record:
+    if "exit_code" in record or "ended" in record:  # ended: never started, its runner was stopped
         return False
     if record.get("host") != socket.gethostname():
         return None  # another machine's runner: cannot tell from here
@@ -46,12 +60,13 @@ def local_active(record: dict[str, Any]) -> bool | None:
     return False
 
 
-def _sacct_states(job_ids: Sequence[str]) -> dict[str, str] | None:
-    """State per job id (array tasks as `A_i`) from sacct; None when sacct cannot be asked."""
+def _sacct_states(job_ids: Sequence[str]) -> dict[str, tuple[str, str]] | None:
+    """sacct's (State, Reason) per job id (array tasks as `A_i`), e.g. ("CANCELLED by 1000", "None"); None when
+    sacct cannot be asked."""
     from submitit.slurm.slurm import SlurmInfoWatcher
 
     bases = sorted({j.split("_")[0] for j in job_ids})
-    cmd = ["sacct", "-o", "JobID,State", "--parsable2"]
+    cmd = ["sacct", "-o", "JobID,State,Reason", "--parsable2"]
     for base in bases:
         cmd += ["-j", base]
     try:
@@ -61,8 +76,7 @@ def _sacct_states(job_ids: Sequence[str]) -> dict[str, str] | None:
     if res.returncode != 0:
         return None
     info = SlurmInfoWatcher().read_info(res.stdout)
-    return {job: stats.get("State", "").split(" ")[0] for job, stats in info.items()}
-
+    return {job: (stats.get("State", ""), stats.get("Reason", "")) for job, stats in info.items()}
 
 
 def _age_s(record: dict[str, Any]) -> float:
@@ -72,30 +86,44 @@ def _age_s(record: dict[str, Any]) -> float:
         return float("inf")
 
 
-def slurm_active(records: Sequence[dict[str, Any]]) -> dict[str, bool | None]:
-    """For each SLURM record's job_id: True while queued/running, False once ended, None when sacct
-    cannot be asked (a job sacct does not list yet counts as queued for SACCT_GRACE_S)."""
+def slurm_jobs(records: Sequence[dict[str, Any]]) -> dict[str, Job]:
+    """For each SLURM record's job_id, its Job from sacct (a job sacct does not list yet counts as queued
+    for SACCT_GRACE_S after its submission; alive None when sacct cannot be asked)."""
     states = _sacct_states([r["job_id"] for r in records])
-    out: dict[str, bool | None] = {}
+    out: dict[str, Job] = {}
     for rec in records:
         if states is None:
-            out[rec["job_id"]] = None
+            out[rec["job_id"]] = Job(None)
         elif rec["job_id"] in states:
-            out[rec["job_id"]] = states[rec["job_id"]] in SLURM_ACTIVE_STATES
+            state, reason = states[rec["job_id"]]
+            word = state.split(" ")[0]
+            queued = word in SLURM_QUEUED_STATES
+            out[rec["job_id"]] = Job(word in SLURM_ACTIVE_STATES, not queued, state,
+                                     reason if queued and reason not in ("", "None") else "")
         else:
-            out[rec["job_id"]] = _age_s(rec) < SACCT_GRACE_S
+            out[rec["job_id"]] = Job(_age_s(rec) < SACCT_GRACE_S)
+    return out
+
+
+def local_job(record: dict[str, Any]) -> Job:
+    """A local record's Job: running once its runner recorded the cell's start (or the cell's process lives)."""
+    return Job(local_active(record), "started" in record or "cell_pid" in record)
+
+
+def jobs_of(records: Sequence[dict[str, Any]]) -> dict[str, Job]:
+    """For each record's job_id, its Job (asking sacct once for every SLURM record)."""
+    out: dict[str, Job] = {}
+    slurm = [r for r in records if r.get("executor") == "slurm"]
+    for rec in records:
+        if rec.get("executor") == "local":
+            out[rec["job_id"]] = local_job(rec)
+        elif rec.get("executor") != "slurm":
+            out[rec["job_id"]] = Job(None)
+    if slurm:
+        out.update(slurm_jobs(slurm))
     return out
 
 
 def active_jobs(records: Sequence[dict[str, Any]]) -> dict[str, bool | None]:
     """For each record's job_id: True while queued/running, False once ended, None when unknown."""
-    out: dict[str, bool | None] = {}
-    slurm = [r for r in records if r.get("executor") == "slurm"]
-    for rec in records:
-        if rec.get("executor") == "local":
-            out[rec["job_id"]] = local_active(rec)
-        elif rec.get("executor") != "slurm":
-            out[rec["job_id"]] = None
-    if slurm:
-        out.update(slurm_active(slurm))
-    return out
+    return {job_id: job.alive for job_id, job in jobs_of(records).items()}

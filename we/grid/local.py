@@ -114,31 +114,83 @@ def exit_fields(returncode: int, run_dir: Path, log_path: Path) -> dict[str, Any
 
 
 
-def run_local(queue_path: str | Path) -> int:
-    """Work through a queue file written by LocalExecutor.submit; records each cell's exit code.
+class Runner:
+    """Works through a queue file written by LocalExecutor.submit; records each cell's start and exit.
 
     A cell runs only while this runner holds one of the `concurrency` slot locks in
     `<runs-root>/.local-slots/`, which every runner of that runs root shares: two submissions
     side by side still run at most `concurrency` cells at once. Slot i runs on GPU gpus[i].
+
+    SIGTERM or SIGINT (`python -m we.grid cancel` signals the runner's process group: the runner, its
+    cells and their loader workers) stops it: no further cell starts (their records say `cancelled`, and
+    the cells stay todo), each running cell gets SIGTERM and ends interrupted (last.pt resumes it), and
+    the runner records their exits before it ends.
     """
-    queue = json.loads(Path(queue_path).read_text())
-    gpus: list[int] = queue.get("gpus") or []  # one entry per slot: the GPU it runs on
-    concurrency = len(gpus) if gpus else int(queue.get("concurrency", 1))
-    slots_dir = Path(queue["slots_dir"])
-    slots_dir.mkdir(parents=True, exist_ok=True)
-    slot_locks = [FileLock(str(slots_dir / f"slot-{i}.lock")) for i in range(concurrency)]
-    pending = list(enumerate(queue["cells"]))
-    running: dict[subprocess.Popen, tuple[int, dict[str, Any], int]] = {}
-    me = os.getpid()
 
-    def stop(signum: int, frame: Any) -> None:
-        for proc in running:
-            proc.terminate()
-        sys.exit(128 + signum)
+    POLL_S = 0.2
 
-    def free_slot() -> int | None:
-        busy = {slot for _, _, slot in running.values()}
-        for i, lock in enumerate(slot_locks):
+    def __init__(self, queue_path: str | Path) -> None:
+        queue = json.loads(Path(queue_path).read_text())
+        self.gpus: list[int] = queue.get("gpus") or []  # one entry per slot: the GPU it runs on
+        self.concurrency = len(self.gpus) if self.gpus else int(queue.get("concurrency", 1))
+        self.slots_dir = Path(queue["slots_dir"])
+        self.slots_dir.mkdir(parents=True, exist_ok=True)
+        self.slot_locks = [FileLock(str(self.slots_dir / f"slot-{i}.lock")) for i in range(self.concurrency)]
+        self.pending = list(enumerate(queue["cells"]))
+        self.running: dict[subprocess.Popen, tuple[int, dict[str, Any], int]] = {}
+        self.me = os.getpid()
+        self.env = dict(os.environ)
+        if not self.gpus and self.concurrency > 1:  # share the CPU cores between the concurrent cells
+            self.env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.concurrency)))
+        self.failures, self.waiting = 0, False
+        self.stopped: str | None = None  # when a signal asked it to stop
+        self.stop_signal = ""
+
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self.stop)
+        stopping = False
+        while self.pending or self.running:
+            if self.stopped and not stopping:
+                stopping = True
+                self.stop_cells()
+            if stopping:
+                self.drop_pending()
+            else:
+                self.start_cells()
+            time.sleep(self.POLL_S)
+            self.reap()
+        return 1 if self.failures else 0
+
+    def stop(self, signum: int, frame: Any = None) -> None:
+        """The signal handler: from now on no cell starts (the loop does the rest)."""
+        if not self.stopped:
+            self.stopped, self.stop_signal = now_iso(), signal.Signals(signum).name
+
+    def stop_cells(self) -> None:
+        """SIGTERM to the running cells: once to the runner's own process group (its cells and their loader
+        workers) when it leads one, as LocalExecutor starts it; else to each cell's process."""
+        print(f"{now_iso()} {self.stop_signal}: stopping {len(self.running)} running cell(s); {len(self.pending)} "
+              "never started", flush=True)
+        if os.getpgrp() == self.me:
+            os.killpg(self.me, signal.SIGTERM)  # reaches this runner too: its handler has already run
+            return
+        for proc in self.running:
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def drop_pending(self) -> None:
+        """Record the cells that never started as cancelled (they stay todo)."""
+        for index, cell in self.pending:
+            update_record(Path(cell["run_dir"]), local_job_id(self.me, index), cancelled=self.stopped, ended=now_iso())
+            print(f"{now_iso()} cancelled {cell['key']} (never started)", flush=True)
+        self.pending = []
+
+    def free_slot(self) -> int | None:
+        busy = {slot for _, _, slot in self.running.values()}
+        for i, lock in enumerate(self.slot_locks):
             if i in busy:
                 continue
             try:
@@ -148,39 +200,74 @@ def run_local(queue_path: str | Path) -> int:
                 continue
         return None
 
-    signal.signal(signal.SIGTERM, stop)
-    env = dict(os.environ)
-    if not gpus and concurrency > 1:  # share the CPU cores between the concurrent cells
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // concurrency)))
-    failures, waiting = 0, False
-    while pending or running:
-        while pending:
-            slot = free_slot()
+    def start_cells(self) -> None:
+        """Start pending cells while a slot is free."""
+        while self.pending and not self.stopped:
+            slot = self.free_slot()
             if slot is None:
-                if not waiting:  # every slot is held, by this runner's cells or by another runner's
-                    print(f"{now_iso()} waiting for a free slot ({concurrency} in {slots_dir})", flush=True)
-                waiting = True
-                break
-            waiting = False
-            index, cell = pending.pop(0)
-            child_env = dict(env)
-            if gpus:
-                child_env["CUDA_VISIBLE_DEVICES"] = str(gpus[slot])
+                if not self.waiting:  # every slot is held, by this runner's cells or by another runner's
+                    print(f"{now_iso()} waiting for a free slot ({self.concurrency} in {self.slots_dir})", flush=True)
+                self.waiting = True
+                return
+            self.waiting = False
+            index, cell = self.pending.pop(0)
+            child_env = dict(self.env)
+            if self.gpus:
+                child_env["CUDA_VISIBLE_DEVICES"] = str(self.gpus[slot])
             log_path = Path(cell["log"])
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(log_path, "ab") as log:
                 proc = subprocess.Popen([sys.executable, "-m", WORKER_MODULE, "run-cell", cell["run_dir"]],
                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=child_env)
             print(f"{now_iso()} started {cell['key']} (pid {proc.pid}, slot {slot})", flush=True)
-            update_record(Path(cell["run_dir"]), local_job_id(me, index), cell_pid=proc.pid,
+            update_record(Path(cell["run_dir"]), local_job_id(self.me, index), cell_pid=proc.pid,
                           cell_pid_start=process_start_ticks(proc.pid), started=now_iso())
-            running[proc] = (index, cell, slot)
-        time.sleep(0.2)
-        for proc in [p for p in running if p.poll() is not None]:
-            index, cell, slot = running.pop(proc)
-            slot_locks[slot].release()
-            failures += proc.returncode not in (0, 3)
+            self.running[proc] = (index, cell, slot)
+
+    def reap(self) -> None:
+        """Record the exit of every cell that ended."""
+        for proc in [p for p in self.running if p.poll() is not None]:
+            index, cell, slot = self.running.pop(proc)
+            self.slot_locks[slot].release()
+            self.failures += proc.returncode not in (0, 3)
             print(f"{now_iso()} ended {cell['key']} (exit {proc.returncode})", flush=True)
-            update_record(Path(cell["run_dir"]), local_job_id(me, index), ended=now_iso(),
-                          **exit_fields(proc.returncode, Path(cell["run_dir"]), Path(cell["log"])))
-    return 1 if failures else 0
+            fields = exit_fields(proc.returncode, Path(cell["run_dir"]), Path(cell["log"]))
+            if self.stopped:
+                fields["cancelled"] = self.stopped
+            update_record(Path(cell["run_dir"]), local_job_id(self.me, index), ended=now_iso(), **fields)
+
+
+def run_local(queue_path: str | Path) -> int:
+    """Work through a queue file written by LocalExecutor.submit (see Runner); 1 when a cell failed."""
+    return Runner(queue_path).run()
+
+
+def live_process(pid: Any, start_ticks: Any) -> bool:
+    """Whether `pid` runs and is the process that was recorded (same start time when one was recorded)."""
+    if not isinstance(pid, int):
+        return False
+    ticks = process_start_ticks(pid)
+    return ticks is not None and (start_ticks is None or ticks == start_ticks)
+
+
+def stop_local(record: dict[str, Any], signalled: set[int] | None = None) -> str:
+    """SIGTERM to a live local job: to its runner, which passes it on to its process group (its cells and their
+    loader workers), or to the cell's own process group when the runner is gone. A pid or group in `signalled`
+    is not signalled again (and is added to it). Returns what was signalled ("" when nothing of it runs)."""
+    signalled = set() if signalled is None else signalled
+    runner, cell = record.get("pid"), record.get("cell_pid")
+    try:
+        if live_process(runner, record.get("pid_start")):
+            if runner not in signalled:
+                os.kill(runner, signal.SIGTERM)
+            signalled.add(runner)
+            return f"SIGTERM to its runner (pid {runner}), for its process group"
+        if live_process(cell, record.get("cell_pid_start")):
+            group = os.getpgid(cell)
+            if -group not in signalled:
+                os.killpg(group, signal.SIGTERM)
+            signalled.add(-group)
+            return f"SIGTERM to process group {group} (cell pid {cell}; its runner is gone)"
+    except (ProcessLookupError, PermissionError):
+        pass
+    return ""

@@ -80,3 +80,14 @@ def update_record(run_dir: Path, job_id: str, **fields: Any) -> None:
             if rec.get("job_id") == job_id:
                 rec.update(fields)
         write_cell_file(run_dir, data)
+
+
+def cancel_requested(run_dir: Path, job_id: str | None = None) -> bool:
+    """Whether `python -m we.grid cancel` marked the cell's job (`job_id`, else its last submission) as
+    cancelled in cell.json: what a trainer inside a SLURM job checks when SIGTERM arrives."""
+    try:
+        data = read_cell_file(Path(run_dir))
+    except RunFileError:
+        return False
+    records = [r for r in (data or {}).get("submitted", []) if job_id is None or r.get("job_id") == job_id]
+    return bool(records and records[-1].get("cancelled"))

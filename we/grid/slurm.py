@@ -23,20 +23,34 @@ import submitit
 
 from we.files import REPO_ROOT
 from we.grid.profiles import Profile
-from we.grid.records import WORKER_MODULE, RunnableCell, cell_logs_dir, now_iso, slurm_log_names
+from we.grid.records import WORKER_MODULE, RunnableCell, cancel_requested, cell_logs_dir, now_iso, slurm_log_names
 from we.train.config import make_config, resolve
+from we.train.interrupt import Interrupted, interrupts_raise
 from we.train.trainer import main as train_main
+
+CANCEL_COMMAND = "scancel"
 
 
 class TrainTask(submitit.helpers.Checkpointable):
     """One cell on a SLURM node: `we.train.trainer.main(cfg)`. On timeout or preemption submitit
-    requeues it (checkpoint() returns this same task) and the trainer resumes from `<out>/last.pt`."""
+    requeues it (checkpoint() returns this same task) and the trainer resumes from `<out>/last.pt`.
+    The SIGTERM of a `python -m we.grid cancel` (which marks the job cancelled in cell.json, then
+    scancels it) stops the trainer, which records `interrupted` (last.pt resumes it); any other
+    SIGTERM (a requeue, a preemption) is submitit's."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
 
     def __call__(self) -> dict[str, Any]:
-        return train_main(resolve(make_config(self.config, source="cell config")))
+        cfg = resolve(make_config(self.config, source="cell config"))
+        job_id = submitit.JobEnvironment().job_id
+        with interrupts_raise(when=lambda: cancel_requested(Path(cfg.out), job_id)):
+            try:
+                return train_main(cfg)
+            except Interrupted as stop:
+                print(f"{stop} {stop.where()} (cancelled); `python -m we.grid submit` resumes it", file=sys.stderr,
+                      flush=True)
+                return {"status": "interrupted", "signal": stop.name}
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         return submitit.helpers.DelayedSubmission(self)
@@ -128,7 +142,7 @@ class PackTask(submitit.helpers.Checkpointable):
         for run_dir, code in codes.items():
             print(f"{now_iso()} ended {run_dir} (exit {code})", flush=True)
         bad = [f"{Path(d).name} ({f'exit {c}' if c >= 0 else signal.Signals(-c).name})"
-               for d, c in codes.items() if c not in (0, 3)]  # 3: diverged
+               for d, c in codes.items() if c not in (0, 3) and not cancel_requested(Path(d))]  # 3: diverged
         if bad:  # a signal: SLURM stopped the step (preemption, requeue, cancel); a requeued task resumes them
             raise RuntimeError(f"{len(bad)} of {len(codes)} packed cells failed or were stopped: {', '.join(bad)}")
         return codes
@@ -210,3 +224,15 @@ class SlurmExecutor:
                     record["packed_with"] = [c.key for c in group if c is not cell]
                 by_cell[id(cell)] = record
         return [by_cell[id(cell)] for cell in cells]
+
+
+def scancel(job_ids: Sequence[str]) -> str:
+    """`scancel` the jobs (array tasks as `A_i`): SLURM sends SIGTERM to every process of their steps, then
+    SIGKILL after its KillWait; a pending task just leaves the queue. Returns scancel's error ("" when fine)."""
+    if not job_ids:
+        return ""
+    try:
+        res = subprocess.run([CANCEL_COMMAND, *job_ids], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"{CANCEL_COMMAND}: {err}"
+    return "" if res.returncode == 0 else (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1]

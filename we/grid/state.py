@@ -14,14 +14,15 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from we.grid.identity import Cell, identity
-from we.grid.jobs import active_jobs
-from we.rundir import (DEFAULT_RUNS_ROOT, GRID_FILE, LAST_CHECKPOINT, TRAINER_FILES, finite, read_cell, read_config,
-                       read_result, tolerant, write_cell as write_cell_file, write_json)
+from we.grid.jobs import Job, jobs_of
+from we.rundir import (DEFAULT_RUNS_ROOT, GRID_FILE, LAST_CHECKPOINT, TRAINER_FILES, finite, progress, read_cell,
+                       read_config, read_metrics, read_result, tolerant, write_cell as write_cell_file, write_json)
 from we.grid.schema import Grid, axis_labels, display_path
 from we.train.config import make_config, resolve, to_dict
 
-STATES = ("done", "running", "failed", "interrupted", "diverged", "todo", "unknown", "stale", "unreadable")
+STATES = ("done", "running", "queued", "failed", "interrupted", "diverged", "todo", "unknown", "stale", "unreadable")
 TO_RUN = ("todo", "failed", "interrupted")  # the states `submit` (re)starts (never an unreadable folder)
+LIVE = ("running", "queued")  # a job that `wait` waits for and `cancel` stops
 REUSED_FILES = TRAINER_FILES  # what a cell links from a finished twin run
 
 
@@ -94,12 +95,12 @@ def last_record(run_dir: Path) -> dict[str, Any] | None:
     return subs[-1] if subs else None
 
 
-def cell_state(run_dir: Path, active: dict[str, bool | None] | None = None,
+def cell_state(run_dir: Path, jobs: dict[str, Job] | None = None,
                config: dict[str, Any] | None = None) -> tuple[str, str, dict[str, Any] | None]:
-    """THE state of one run folder, (state, note, last submission record); `plan`, `status`, `submit`
-    and `collect` all read it. `active` maps job ids to liveness (asked here when None); with `config`,
-    a folder holding another config is stale; a folder whose cell.json or result.json cannot be read is
-    unreadable (the note names the file), and is never submitted over."""
+    """THE state of one run folder, (state, note, last submission record); `plan`, `status`, `submit`,
+    `cancel` and `collect` all read it. `jobs` maps job ids to what their executors say (asked here when
+    None); with `config`, a folder holding another config is stale; a folder whose cell.json or result.json
+    cannot be read is unreadable (the note names the file), and is never submitted over."""
     run_dir = Path(run_dir)
     cell, why_cell = tolerant(read_cell, run_dir)
     result, why_result = tolerant(read_result, run_dir)
@@ -118,21 +119,44 @@ def cell_state(run_dir: Path, active: dict[str, bool | None] | None = None,
     if status == "diverged":
         return "diverged", f"epoch {result.get('diverged_epoch', '?')}", last
     if last is not None:
-        alive = (active_jobs([last]) if active is None else active).get(last["job_id"])
-        job = f"{last['executor']} {last['job_id']}"
-        if alive is True:
-            return "running", job, last
-        if alive is None:
-            return "unknown", f"cannot query {job}", last
-        if status == "interrupted":
-            return "interrupted", f"{job}: {interrupted_note(result)}", last
-        reason = ended_reason(last, result)
-        return "failed", f"{job} ended" + (f": {reason}" if reason else ""), last
+        return job_state(run_dir, last, (jobs_of([last]) if jobs is None else jobs).get(last["job_id"], Job(None)),
+                         result)
     if status == "failed":
         return "failed", str(result.get("error", "")).strip().split("\n")[0], last
     if status == "interrupted":
         return "interrupted", interrupted_note(result), last
     return "todo", "", last
+
+
+def job_state(run_dir: Path, last: dict[str, Any], job: Job,
+              result: dict[str, Any] | None) -> tuple[str, str, dict[str, Any] | None]:
+    """The state of an unfinished run folder from its last submission: queued or running while its job
+    lives; once it ended, how (a cancelled job: `cancelled_state`)."""
+    name = f"{last['executor']} {last['job_id']}"
+    if job.alive is True:
+        waiting = f" ({job.state}: {job.reason})" if job.reason else f" ({job.state})" if job.state else ""
+        return ("running", name, last) if job.started else ("queued", name + waiting, last)
+    if job.alive is None:
+        return "unknown", f"cannot query {name}", last
+    if last.get("cancelled") or job.state.startswith("CANCELLED"):
+        state, note = cancelled_state(run_dir, result)
+        return state, f"{name} cancelled" + (f" ({job.state})" if job.state else "") + note, last
+    if (result or {}).get("status") == "interrupted":
+        return "interrupted", f"{name}: {interrupted_note(result)}", last
+    reason = ended_reason(last, result)
+    return "failed", f"{name} ended" + (f": {reason}" if reason else ""), last
+
+
+def cancelled_state(run_dir: Path, result: dict[str, Any] | None) -> tuple[str, str]:
+    """(state, the note's end) of a run whose job was cancelled: interrupted (resumable) once it trained, else
+    todo."""
+    if (result or {}).get("status") == "interrupted":
+        return "interrupted", f": {interrupted_note(result)}"
+    rows, _ = tolerant(read_metrics, run_dir, [])
+    if not rows and result is None and not (run_dir / LAST_CHECKPOINT).exists():
+        return "todo", " before it started; submit starts it"
+    epochs = ((result or {}).get("config") or {}).get("epochs") or (stored_config(run_dir) or {}).get("epochs", "?")
+    return "interrupted", f": stopped at epoch {len(rows)}/{epochs}; submit resumes it from {LAST_CHECKPOINT}"
 
 
 def interrupted_note(result: dict[str, Any]) -> str:
@@ -143,33 +167,56 @@ def interrupted_note(result: dict[str, Any]) -> str:
     return f"interrupted at epoch {done}/{epochs}{how}; submit resumes it from {LAST_CHECKPOINT}"
 
 
+def duration(seconds: float) -> str:
+    """`1:02:03` (hours:minutes:seconds), `4:05` under an hour."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def progress_note(run_dir: Path, epochs: Any) -> str:
+    """`epoch 2/6, test top-1 45.31, ETA 0:12 (3.0 s/epoch)`: how far a running cell got, from its metrics rows
+    (the ETA: remaining epochs x its mean measured epoch time)."""
+    rows, why = tolerant(read_metrics, Path(run_dir), [])
+    if why:
+        return why
+    p = progress(rows, epochs)
+    total = p["epochs"] if p["epochs"] is not None else "?"
+    if not rows:
+        return f"epoch 0/{total}, no epoch finished yet"
+    top1 = f"test top-1 {p['last_top1']:.2f}" if finite(p["last_top1"]) else "test top-1 ?"
+    eta = f", ETA {duration(p['eta_seconds'])} ({p['epoch_seconds']:.1f} s/epoch)" if p["eta_seconds"] is not None \
+        else ""
+    return f"epoch {p['epochs_done']}/{total}, {top1}{eta}"
+
+
 def run_states(run_dirs: Sequence[Path]) -> dict[Path, tuple[str, str, dict[str, Any] | None]]:
     """`cell_state` of many run folders, asking each executor about their jobs once."""
     records = [rec for rec in map(last_record, run_dirs) if rec is not None]
-    active = active_jobs(records) if records else {}
-    return {Path(p): cell_state(p, active) for p in run_dirs}
+    jobs = jobs_of(records) if records else {}
+    return {Path(p): cell_state(p, jobs) for p in run_dirs}
 
 
 def assess(cells: Sequence[Cell], runs_root: Path = DEFAULT_RUNS_ROOT, reuse: bool = True) -> list[CellState]:
-    """The state of every cell: done, running, failed, diverged or todo; unknown when its job cannot be
-    asked (e.g. sacct does not answer), stale when its folder holds a run of another config, unreadable when
-    its cell.json or result.json cannot be read."""
+    """The state of every cell: done, running, queued, failed, interrupted, diverged or todo; unknown when its
+    job cannot be asked (e.g. sacct does not answer), stale when its folder holds a run of another config,
+    unreadable when its cell.json or result.json cannot be read."""
     twins = {c.key: twin_folders(c, runs_root) for c in cells} if reuse else {}
     folders = [c.run_dir for c in cells] + [t for ts in twins.values() for t in ts]
     records = [rec for rec in map(last_record, folders) if rec is not None]
-    active = active_jobs(records) if records else {}
+    jobs = jobs_of(records) if records else {}
     states = []
     for cell in cells:
-        state, note, last = cell_state(cell.run_dir, active, cell.config)
+        state, note, last = cell_state(cell.run_dir, jobs, cell.config)
         reuse_from = None
         if state == "todo" and reuse:
             for twin in twins.get(cell.key, []):
-                twin_state, _, _ = cell_state(twin, active)
+                twin_state, _, _ = cell_state(twin, jobs)
                 if twin_state in ("done", "diverged"):
                     state, note, reuse_from = twin_state, f"same run as {display_path(twin)}", twin
                     break
-                if twin_state == "running":
-                    state, note = "running", f"same run as {display_path(twin)} (running)"
+                if twin_state in LIVE:
+                    state, note = twin_state, f"same run as {display_path(twin)} ({twin_state})"
         states.append(CellState(cell, state, note, reuse_from, last))
     return states
 

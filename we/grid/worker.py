@@ -11,6 +11,7 @@ from pathlib import Path
 
 from we.errors import ConfigError, SuiteError
 from we.grid.local import run_local
+from we.grid.records import cancel_requested
 from we.rundir import CELL_FILE, RunFileError, read_cell
 from we.train.config import make_config, resolve
 from we.train.interrupt import Interrupted, interrupts_raise
@@ -19,9 +20,11 @@ from we.train.trainer import main as train_main
 
 
 def run_cell(run_dir: str | Path) -> int:
-    """Train one cell from its cell.json (the local runner's child process); returns an exit code."""
+    """Train one cell from its cell.json (the local runner's child process, or one of a packed SLURM task's);
+    returns an exit code."""
     run_dir = Path(run_dir)
-    with interrupts_raise():  # SIGINT/SIGTERM (a local cancel): result.json says interrupted, last.pt resumes
+    # SIGINT/SIGTERM (a local cancel; in a packed SLURM task, only a grid's cancel): result.json says interrupted
+    with interrupts_raise(when=lambda: cancel_requested(run_dir)):
         try:
             data = read_cell(run_dir)
             if data is None or not isinstance(data.get("config"), dict):

@@ -16,14 +16,16 @@ from pathlib import Path
 from typing import Any, Optional
 
 from we.report.stats import BASELINE, finite
-from we.rundir import (RESULT_FILE, TERMINAL, read_cell, read_config, read_grid_file, read_metrics, read_result,
-                       run_folders, summarize, tolerant)
+from we.rundir import (RESULT_FILE, TERMINAL, progress, read_cell, read_config, read_grid_file, read_metrics,
+                       read_result, run_folders, summarize, tolerant)
 
 CORE_LABELS = ("dataset", "model", "method", "seed")
 DATASET_ORDER = ("cifar10", "cifar100", "imagenet")
 ALPHA_LABEL = re.compile(r"^we_alpha_(\d+(?:\.\d*)?)$")
 # A run's state as the grid sees it (we.grid.state.cell_state): (state, note, last submission record).
 JobState = tuple[str, str, Optional[dict[str, Any]]]
+# Unfinished runs whose latest epoch the tables show, marked partial.
+PARTIAL_STATUSES = ("running", "queued", "interrupted")
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Run:
     result: dict[str, Any] = field(default_factory=dict)
     message: str = ""  # error line (failed), divergence note, or why result.json could not be read
     problems: list[str] = field(default_factory=list)  # other files that could not be read
+    partial: dict[str, Any] = field(default_factory=dict)  # an unfinished run's latest epoch: epoch, epochs, top1
 
     @property
     def counted(self) -> bool:
@@ -94,9 +97,20 @@ def _message(status: str, result: dict[str, Any]) -> str:
     return ""
 
 
+def partial_epoch(run_dir: Path, cell: dict[str, Any] | None, result: dict[str, Any] | None) -> dict[str, Any]:
+    """An unfinished run's latest epoch from its metrics rows: {"epoch", "epochs", "top1"} ({} before its first)."""
+    rows, _ = tolerant(read_metrics, run_dir, [])
+    if not rows:
+        return {}
+    config = (cell or {}).get("config") or (result or {}).get("config") or {}
+    done = progress(rows, config.get("epochs") if isinstance(config, dict) else None)
+    return {"epoch": done["epochs_done"], "epochs": done["epochs"], "top1": done["last_top1"]}
+
+
 def read_run(run_dir: Path, state: JobState | None = None) -> Run:
     """One run folder; `state`, the grid's state of it, decides the status and reason of a submitted run
-    that has not finished (running, failed, interrupted, ...)."""
+    that has not finished (running, queued, failed, interrupted, ...). A running, queued or interrupted
+    run carries its latest epoch (`partial`)."""
     run_dir = Path(run_dir)
     cell, why_cell = tolerant(read_cell, run_dir)
     result, why_result = tolerant(read_result, run_dir)
@@ -106,9 +120,18 @@ def read_run(run_dir: Path, state: JobState | None = None) -> Run:
         return Run(run_dir, labels, "unreadable", message=why_result, problems=problems)
     unfinished = result is None or result.get("status") not in TERMINAL
     if unfinished and state is not None and state[2] is not None and state[0] not in ("done", "diverged"):
-        return Run(run_dir, labels, state[0], result or {}, state[1], problems)
-    if result is None:
-        return Run(run_dir, labels, "running", problems=problems)
+        run = Run(run_dir, labels, state[0], result or {}, state[1], problems)
+    elif result is None:
+        run = Run(run_dir, labels, "running", problems=problems)
+    else:
+        run = _finished(run_dir, labels, result, problems)
+    if run.status in PARTIAL_STATUSES:
+        run.partial = partial_epoch(run_dir, cell, result)
+    return run
+
+
+def _finished(run_dir: Path, labels: dict[str, Any], result: dict[str, Any], problems: list[str]) -> Run:
+    """A run folder with a result.json, as that says."""
     status = str(result.get("status") or "running")
     if status == "complete" and not finite(result.get("final_top1")):
         rows, why_rows = tolerant(read_metrics, run_dir, [])

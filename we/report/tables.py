@@ -92,35 +92,7 @@ def summarize_runs(runs: list[Run], paper: pd.DataFrame, table: Optional[int] = 
     for rec in records:
         groups.setdefault(tuple(rec[k] for k in keys), []).append(rec["_run"])
 
-    def values(rs: list[Run], metric: str) -> list[float]:
-        return [r.result.get(metric) for r in rs if r.counted]
-
-    rows = []
-    for key, rs in groups.items():
-        row: dict[str, Any] = dict(zip(keys, key))
-        for metric in ("final_top1", "best_top1", "final_top5", "best_top5"):
-            mean, std, n = mean_std_n(values(rs, metric))
-            row[f"{metric}_mean"], row[f"{metric}_std"] = mean, std
-            if metric == "final_top1":
-                row["n"] = n
-        row["few_runs"] = row["n"] < PAPER_RUNS
-        ptable, p1, p5 = _paper_lookup(paper, table, row["dataset"], row["model"], row["method"])
-        row["paper_table"], row["paper_top1"], row["paper_top5"] = ptable, p1, p5
-        row["diff_final_top1"] = row["final_top1_mean"] - p1
-        row["diff_best_top1"] = row["best_top1_mean"] - p1
-        row["diff_final_top5"] = row["final_top5_mean"] - p5
-        row["diff_best_top5"] = row["best_top5_mean"] - p5
-        base = baseline_group(groups, keys, key)
-        for metric in ("final_top1", "best_top1"):
-            row[f"p_{metric}"] = (welch_p(values(rs, metric), values(base, metric))
-                                  if base is not None and row["method"] != BASELINE else math.nan)
-        status = Counter(r.status for r in rs)
-        for s in ("failed", "diverged", "running", "unreadable"):
-            row[f"n_{s}"] = status.get(s, 0)
-        row["n_other"] = sum(v for s, v in status.items()
-                             if s not in ("complete", "failed", "diverged", "running", "unreadable"))
-        row["not_counted"] = ", ".join(f"{v} {s}" for s, v in sorted(status.items()) if s != "complete")
-        rows.append(row)
+    rows = [_group_row(key, rs, groups, keys, paper, table) for key, rs in groups.items()]
 
     columns = [*keys, "n", "few_runs",
                "final_top1_mean", "final_top1_std", "best_top1_mean", "best_top1_std",
@@ -128,7 +100,8 @@ def summarize_runs(runs: list[Run], paper: pd.DataFrame, table: Optional[int] = 
                "p_final_top1", "p_best_top1",
                "final_top5_mean", "final_top5_std", "best_top5_mean", "best_top5_std",
                "paper_top5", "diff_final_top5", "diff_best_top5",
-               "n_failed", "n_diverged", "n_running", "n_unreadable", "n_other", "not_counted"]
+               "n_failed", "n_diverged", "n_running", "n_unreadable", "n_other", "partial_top1_mean", "partial_epoch",
+               "not_counted"]
     df = pd.DataFrame(rows, columns=columns)
     if df.empty:
         return df
@@ -141,6 +114,56 @@ def summarize_runs(runs: list[Run], paper: pd.DataFrame, table: Optional[int] = 
     df = df.iloc[sorted(range(len(rows)), key=sort_keys.__getitem__)].reset_index(drop=True)
     df.attrs["axes"] = keys
     return df
+
+
+def _values(runs: Sequence[Run], metric: str) -> list[float]:
+    return [r.result.get(metric) for r in runs if r.counted]
+
+
+def _group_row(key: tuple, rs: list[Run], groups: dict[tuple, list[Run]], keys: list[str],
+               paper: pd.DataFrame, table: Optional[int]) -> dict[str, Any]:
+    """The table row of the group `key` (its values of `keys`): statistics, paper numbers, p-values, the runs
+    not counted and an unfinished group's latest epoch."""
+    row: dict[str, Any] = dict(zip(keys, key))
+    for metric in ("final_top1", "best_top1", "final_top5", "best_top5"):
+        mean, std, n = mean_std_n(_values(rs, metric))
+        row[f"{metric}_mean"], row[f"{metric}_std"] = mean, std
+        if metric == "final_top1":
+            row["n"] = n
+    row["few_runs"] = row["n"] < PAPER_RUNS
+    ptable, p1, p5 = _paper_lookup(paper, table, row["dataset"], row["model"], row["method"])
+    row["paper_table"], row["paper_top1"], row["paper_top5"] = ptable, p1, p5
+    row["diff_final_top1"] = row["final_top1_mean"] - p1
+    row["diff_best_top1"] = row["best_top1_mean"] - p1
+    row["diff_final_top5"] = row["final_top5_mean"] - p5
+    row["diff_best_top5"] = row["best_top5_mean"] - p5
+    base = baseline_group(groups, keys, key)
+    for metric in ("final_top1", "best_top1"):
+        row[f"p_{metric}"] = (welch_p(_values(rs, metric), _values(base, metric))
+                              if base is not None and row["method"] != BASELINE else math.nan)
+    status = Counter(r.status for r in rs)
+    for s in ("failed", "diverged", "running", "unreadable"):
+        row[f"n_{s}"] = status.get(s, 0)
+    row["n_other"] = sum(v for s, v in status.items()
+                         if s not in ("complete", "failed", "diverged", "running", "unreadable"))
+    row["partial_top1_mean"], row["partial_epoch"] = partial_summary(rs)
+    row["not_counted"] = ", ".join(f"{v} {s}" for s, v in sorted(status.items()) if s != "complete")
+    if row["partial_epoch"]:
+        row["not_counted"] += f" (latest: {row['partial_epoch']}, partial)"
+    return row
+
+
+def partial_summary(runs: Sequence[Run]) -> tuple[float, str]:
+    """(mean latest test top-1, "epoch 3/4") of a group's unfinished runs that trained an epoch; (nan, "")
+    when there is none."""
+    partial = [r.partial for r in runs if r.partial]
+    if not partial:
+        return math.nan, ""
+    mean, _, _ = mean_std_n([p.get("top1") for p in partial])
+    low, high = min(p["epoch"] for p in partial), max(p["epoch"] for p in partial)
+    totals = {p.get("epochs") for p in partial}
+    total = f"/{totals.pop()}" if len(totals) == 1 and None not in totals else ""
+    return mean, f"epoch {low}{total}" if low == high else f"epochs {low}-{high}{total}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,7 +201,10 @@ def _display_rows(df: pd.DataFrame, pm: str, less: str = "<0.001") -> tuple[list
     body = []
     for _, r in df.iterrows():
         cells = [str(r[k]) for k in axes]
-        cells += [_n(int(r.n)), _pm(r.final_top1_mean, r.final_top1_std, pm),
+        final = _pm(r.final_top1_mean, r.final_top1_std, pm)
+        if not final and finite(r.partial_top1_mean):  # no complete run yet: the latest epoch, marked
+            final = f"{r.partial_top1_mean:.2f} (partial, {r.partial_epoch})"
+        cells += [_n(int(r.n)), final,
                   _pm(r.best_top1_mean, r.best_top1_std, pm), _num(r.paper_top1),
                   _num(r.diff_final_top1, sign=True), _num(r.diff_best_top1, sign=True),
                   _p(r.p_final_top1).replace("<0.001", less), _p(r.p_best_top1).replace("<0.001", less)]
@@ -225,7 +251,9 @@ def format_markdown(grid_name: str, df: pd.DataFrame, runs: list[Run]) -> str:
                 "final: last epoch; best: best epoch (as the authors' script reports); mean ± sample std over "
                 "complete runs. Δ: mean minus the paper. p: Welch's t-test against the baseline of the same "
                 f"dataset and model (blank when either side has fewer than 2 runs). `*`: n < {PAPER_RUNS}, "
-                f"fewer runs than the paper's {PAPER_RUNS}."]
+                f"fewer runs than the paper's {PAPER_RUNS}."
+                + (" partial: no run of the cell is complete yet; the mean test top-1 of its unfinished runs at their "
+                   "latest epoch." if df.partial_epoch.astype(bool).any() else "")]
         if (df.n_failed + df.n_diverged + df.n_running + df.n_unreadable + df.n_other).any():
             out += ["", "Runs not counted, per cell:", ""]
             axes = df.attrs.get("axes", [])

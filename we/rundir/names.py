@@ -132,3 +132,24 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "best_top5": best.get("test_top5"), "best_epoch": best.get("epoch"), "train_seconds": train_s,
             "images_per_s": images / train_s if train_s > 0 else None}
 
+
+
+def epoch_seconds(row: dict[str, Any]) -> float | None:
+    """The measured wall seconds of one epoch row: its `seconds` (train, evaluation and the method's hook),
+    else its `train_seconds`; None when neither is a finite number."""
+    for key in ("seconds", "train_seconds"):
+        if finite(row.get(key)) and row[key] >= 0:
+            return float(row[key])
+    return None
+
+
+def progress(rows: Sequence[dict[str, Any]], epochs: Any) -> dict[str, Any]:
+    """How far an unfinished run got from its epoch rows: `epochs_done` of `epochs`, the last row's test top-1,
+    the mean measured epoch seconds and `eta_seconds` = remaining epochs x that mean (None when unmeasured)."""
+    measured = [s for s in map(epoch_seconds, rows) if s is not None]
+    mean = sum(measured) / len(measured) if measured else None
+    total = epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+    done = len(rows)
+    eta = mean * max(0, total - done) if mean is not None and total is not None else None
+    return {"epochs_done": done, "epochs": total, "last_top1": rows[-1].get("test_top1") if rows else None,
+            "epoch_seconds": mean, "eta_seconds": eta}

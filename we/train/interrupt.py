@@ -12,7 +12,8 @@ ignore both signals (`ignore_in_worker`, their `worker_init_fn`) and the main pr
 down as it stops, so neither a worker's traceback nor a "worker exited unexpectedly" failure appears.
 
 Inside a submitit job (SUBMITIT_EXECUTOR set) nothing is installed: submitit's own handlers for
-preemption, timeout and requeue stay in charge.
+preemption, timeout and requeue stay in charge; with a `when` check (a grid cell: whether its job was
+cancelled), SIGTERM raises while the check holds and goes to submitit's handler otherwise.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import os
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -75,14 +76,31 @@ def _raise(signum: int, frame: Any = None) -> None:
     raise Interrupted(signum)
 
 
+def _only_when(when: Callable[[], bool], previous: Any) -> Callable[[int, Any], None]:
+    """A handler that raises while `when()` holds, else hands the signal to the `previous` handler."""
+
+    def handler(signum: int, frame: Any = None) -> None:
+        if when():
+            _raise(signum, frame)
+        elif callable(previous):
+            previous(signum, frame)
+
+    return handler
+
+
 @contextmanager
-def interrupts_raise() -> Iterator[bool]:
+def interrupts_raise(when: Callable[[], bool] | None = None) -> Iterator[bool]:
     """SIGINT and SIGTERM raise `Interrupted` inside the block; yields whether handlers were installed
-    (not inside a submitit job, nor off the main thread). The previous handlers come back at its end."""
-    if in_submitit_job() or threading.current_thread() is not threading.main_thread():
+    (not off the main thread; inside a submitit job only SIGTERM, and only with `when`: it raises while
+    `when()` holds). The previous handlers come back at its end."""
+    submitit_job = in_submitit_job()
+    if (submitit_job and when is None) or threading.current_thread() is not threading.main_thread():
         yield False
         return
-    previous = {s: signal.signal(s, _raise) for s in SIGNALS}
+    signals = (signal.SIGTERM,) if submitit_job else SIGNALS
+    previous = {s: signal.getsignal(s) for s in signals}
+    for s in signals:
+        signal.signal(s, _only_when(when, previous[s]) if submitit_job and when is not None else _raise)
     _state.update(holding=0, pending=None, stopping=False, owner=os.getpid())
     try:
         yield True
