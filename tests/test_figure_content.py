@@ -44,9 +44,9 @@ def test_figure2_bars_are_the_mean_average_l1_norm_of_each_conv_layer(tmp_path: 
 def test_figure6_plots_fixed_alpha_against_adaptive_and_baseline(tmp_path: Path, drawn):
     root = tmp_path / "runs"
     finals = {"we_alpha_0.8": [93.0], "we_alpha_0.2": [90.0, 92.0], "we": [94.0, 96.0], "baseline": [89.0, 91.0]}
-    for method, values in finals.items():
+    for i, (method, values) in enumerate(finals.items()):  # folders in this order: alpha 0.8 before 0.2
         for seed, v in enumerate(values):
-            write_run(root, "fig6", f"{method}-s{seed}", labels(method, seed), final=v, best=v)
+            write_run(root, "fig6", f"{i}-s{seed}", labels(method, seed), final=v, best=v)
     figures.figure_alpha("fig6", load_runs(root / "fig6"), tmp_path / "out")
     (fig,) = drawn
     (ax,) = fig.axes
