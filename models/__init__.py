@@ -5,14 +5,15 @@ Usage::
     import models
     net = models.create("resnet56", num_classes=100)
     models.list_models()          # ['densenet40', 'mobilenetv1', ...]
-    models.model_info("resnet34") # ModelInfo(name='resnet34', family='imagenet', input_size=224, display='ResNet-34', ...)
+    models.model_info("resnet34") # ModelInfo(name='resnet34', family='imagenet', input_size=224, ...)
     models.create("timm:resnet18", num_classes=10)     # any timm model, randomly initialised
     models.create("mypkg.nets:build", num_classes=10)  # your own: build(num_classes=...) -> nn.Module
 
 A zoo model's facts are given where it is registered (``register_model``: family, name in the paper,
 default input size, default training throughput for the cost planner); a new model is one module
 plus its import below. Every factory takes ``num_classes`` plus its own documented keyword
-arguments; ``create`` checks keyword names against the factory's signature, so a misspelt option fails loudly with a TypeError.
+arguments; ``create`` checks keyword names against the factory's signature, so a misspelt option
+fails loudly with a TypeError.
 The CIFAR models are written here; the ImageNet ones come from torchvision and timm (never with
 pretrained weights). This package does not depend on ``we``.
 """

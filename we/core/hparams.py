@@ -84,7 +84,7 @@ assert all(h.use in USES for h in HPARAMS.values())
 
 PAPER_DEFAULTS: dict[str, Any] = {name: h.default for name, h in HPARAMS.items()}
 # The paper's values for ImageNet (Sec. 4.1.2): its own where it sets one, else the defaults.
-PAPER_IMAGENET: dict[str, Any] = {**PAPER_DEFAULTS, **{n: h.imagenet for n, h in HPARAMS.items() if h.imagenet is not None}}
+PAPER_IMAGENET: dict[str, Any] = {name: h.default if h.imagenet is None else h.imagenet for name, h in HPARAMS.items()}
 
 
 def names(use: str) -> tuple[str, ...]:

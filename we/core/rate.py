@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 
 from we.core.checks import check_index
-from we.core.hparams import PAPER_DEFAULTS
+from we.core.hparams import PAPER_DEFAULTS as D
 
 
 def training_stage(epoch: int, milestones: Sequence[int]) -> tuple[int, int]:
@@ -20,8 +20,8 @@ def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
 
-def selection_rate(epoch: int, r_hat: float = PAPER_DEFAULTS["r_hat"], beta: float = PAPER_DEFAULTS["beta"],
-                   eta: float = PAPER_DEFAULTS["eta"], milestones: Sequence[int] = PAPER_DEFAULTS["milestones"]) -> float:
+def selection_rate(epoch: int, r_hat: float = D["r_hat"], beta: float = D["beta"], eta: float = D["eta"],
+                   milestones: Sequence[int] = D["milestones"]) -> float:
     """Global selection rate r for a 0-based epoch (a negative one is a ValueError)."""
     epoch = check_index("epoch", epoch)
     t_minus_1, e0 = training_stage(epoch, milestones)
