@@ -2,9 +2,10 @@
 the local executor's CPU guard.
 
 Training images/s per model come from the newest GPU bench in the checkout's results/bench/
-(`make bench`), else from DEFAULT_IMAGES_PER_S (documented defaults, not measurements); a cell's
-GPU-hours = its training images over the run x the method's cost factor (the method plug-in's
-`cost`: FG-n trains n networks, RL one extra forward, ONI a heavier conv) / one GPU's images per second.
+(`make bench`), else from the zoo's registered defaults (`register_model(images_per_s=...)`, not
+measurements); a cell's GPU-hours = its training images over the run x the method's cost factor
+(the method plug-in's `cost`: FG-n trains n networks, RL one extra forward, ONI a heavier conv) /
+one GPU's images per second.
 """
 from __future__ import annotations
 
@@ -13,28 +14,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+import models
 from we.files import REPO_ROOT
 from we.grid.identity import Cell
 from we.grid.schema import display_path
 from we.methods import METHODS, cost_factor
 from we.train.datasets import TRAIN_IMAGES
 
-# Training throughput (images/s, one GPU, fp32) used for the estimate when results/bench/ has no
-# measurement for a model: rough figures for a current data-centre GPU, not measurements.
-DEFAULT_IMAGES_PER_S: dict[str, float] = {
-    "resnet20": 25_000, "resnet32": 16_000, "resnet44": 12_000, "resnet56": 9_000, "resnet110": 4_500,
-    "densenet40": 3_500, "mobilenetv1": 12_000, "mobilenetv2": 7_000, "shufflenetv1": 6_000,
-    "resnet34": 1_200,  # 224x224
-    "mobilenetv2_050": 4_000,  # 128x128
-}
-FALLBACK_IMAGES_PER_S = 5_000.0
+FALLBACK_IMAGES_PER_S = 5_000.0  # a model that neither results/bench/ nor the zoo gives a throughput for
 BENCH_DIR = REPO_ROOT / "results" / "bench"
-DEFAULT_SOURCE = "default table in we/grid/cost.py (not a measurement)"
+DEFAULT_SOURCE = "the zoo's default throughputs (register_model in models/; not a measurement)"
+
 # The local executor refuses, on a machine without a GPU and without --allow-cpu-marathon, to start
 # cells that together train on more than this many 32x32-image passes (epochs x training images x
 # method cost factor, an ImageNet image counting (image_size/32)^2): 40 epochs of full CIFAR, hours
 # on a CPU. `make demo` (digits, 5 epochs, 6 cells) is about 43,000.
 CPU_MARATHON_IMAGES = 2_000_000
+
+
+def default_images_per_s(model: str) -> float:
+    """The training throughput (images/s) the estimate assumes for a model no bench measured: its
+    registered default (`register_model(images_per_s=...)`), else FALLBACK_IMAGES_PER_S."""
+    info = models.model_info(model) if model in models.list_models() else None
+    return info.images_per_s if info is not None and info.images_per_s is not None else FALLBACK_IMAGES_PER_S
 
 
 @dataclass
@@ -46,7 +48,7 @@ class Throughput:
         for key in ((model, dataset), (model, "")):
             if key in self.images_per_s:
                 return self.images_per_s[key], self.source
-        return DEFAULT_IMAGES_PER_S.get(model, FALLBACK_IMAGES_PER_S), DEFAULT_SOURCE
+        return default_images_per_s(model), DEFAULT_SOURCE
 
 
 def _bench_entries(obj: Any) -> Iterable[dict[str, Any]]:
@@ -63,7 +65,7 @@ def _bench_entries(obj: Any) -> Iterable[dict[str, Any]]:
 def load_throughput(bench_dir: Path | None = None) -> Throughput:
     """Training images/s per model from the newest GPU results/bench/*.json (`make bench`: entries with
     `model` and `train_img_s` or `images_per_s`, optionally `dataset`; baseline entries win over
-    others); models it lacks fall back to DEFAULT_IMAGES_PER_S."""
+    others); models it lacks fall back to `default_images_per_s`."""
     # GPU-hours: a CPU measurement (results/bench/cpu.json) says nothing about a GPU's throughput
     bench_dir = BENCH_DIR if bench_dir is None else bench_dir
     files = sorted((p for p in Path(bench_dir).glob("*.json") if p.stem != "cpu"), key=lambda p: p.stat().st_mtime)

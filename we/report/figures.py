@@ -16,20 +16,18 @@ import pandas as pd
 import torch
 
 import models
-from we.core import FLAVOURS, PAPER_DEFAULTS, selection_rate, stage_rate
+from we.core import FLAVOURS, PAPER_DEFAULTS, PAPER_IMAGENET, selection_rate, stage_rate
 from we.errors import CheckpointError
 from we.report.runs import (ALPHA_LABEL, CORE_LABELS, DATASET_ORDER, Run, _hashable, _method_sort_key, load_runs,
                             read_run)
 from we.report.stats import BASELINE, finite, mean_std_n
 from we.rundir import LAST_CHECKPOINT, read_checkpoint, read_metrics, tolerant
 
-# Figure 3's settings (paper Sec. 4.1.2). CIFAR: the WE core's paper defaults. ImageNet: r_hat as for
-# CIFAR, eta and milestones of the authors' ImageNet script (the official variant's "imagenet" flavour),
-# and beta = 2, which the paper states for ImageNet (Sec. 4.1.2) and the core holds nowhere as beta.
+# Figure 3's settings (paper Sec. 4.1.2): the WE core's paper values (we.core.hparams), CIFAR's and
+# ImageNet's; ImageNet's stages start at its learning-rate drops, those of the authors' ImageNet script.
 _SCHEDULE = ("r_hat", "beta", "eta", "milestones")
 SETTINGS_CIFAR = {k: PAPER_DEFAULTS[k] for k in _SCHEDULE}
-SETTINGS_IMAGENET = {**SETTINGS_CIFAR, "beta": 2.0,
-                     "eta": FLAVOURS["imagenet"]["eta"], "milestones": FLAVOURS["imagenet"]["milestones"]}
+SETTINGS_IMAGENET = {**{k: PAPER_IMAGENET[k] for k in _SCHEDULE}, "milestones": FLAVOURS["imagenet"]["milestones"]}
 
 
 def _new_figure(n_panels: int, width: float = 4.2, height: float = 3.2) -> tuple[Any, list[Any]]:

@@ -46,8 +46,9 @@ CORE_KEYS: dict[str, ConfigKey] = {
     "dataset": K(str, "digits", "digits | cifar10 | cifar100 | imagenet | fashion_mnist", choices=DATASETS),
     "data_dir": K(str, "data", "dataset root"),
     "download": K(bool, True, "CIFAR, Fashion-MNIST: download into data_dir where the network allows"),
-    "image_size": K(Optional[int], None, "None: 32 (CIFAR, digits, Fashion-MNIST), 224 (ImageNet), 128 for "
-                    "mobilenetv2_050", minimum=IMAGE_SIZE_RANGE[0], maximum=IMAGE_SIZE_RANGE[1]),
+    "image_size": K(Optional[int], None, "None: 32 (CIFAR, digits, Fashion-MNIST), 224 (ImageNet) or the ImageNet "
+                    "zoo model's input size (models.model_info)", minimum=IMAGE_SIZE_RANGE[0],
+                    maximum=IMAGE_SIZE_RANGE[1]),
     "normalization": K(Optional[str], None, "paper (dataset statistics) | official (the authors' constants)",
                        choices=NORMALIZATIONS),
     "data_path": K(str, "auto", "auto (device on CUDA, loader on CPU) | loader | device",
@@ -104,7 +105,6 @@ RECIPES: dict[tuple[str, str], dict[str, Any]] = {
 RECIPES[("official", "imagenet")] = dict(RECIPES[("paper", "imagenet")])
 
 IMAGE_SIZES = {"digits": 32, "cifar10": 32, "cifar100": 32, "imagenet": 224, "fashion_mnist": 32}
-MODEL_IMAGE_SIZES = {"mobilenetv2_050": 128}  # paper Table 4: MobileNetV2-0.5 at 128x128
 
 # Config key -> the zoo factory option it sets (models/: `init`, `arch`), passed only when "authors".
 MODEL_OPTIONS = {"model_init": "init", "model_arch": "arch"}
@@ -246,8 +246,7 @@ def resolve(cfg: Config) -> Config:
         if values[key] is None:
             values[key] = _copy(default)
     if values["image_size"] is None:
-        values["image_size"] = MODEL_IMAGE_SIZES.get(cfg.model, IMAGE_SIZES[cfg.dataset]) \
-            if family == "imagenet" else IMAGE_SIZES[cfg.dataset]
+        values["image_size"] = default_image_size(cfg.model, cfg.dataset)
     for key, option in MODEL_OPTIONS.items():
         if values[key] is None:  # the authors' model file under their recipe, where the zoo has one
             values[key] = "authors" if cfg.recipe == "official" and _takes(cfg.model, option) else "zoo"
@@ -257,6 +256,14 @@ def resolve(cfg: Config) -> Config:
     check_keys(out, [key for key in values if key not in given])
     check_across_keys(out)
     return out
+
+
+def default_image_size(model: str, dataset: str) -> int:
+    """The input side of a run that gives no image_size: the dataset's, or on ImageNet a zoo model's
+    registered input size (`register_model(input_size=...)`)."""
+    if dataset_family(dataset) == "imagenet" and models.is_zoo(model):
+        return models.model_info(model).input_size
+    return IMAGE_SIZES[dataset]
 
 
 def _takes(model: str, option: str) -> bool:
