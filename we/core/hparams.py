@@ -56,6 +56,7 @@ class HParam:
 
 
 def _increasing(epochs: list[int]) -> Optional[str]:
+    """strictly increasing epochs"""
     if any(b <= a for a, b in zip(epochs, epochs[1:])):
         return f"must be strictly increasing epochs, got {excerpt(epochs)}"
     return None

@@ -160,7 +160,8 @@ class FGMethod(Method):
     name = "fg"
     version = 2  # 2: FG-n networks draw their own batches; FG-1 is internal-filter grafting
     keys = {
-        "fg_n": ConfigKey(int, 2, "networks trained side by side (1: internal-filter grafting in one network)",
+        "fg_n": ConfigKey(int, 2, "networks trained side by side, each on its own data stream (1: internal-filter "
+                          "grafting in one network)",
                           minimum=1),
         "fg_threshold": ConfigKey(float, 0.1, "FG-1: filters with l1 norm below it receive a strong filter",
                                   minimum=0),
@@ -168,8 +169,8 @@ class FGMethod(Method):
                           "[0, 1])", minimum=0, maximum=1),
         "fg_k": ConfigKey(float, 500.0, "k in the same coefficient (the authors' script calls it c)", minimum=0),
         "fg_bins": ConfigKey(int, 10, "histogram bins of the layer entropy H", minimum=2),
-        "fg_lrs": ConfigKey(Optional[list[float]], None, "initial lr of networks 0..n-1 (None: the authors' rule "
-                                                         "from lr)"),
+        "fg_lrs": ConfigKey(Optional[list[float]], None, "initial lr of networks 0..n-1, the first equal to lr "
+                                                         "(None: the authors' rule from lr)"),
     }
     presets = {"fg1": Preset({"fg_n": 1}, "FG-1"), "fg2": Preset({"fg_n": 2}, "FG-2"),
                "fg4": Preset({"fg_n": 4}, "FG-4")}

@@ -169,7 +169,7 @@ class RePrMethod(Method):
     keys = {
         "repr_s1": ConfigKey(int, 20, "epochs of full training per cycle", minimum=0, strict=True),
         "repr_s2": ConfigKey(int, 10, "epochs with the pruned filters held at zero per cycle", minimum=0, strict=True),
-        "repr_p": ConfigKey(float, 0.3, "fraction of the ranked filters pruned"),
+        "repr_p": ConfigKey(float, 0.3, "fraction of the ranked filters pruned, in (0, 1)"),
         "repr_cycles": ConfigKey(int, 0, "at most this many prune/re-init cycles (0: as many as fit)", minimum=0),
     }
     presets = {"repr": Preset(paper="RePr")}

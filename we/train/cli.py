@@ -17,6 +17,7 @@ from we.rundir import LAST_CHECKPOINT
 from we.train.checkpoint import TRUST_FLAG
 from we.train.config import CORE_KEYS, Config, load_config, load_yaml, parse_overrides
 from we.train.interrupt import Interrupted, interrupts_raise
+from we.train.keyref import key_reference
 from we.train.trainer import EXIT_CODES, log, main
 
 
@@ -39,7 +40,12 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument(TRUST_FLAG, action="store_true",
                         help=f"only for a {LAST_CHECKPOINT} you wrote yourself with an earlier version of the suite: load it "
                              "once with full unpickling (which can run code) and rewrite it in the safe format")
+    parser.add_argument("--keys", action="store_true",
+                        help="print the reference of every run key (a Markdown table, docs/keys.md) and exit")
     args = parser.parse_args(argv)
+    if args.keys:
+        print(key_reference(), end="")
+        return 0
     with interrupts_raise():
         try:
             cfg = load_config(args.config, args.overrides)

@@ -30,6 +30,7 @@ IMAGE_SIZE_RANGE = (8, 1024)  # input sizes a run may ask for (ImageNet family; 
 
 
 def _increasing_epochs(epochs: list[int]) -> Optional[str]:
+    """strictly increasing positive epochs"""
     if any(m <= 0 for m in epochs) or epochs != sorted(set(epochs)):
         return f"must be strictly increasing positive epochs, got {excerpt(epochs)}"
     return None
@@ -39,12 +40,12 @@ CORE_KEYS: dict[str, ConfigKey] = {
     # ---- run -------------------------------------------------------------------------------------
     "out": K(str, "results/runs/manual", f"run folder: {CONFIG_FILE}, metrics, {RESULT_FILE}, {LAST_CHECKPOINT}, {BEST_CHECKPOINT}"),
     "seed": K(int, 0, "seeds model init, data order and augmentation", minimum=0, maximum=SEED_MAX),
-    "device": K(str, "auto", "auto | cpu | cuda | cuda:N (several processes: cuda:LOCAL_RANK each)"),
+    "device": K(str, "auto", "auto (CUDA when present) | cpu | cuda | cuda:N (several processes: cuda:LOCAL_RANK each)"),
     "dist_backend": K(str, "auto", "several processes: auto (nccl on CUDA, gloo on CPU) | nccl | gloo",
                       choices=("auto", "nccl", "gloo")),
     # ---- data ------------------------------------------------------------------------------------
     "dataset": K(str, "digits", "digits | cifar10 | cifar100 | imagenet | fashion_mnist", choices=DATASETS),
-    "data_dir": K(str, "data", "dataset root"),
+    "data_dir": K(str, "data", "dataset root (CIFAR downloads here; ImageNet: train/ and val/ class folders)"),
     "download": K(bool, True, "CIFAR, Fashion-MNIST: download into data_dir where the network allows"),
     "image_size": K(Optional[int], None, "None: 32 (CIFAR, digits, Fashion-MNIST), 224 (ImageNet) or the ImageNet "
                     "zoo model's input size (models.model_info)", minimum=IMAGE_SIZE_RANGE[0],
