@@ -83,7 +83,7 @@ def test_oni_iters_beyond_the_float32_range_are_refused():
     with pytest.raises(ConfigError, match="oni_iters.*at most 6"):
         load_config(None, ["method=oni", "oni_iters=7"])
     torch.manual_seed(0)
-    # T = 6, the largest allowed, stays within 3e-5 of float64 (the README's bound) on the zoo's group
+    # T = 6, the largest allowed, stays within 3e-5 of float64 (docs/methods.md's bound) on the zoo's group
     # shapes: square 1x1 groups (the worst case of Newton's iteration), 3x3 filter groups, few wide filters
     for shape in [(64, 64, 1, 1), (16, 16, 3, 3), (64, 32, 3, 3), (64, 64, 3, 3), (10, 3, 7, 7)]:
         w = torch.randn(shape)

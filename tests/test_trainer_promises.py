@@ -98,10 +98,10 @@ def test_best_pt_holds_an_early_best_epoch_as_evaluated_before_wes_step(tmp_path
     assert any(not torch.equal(best["model"][k], v) for k, v in evolved[0].items())  # not the evolved weights
 
 
-def test_the_readme_names_every_status_result_json_can_hold():
+def test_the_trainer_docs_name_every_status_result_json_can_hold():
     import re
 
-    row = next(ln for ln in (Path(__file__).parent.parent / "README.md").read_text().splitlines()
+    row = next(ln for ln in (Path(__file__).parent.parent / "docs" / "trainer.md").read_text().splitlines()
                if ln.startswith("| `result.json` |"))
     listed = set(re.findall(r"\b(complete|diverged|failed|interrupted|running)\b", row.split("),")[0]))
     assert listed == set(trainer.EXIT_CODES) | {"interrupted"}, row  # interrupted exits 128 + the signal

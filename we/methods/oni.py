@@ -136,7 +136,7 @@ class ONIMethod(Method):
         "oni_skip_shortcut": ConfigKey(Optional[bool], None, "leave the 1x1 convs of residual shortcuts plain "
                                        "(None: False on CIFAR, True on ImageNet)"),
         "oni_eps": ConfigKey(float, 1e-5, "added to the diagonal of S = Zc Zc^T", minimum=0),
-        "oni_scale": ConfigKey(bool, True, "learnable per-channel scale (False: a fixed buffer)"),
+        "oni_scale": ConfigKey(bool, True, "learnable per-channel scale (False: a buffer fixed at oni_scale_init)"),
         "oni_scale_init": ConfigKey(float, 1.414, "initial scale (the authors' NScale, sqrt 2)", minimum=0,
                                     strict=True),
     }

@@ -40,7 +40,8 @@ CORE_KEYS: dict[str, ConfigKey] = {
     # ---- run -------------------------------------------------------------------------------------
     "out": K(str, "results/runs/manual", f"run folder: {CONFIG_FILE}, metrics, {RESULT_FILE}, {LAST_CHECKPOINT}, {BEST_CHECKPOINT}"),
     "seed": K(int, 0, "seeds model init, data order and augmentation", minimum=0, maximum=SEED_MAX),
-    "device": K(str, "auto", "auto (CUDA when present) | cpu | cuda | cuda:N (several processes: cuda:LOCAL_RANK each)"),
+    "device": K(str, "auto", "auto (CUDA when present) | cpu | cuda | cuda:N (several processes: "
+                  "cuda:LOCAL_RANK each)"),
     "dist_backend": K(str, "auto", "several processes: auto (nccl on CUDA, gloo on CPU) | nccl | gloo",
                       choices=("auto", "nccl", "gloo")),
     # ---- data ------------------------------------------------------------------------------------
@@ -52,9 +53,10 @@ CORE_KEYS: dict[str, ConfigKey] = {
                     maximum=IMAGE_SIZE_RANGE[1]),
     "normalization": K(Optional[str], None, "paper (dataset statistics) | official (the authors' constants)",
                        choices=NORMALIZATIONS),
-    "data_path": K(str, "auto", "auto (device on CUDA, loader on CPU) | loader | device",
+    "data_path": K(str, "auto", "auto (device on CUDA, loader on CPU) | loader (DataLoader) | device (the whole "
+                   "set on the device, batched augmentation)",
                    choices=("auto", "loader", "device")),
-    "workers": K(int, 2, "DataLoader worker processes (loader path)", minimum=0),
+    "workers": K(int, 2, "DataLoader worker processes (loader path), kept for the whole run", minimum=0),
     "limit_train": K(int, 0, "keep only the first N training images (0: all); for smoke runs", minimum=0),
     # ---- model and method ------------------------------------------------------------------------
     "model": K(str, "resnet20", "a zoo model (models.list_models()) | timm:<name> | <module>:<callable>"),
