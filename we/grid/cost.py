@@ -19,7 +19,7 @@ from we.files import REPO_ROOT
 from we.grid.identity import Cell
 from we.grid.schema import display_path
 from we.methods import METHODS, cost_factor
-from we.train.datasets import TRAIN_IMAGES
+from we.train.datasets import DATASET_SPECS
 
 FALLBACK_IMAGES_PER_S = 5_000.0  # a model that neither results/bench/ nor the zoo gives a throughput for
 BENCH_DIR = REPO_ROOT / "results" / "bench"
@@ -92,9 +92,10 @@ def load_throughput(bench_dir: Path | None = None) -> Throughput:
 def train_images(cell: Cell) -> int:
     """Training images per epoch of a cell (limit_train, else the dataset's training set)."""
     cfg = cell.config
-    images = cfg["limit_train"] or TRAIN_IMAGES.get(cfg["dataset"], 50_000)
-    if cfg["dataset"] != "imagenet":
-        images = min(images, TRAIN_IMAGES.get(cfg["dataset"], images))
+    spec = DATASET_SPECS[cfg["dataset"]]
+    images = cfg["limit_train"] or spec.train_images
+    if not spec.sized_on_disk:  # limit_train never exceeds the set; an ImageNet copy may be larger
+        images = min(images, spec.train_images)
     return int(images)
 
 

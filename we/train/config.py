@@ -20,7 +20,7 @@ from we.files import read_yaml
 from we.keys import BadValue, excerpt
 from we.methods import METHODS, ConfigKey, method_keys
 from we.rundir import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, RESULT_FILE
-from we.train.datasets import DATASETS, NORMALIZATIONS, TRAIN_IMAGES
+from we.train.datasets import DATASETS, NORMALIZATIONS, dataset_family, dataset_spec
 from we.train.loggers import LOGGERS, check_loggers
 
 K = ConfigKey
@@ -45,7 +45,7 @@ CORE_KEYS: dict[str, ConfigKey] = {
     "dist_backend": K(str, "auto", "several processes: auto (nccl on CUDA, gloo on CPU) | nccl | gloo",
                       choices=("auto", "nccl", "gloo")),
     # ---- data ------------------------------------------------------------------------------------
-    "dataset": K(str, "digits", "digits | cifar10 | cifar100 | imagenet | fashion_mnist", choices=DATASETS),
+    "dataset": K(str, "digits", " | ".join(DATASETS), choices=DATASETS),
     "data_dir": K(str, "data", "dataset root (CIFAR downloads here; ImageNet: train/ and val/ class folders)"),
     "download": K(bool, True, "CIFAR, Fashion-MNIST: download into data_dir where the network allows"),
     "image_size": K(Optional[int], None, "None: 32 (CIFAR, digits, Fashion-MNIST), 224 (ImageNet) or the ImageNet "
@@ -107,7 +107,6 @@ RECIPES: dict[tuple[str, str], dict[str, Any]] = {
 }
 RECIPES[("official", "imagenet")] = dict(RECIPES[("paper", "imagenet")])
 
-IMAGE_SIZES = {"digits": 32, "cifar10": 32, "cifar100": 32, "imagenet": 224, "fashion_mnist": 32}
 
 # Config key -> the zoo factory option it sets (models/: `init`, `arch`), passed only when "authors".
 MODEL_OPTIONS = {"model_init": "init", "model_arch": "arch"}
@@ -118,7 +117,6 @@ IDENTITY_DEFAULTS = {"model_init": "zoo", "model_arch": "zoo"}
 # interrupted run and its resumption, and they are not part of a run's identity.
 RESULT_NEUTRAL_KEYS = ("out", "device", "data_dir", "download", "workers", "progress", "dist_backend", "loggers")
 
-assert set(TRAIN_IMAGES) == set(IMAGE_SIZES) == set(DATASETS)
 
 
 def config_keys() -> dict[str, ConfigKey]:
@@ -165,11 +163,6 @@ class Config:
 
 def _copy(value: Any) -> Any:
     return list(value) if isinstance(value, list) else value
-
-
-def dataset_family(dataset: str) -> str:
-    """'imagenet' for ImageNet, else 'cifar' (CIFAR-10/100 and the 32x32 digits and Fashion-MNIST sets)."""
-    return "imagenet" if dataset == "imagenet" else "cifar"
 
 
 def _parse(key: str, spec: ConfigKey, value: Any) -> Any:
@@ -266,7 +259,7 @@ def default_image_size(model: str, dataset: str) -> int:
     registered input size (`register_model(input_size=...)`)."""
     if dataset_family(dataset) == "imagenet" and models.is_zoo(model):
         return models.model_info(model).input_size
-    return IMAGE_SIZES[dataset]
+    return dataset_spec(dataset).image_size
 
 
 def _takes(model: str, option: str) -> bool:
@@ -320,8 +313,8 @@ def check_registries(cfg: Config) -> None:
 def check_across_keys(cfg: Config) -> None:
     """The checks of a resolved config that involve several keys (the core's, then each plug-in's)."""
     _check_model_options(cfg)
-    if dataset_family(cfg.dataset) != "imagenet" and cfg.image_size != IMAGE_SIZES[cfg.dataset]:
-        size = IMAGE_SIZES[cfg.dataset]
+    if dataset_family(cfg.dataset) != "imagenet" and cfg.image_size != dataset_spec(cfg.dataset).image_size:
+        size = dataset_spec(cfg.dataset).image_size
         raise ConfigError(f"config key 'image_size': {cfg.dataset} images are {size} pixels square; image_size "
                           f"must be {size} (or left out), got {cfg.image_size!r}")
     for cls in METHODS.values():
