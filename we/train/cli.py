@@ -1,4 +1,5 @@
-"""`python -m we.train [--config FILE] [key=value ...]`: one run from the command line.
+"""`python -m we.train [--config FILE] [key=value ...]`: one run from the command line (`--keys`: the reference
+of every run key, docs/keys.md, printed as a Markdown table).
 
 Exit codes: 0 complete, 1 failed (the error is in result.json and on one line here), 2 bad config
 (one line naming the key; a run of the recipe's full length without `out` is one) or a refused checkpoint (one line naming the file; nothing written), 3 diverged,
