@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
-from we.core.checks import INTERVAL_UNITS, LEVELS, MATCHINGS, SELECTIONS, VARIANTS
+from we.core.checks import INTERVAL_UNITS, KINDS, LEVELS, MATCHINGS, SELECTIONS, VARIANTS
 from we.core.evolution import WeightEvolution
 from we.errors import ConfigError
 from we.methods.base import ConfigKey, Method, Preset, TrainContext
@@ -11,6 +11,8 @@ from we.methods.base import ConfigKey, Method, Preset, TrainContext
 # The authors' step (we_variant official) has fixed behaviour; only we_conv / we_bn switch it, and
 # we_interval / we_interval_unit schedule it as they schedule the paper's step.
 OFFICIAL_FIXED = ("we_r_hat", "we_gamma", "we_matching", "we_selection", "we_alpha", "we_level")
+# The metrics column of each kind's evolved units in an epoch's row (summed over the epoch's steps).
+COUNT_COLUMNS: dict[str, str] = {kind: f"we_{kind}" for kind in KINDS}
 
 
 def stage_starts(values: dict[str, Any]) -> list[int]:
@@ -110,7 +112,8 @@ class WEMethod(Method):
             self._pending = None
 
     def after_optimizer_step(self, ctx: TrainContext, iteration: int, epoch: int) -> dict[str, float] | None:
-        return self.evolution.step_iteration(iteration, epoch, sync=False)  # counts stay on the device
+        counts = self.evolution.step_iteration(iteration, epoch, sync=False)  # counts stay on the device
+        return None if counts is None else {COUNT_COLUMNS[k]: v for k, v in counts.items()}
 
     def on_epoch_end(self, ctx: TrainContext, epoch: int, last: bool) -> dict[str, float]:
         if last:  # nothing trains after the last epoch: the reported model is the evaluated one
@@ -122,7 +125,7 @@ class WEMethod(Method):
             rates = {f"we_rate_{k}": r for k, r in self.evolution.official.rates(epoch).items()}
         else:
             rates = {"we_rate": self.evolution.rate(epoch)}
-        return {**rates, **{f"we_{k}": v for k, v in counts.items()}}
+        return {**rates, **{COUNT_COLUMNS[k]: v for k, v in counts.items()}}
 
     def state_dict(self) -> dict[str, Any]:
         return self.evolution.state_dict() if self.evolution is not None else (self._pending or {})
