@@ -30,10 +30,11 @@ DEFAULT_IMAGES_PER_S: dict[str, float] = {
 FALLBACK_IMAGES_PER_S = 5_000.0
 BENCH_DIR = REPO_ROOT / "results" / "bench"
 CPU_BENCH = "cpu.json"  # `make bench` on a machine without a GPU: its training images/s on that CPU
-# A cell's wall time besides its training images: the process start, the data set-up, the evaluations and
-# checkpoints of its epochs. On the idle 2-core CPU of results/bench/cpu.json six 5-epoch ResNet-20 cells
-# on digits took 131 s, 89 s of it at the bench's training images/s: 7 s per cell, rounded up.
-CELL_OVERHEAD_S = 8.0
+# A cell's wall time besides its training images at the bench's images/s: the process start, the data
+# set-up, the evaluations and checkpoints, smaller batches than the bench's 128. On the idle 2-core CPU of
+# results/bench/cpu.json a demo cell (ResNet-20, 5 digits epochs of 1437 images, batch 64) takes about 29 s:
+# 4.4 s of training and 0.4 s of evaluation an epoch, 5 s to start; 15 s of it at the bench's images/s.
+CELL_OVERHEAD_S = 14.0
 DEFAULT_SOURCE = "default table in we/grid/cost.py (not a measurement)"
 # The local executor refuses, on a machine without a GPU and without --allow-cpu-marathon, to start
 # cells that together train on more than this many 32x32-image passes (epochs x training images x
