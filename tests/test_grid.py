@@ -103,7 +103,8 @@ def test_figure_and_demo_grids():
     fig5 = {(s.labels["dataset"], s.labels["model"], s.labels["method"]) for s in expand(load_grid("figure5"))}
     assert fig5 == paper_rows()[2]
     demo = expand(load_grid("demo"))
-    assert sorted({s.labels["method"] for s in demo}) == ["baseline", "we", "we_official"] and len(demo) == 6
+    assert sorted({s.labels["method"] for s in demo}) == ["baseline", "we", "we_gamma_0.9", "we_official"]
+    assert len(demo) == 8 and {s.values["we_gamma"] for s in demo if s.labels["method"] == "we_gamma_0.9"} == {0.9}
 
 
 def test_proxy_grid(tmp_path: Path):

@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None, collect: Collect | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.command == "plan":
-        plan(grid, cells, root, reuse, show_cells=args.cells, root_rule=rule)
+        plan(grid, cells, root, reuse, show_cells=args.cells, root_rule=rule, executor=args.executor)
         return 0
     if args.command == "status":
         states = status(grid, cells, root, reuse)

@@ -23,12 +23,17 @@ from we.train.datasets import DATASET_SPECS
 
 FALLBACK_IMAGES_PER_S = 5_000.0  # a model that neither results/bench/ nor the zoo gives a throughput for
 BENCH_DIR = REPO_ROOT / "results" / "bench"
+CPU_BENCH = "cpu.json"  # `make bench` on a machine without a GPU: its training images/s on that CPU
+# A cell's wall time besides its training images at the bench's images/s: the process start, the data
+# set-up, the evaluations and checkpoints, smaller batches than the bench's 128. On the idle 2-core CPU of
+# results/bench/cpu.json a demo cell (ResNet-20, 5 digits epochs of 1437 images, batch 64) takes about 29 s:
+# 4.4 s of training and 0.4 s of evaluation an epoch, 5 s to start; 15 s of it at the bench's images/s.
+CELL_OVERHEAD_S = 14.0
 DEFAULT_SOURCE = "the zoo's default throughputs (register_model in models/; not a measurement)"
-
 # The local executor refuses, on a machine without a GPU and without --allow-cpu-marathon, to start
 # cells that together train on more than this many 32x32-image passes (epochs x training images x
 # method cost factor, an ImageNet image counting (image_size/32)^2): 40 epochs of full CIFAR, hours
-# on a CPU. `make demo` (digits, 5 epochs, 6 cells) is about 43,000.
+# on a CPU. `make demo` (digits, 5 epochs, 8 cells) is about 57,000.
 CPU_MARATHON_IMAGES = 2_000_000
 
 
@@ -68,7 +73,7 @@ def load_throughput(bench_dir: Path | None = None) -> Throughput:
     others); models it lacks fall back to `default_images_per_s`."""
     # GPU-hours: a CPU measurement (results/bench/cpu.json) says nothing about a GPU's throughput
     bench_dir = BENCH_DIR if bench_dir is None else bench_dir
-    files = sorted((p for p in Path(bench_dir).glob("*.json") if p.stem != "cpu"), key=lambda p: p.stat().st_mtime)
+    files = sorted((p for p in Path(bench_dir).glob("*.json") if p.name != CPU_BENCH), key=lambda p: p.stat().st_mtime)
     if not files:
         return Throughput({}, DEFAULT_SOURCE)
     newest = files[-1]
@@ -87,6 +92,30 @@ def load_throughput(bench_dir: Path | None = None) -> Throughput:
         table.setdefault((entry["model"], ""), float(ips))
     device = data.get("header", {}).get("device") if isinstance(data, dict) else None
     return Throughput(table, display_path(newest) + (f" ({device})" if device else ""))
+
+
+def load_cpu_throughput(bench_dir: Path | None = None) -> Throughput | None:
+    """Training images/s per model on the CPU of results/bench/cpu.json (`make bench` without a GPU), with
+    its core count in the source; None when there is no readable CPU bench."""
+    path = Path(BENCH_DIR if bench_dir is None else bench_dir) / CPU_BENCH
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    table = {(e["model"], ""): float(e["train_img_s"]) for e in _bench_entries(data)
+             if isinstance(e.get("train_img_s"), (int, float)) and e["train_img_s"] > 0}
+    header = data.get("header", {}) if isinstance(data, dict) else {}
+    cores = (header.get("hardware") or {}).get("cpu_count")
+    where = ", ".join(str(v) for v in (f"{cores} cores" if cores else None, header.get("date")) if v)
+    return Throughput(table, display_path(path) + (f" ({where})" if where else "")) if table else None
+
+
+def wall_seconds(cell: Cell, throughput: Throughput) -> float:
+    """Estimated wall time of one cell on one device of `throughput`: its training images over the run, times
+    the method's cost factor, / the device's images per second, plus CELL_OVERHEAD_S."""
+    cfg = cell.config
+    ips, _ = throughput.lookup(cfg["model"], cfg["dataset"])
+    return cfg["epochs"] * train_images(cell) * cost_factor(cfg) / ips + CELL_OVERHEAD_S
 
 
 def train_images(cell: Cell) -> int:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from we.core.checks import VARIANTS
+from we.core.checks import KINDS, VARIANTS
 from we.core.evolution import SCHEDULE_KEYS, WeightEvolution
 from we.core.hparams import HPARAMS, HParam
 from we.core.official import SWITCHES
@@ -35,6 +35,8 @@ def config_key(h: HParam) -> ConfigKey:
 # The keys that have no effect with we_variant official (their fixed default is the only value allowed there).
 OFFICIAL_FIXED = tuple(h.config_key for name, h in HPARAMS.items()
                        if name not in OFFICIAL_TAKES and not filled_at_resolution(h))
+# The metrics column of each kind's evolved units in an epoch's row (summed over the epoch's steps).
+COUNT_COLUMNS: dict[str, str] = {kind: f"we_{kind}" for kind in KINDS}
 
 
 def stage_starts(values: dict[str, Any]) -> list[int]:
@@ -110,7 +112,8 @@ class WEMethod(Method):
             self._pending = None
 
     def after_optimizer_step(self, ctx: TrainContext, iteration: int, epoch: int) -> dict[str, float] | None:
-        return self.evolution.step_iteration(iteration, epoch, sync=False)  # counts stay on the device
+        counts = self.evolution.step_iteration(iteration, epoch, sync=False)  # counts stay on the device
+        return None if counts is None else {COUNT_COLUMNS[k]: v for k, v in counts.items()}
 
     def on_epoch_end(self, ctx: TrainContext, epoch: int, last: bool) -> dict[str, float]:
         if last:  # nothing trains after the last epoch: the reported model is the evaluated one
@@ -122,7 +125,7 @@ class WEMethod(Method):
             rates = {f"we_rate_{k}": r for k, r in self.evolution.official.rates(epoch).items()}
         else:
             rates = {"we_rate": self.evolution.rate(epoch)}
-        return {**rates, **{f"we_{k}": v for k, v in counts.items()}}
+        return {**rates, **{COUNT_COLUMNS[k]: v for k, v in counts.items()}}
 
     def state_dict(self) -> dict[str, Any]:
         return self.evolution.state_dict() if self.evolution is not None else (self._pending or {})
