@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 import models
-from we.bench.timing import _sync, sgd_step
+from we.bench.timing import sync_device, sgd_step
 from we.train.datasets import DigitsDataset, load_cifar, dataset_info
 from we.train.fashion_mnist import FashionMNISTDataset
 from we.train.pipeline import build_data
@@ -83,11 +83,11 @@ def bench_paths(name: str, device: torch.device, dataset: str, data_dir: str, ba
         for label, pipe in pipes.items():
             for _ in range(2):
                 train_step(pipe)
-            _sync(device)
+            sync_device(device)
             t0 = time.perf_counter()
             for _ in range(steps):
                 train_step(pipe)
-            _sync(device)
+            sync_device(device)
             rates[label].append(steps * batch / (time.perf_counter() - t0))
     for label in paths:
         row[f"{label}_img_s"] = statistics.median(rates[label])

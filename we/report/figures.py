@@ -18,7 +18,7 @@ import torch
 import models
 from we.core import FLAVOURS, PAPER_DEFAULTS, PAPER_IMAGENET, selection_rate, stage_rate
 from we.errors import CheckpointError
-from we.report.runs import (ALPHA_LABEL, CORE_LABELS, DATASET_ORDER, Run, _hashable, _method_sort_key,
+from we.report.runs import (ALPHA_LABEL, CORE_LABELS, DATASET_ORDER, Run, hashable_label, method_sort_key,
                             evolution_of, load_runs, read_run)
 from we.report.stats import BASELINE, finite, mean_std_n
 from we.rundir import LAST_CHECKPOINT, read_checkpoint, read_metrics, tolerant
@@ -62,7 +62,7 @@ def _panel_key(r: Run) -> tuple[str, str]:
 def _varying_axes(runs: list[Run]) -> list[str]:
     """Label axes other than dataset, model, method and seed that take more than one value."""
     keys = sorted({k for r in runs for k in r.labels if k not in CORE_LABELS})
-    return [k for k in keys if len({_hashable(r.labels.get(k)) for r in runs}) > 1]
+    return [k for k in keys if len({hashable_label(r.labels.get(k)) for r in runs}) > 1]
 
 
 def _panel_rank(key: tuple[str, str]) -> tuple:
@@ -142,7 +142,7 @@ def _draw_panel(ax: Any, by_method: dict[str, list[pd.Series]], lr: Optional[pd.
     from matplotlib.patches import Patch
     from matplotlib.ticker import MaxNLocator
 
-    methods = sorted(by_method, key=lambda m: (_method_sort_key(m.split(",")[0], []), m))
+    methods = sorted(by_method, key=lambda m: (method_sort_key(m.split(",")[0], []), m))
     stats = {}
     for i, method in enumerate(methods):
         frame = pd.concat(by_method[method], axis=1)

@@ -47,7 +47,7 @@ class Run:
         return self.status == "complete" and finite(self.result.get("final_top1"))
 
 
-def _hashable(v: Any) -> Any:
+def hashable_label(v: Any) -> Any:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
     if isinstance(v, (str, int, float, bool)):
@@ -55,7 +55,7 @@ def _hashable(v: Any) -> Any:
     return json.dumps(v, sort_keys=True)
 
 
-def _method_sort_key(method: str, paper_methods: list[str]) -> tuple:
+def method_sort_key(method: str, paper_methods: list[str]) -> tuple:
     if method == BASELINE:
         return (0, 0, 0.0, method)
     m = ALPHA_LABEL.match(method)

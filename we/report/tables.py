@@ -19,7 +19,7 @@ import pandas as pd
 from we.files import REPO_ROOT
 from we.report.figures import figure_alpha, figure_convergence
 from we.report.paper_layout import PAPER_RUNS, figure_vs_paper, layout_latex, layout_markdown, paper_layout
-from we.report.runs import (CORE_LABELS, DATASET_ORDER, JobState, Run, _hashable, _method_sort_key,
+from we.report.runs import (CORE_LABELS, DATASET_ORDER, JobState, Run, hashable_label, method_sort_key,
                             grid_run_folders, problems, read_run, run_evolution)
 from we.report.stats import BASELINE, baseline_group, finite, mean_std_n, welch_p
 from we.report.text import latex, markdown, markdown_code
@@ -78,7 +78,7 @@ def summarize_runs(runs: list[Run], paper: pd.DataFrame, table: Optional[int] = 
     """One row per (dataset, model, other varying axes, method label) with statistics and paper numbers."""
     records = []
     for r in runs:
-        rec = {k: _hashable(v) for k, v in r.labels.items() if k != "seed"}
+        rec = {k: hashable_label(v) for k, v in r.labels.items() if k != "seed"}
         for k in ("dataset", "model", "method"):
             rec.setdefault(k, "?")
         rec["_run"] = r
@@ -113,7 +113,7 @@ def summarize_runs(runs: list[Run], paper: pd.DataFrame, table: Optional[int] = 
     ds_rank = _order(df.dataset, DATASET_ORDER)
     model_rank = _order(df.model, paper_models)
     sort_keys = [(ds_rank[r["dataset"]], model_rank[r["model"]], *[str(r[k]) for k in extra],
-                  _method_sort_key(str(r["method"]), paper_methods)) for r in rows]
+                  method_sort_key(str(r["method"]), paper_methods)) for r in rows]
     df = df.iloc[sorted(range(len(rows)), key=sort_keys.__getitem__)].reset_index(drop=True)
     df.attrs["axes"] = keys
     return df
