@@ -20,11 +20,13 @@ import we.train.pipeline as pipeline
 from we.errors import ConfigError
 from we.rundir import read_checkpoint, read_metrics, read_result
 from we.train.array_run import train_array
+from we.train.cli import cli
 from we.train.config import load_config
 from we.train.interrupt import Interrupted
 from we.train.trainer import TIMING_KEYS, main
 
 MODEL = "array_test_cnn"
+NORMALIZE = pipeline._normalize_uint8  # the pipeline's own (float32)
 TINY = ["dataset=digits", f"model={MODEL}", "limit_train=64", "batch_size=32", "workers=0", "progress=plain",
         "data_path=device", "epochs=3", "lr=0.05", "lr_milestones=[2]"]
 SEEDS = (0, 1, 2)
@@ -220,3 +222,24 @@ def test_a_method_that_cannot_join_says_why(tmp_path):
     cfgs = [load_config(None, TINY + ["method=rl", f"seed={s}", f"out={tmp_path}/s{s}"]) for s in SEEDS]
     with pytest.raises(ConfigError, match="cannot train in a seed array"):
         train_array(cfgs)
+
+
+def test_the_command_line_trains_seeds_as_one_array(tmp_path, capsys):
+    args = TINY + CASES["we_paper"] + ["epochs=1", "seeds=[3,4]"]
+    assert cli(args + [f"out={tmp_path}/r"]) == 2
+    assert "put {seed} in it" in capsys.readouterr().err and not any(tmp_path.iterdir())
+    assert cli(args + [f"out={tmp_path}/r-s{{seed}}"]) == 0
+    results = [read_result(tmp_path / f"r-s{s}") for s in (3, 4)]
+    assert [(r["status"], r["seed"], r["array"]["position"]) for r in results] == [("complete", 3, 0), ("complete", 4, 1)]
+
+
+def test_in_float32_the_first_epoch_agrees_to_float_tolerance(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "_normalize_uint8", NORMALIZE)
+    torch.set_default_dtype(torch.float32)  # the fixture restores float64's predecessor afterwards
+    solo = [main(cfg) for cfg in configs(tmp_path / "solo", "we_paper", extra=["epochs=1"])]
+    array = train_array(configs(tmp_path / "array", "we_paper", extra=["epochs=1"]))
+    assert read_checkpoint(tmp_path / "array" / "s0" / "last.pt")["model"]["1.weight"].dtype == torch.float32
+    for seed, a, b in zip(SEEDS, solo, array):
+        assert a["status"] == b["status"] == "complete"
+        assert metric_difference(metric_rows(tmp_path / "solo" / f"s{seed}"),
+                                 metric_rows(tmp_path / "array" / f"s{seed}")) <= 1e-4

@@ -44,7 +44,8 @@ from we.rundir import (LAST_CHECKPOINT, best_row, remove_stale_temps, summarize,
                        write_result)
 from we.train.checkpoint import (promote_best, rng_state, save_checkpoint, seed_everything, set_rng_state,
                                  settle_best, stage_best)
-from we.train.config import RESULT_NEUTRAL_KEYS, Config, config_diff, model_options, to_dict
+from we.train.config import (RESULT_NEUTRAL_KEYS, Config, config_diff, load_config, load_yaml, model_options,
+                             parse_overrides, to_dict)
 from we.train.distributed import SINGLE, launch_env
 from we.train.interrupt import Interrupted, held
 from we.train.loggers import RunLoggers
@@ -81,6 +82,21 @@ def check_array(cfgs: list[Config]) -> None:
         raise ConfigError(f"config key 'method': {cfg.method} cannot train in a seed array ({reason}); train solo")
     if launch_env()[1] > 1:
         raise ConfigError("config key 'seeds': seed arrays train in one process; launch them without torchrun")
+
+
+def array_configs(path: str | None, overrides: list[str], seeds: Any) -> list[Config]:
+    """The configs of `python -m we.train ... seeds=[0,1,2] out=DIR/s{seed}`: one per seed, `out` formatted with it."""
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                           for s in seeds):
+        raise ConfigError(f"config key 'seeds': a non-empty list of int seeds, e.g. seeds=[0,1,2], got {seeds!r}")
+    given = {**(load_yaml(path) if path else {}), **parse_overrides(overrides)}
+    if "seed" in given:
+        raise ConfigError("config key 'seed': give either seed or seeds, not both")
+    out = str(given.get("out", ""))
+    if "{seed}" not in out:
+        raise ConfigError(f"config key 'out': a seed array writes one folder per seed; put {{seed}} in it, "
+                          f"e.g. out=results/runs/resnet20-we-s{{seed}}, got {out!r}")
+    return [load_config(path, [*overrides, f"seed={s}", f"out={out.replace('{seed}', str(s))}"]) for s in seeds]
 
 
 def train_array(cfgs: list[Config], trust_checkpoint: bool = False) -> list[dict[str, Any]]:
