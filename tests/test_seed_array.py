@@ -18,10 +18,11 @@ import models
 import we.train.array_run as array_run
 import we.train.pipeline as pipeline
 from we.errors import ConfigError
-from we.rundir import read_checkpoint, read_metrics, read_result
+from we.grid.worker import run_cells
+from we.rundir import read_checkpoint, read_metrics, read_result, write_cell
 from we.train.array_run import train_array
 from we.train.cli import cli
-from we.train.config import load_config
+from we.train.config import load_config, to_dict
 from we.train.interrupt import Interrupted
 from we.train.trainer import TIMING_KEYS, main
 
@@ -45,8 +46,13 @@ def _tiny_cnn(num_classes: int = 10, image_size: int = 32) -> nn.Module:
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
 
 
+def _tiny_cnn_with_dropout(num_classes: int = 10, image_size: int = 32) -> nn.Module:
+    return nn.Sequential(_tiny_cnn(num_classes), nn.Dropout(0.5))
+
+
 if MODEL not in models.list_models():
     models.register_model("cifar", name=MODEL)(_tiny_cnn)
+    models.register_model("cifar", name=f"{MODEL}_dropout")(_tiny_cnn_with_dropout)
 
 
 @pytest.fixture(autouse=True)
@@ -218,6 +224,13 @@ def test_runs_that_cannot_fuse_are_refused_with_the_key(tmp_path, change, key):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+def test_a_model_with_dropout_is_refused_before_anything_is_written(tmp_path):
+    cfgs = configs(tmp_path, "baseline", extra=[f"model={MODEL}_dropout"])
+    with pytest.raises(ConfigError, match="'model'.*dropout"):
+        train_array(cfgs)
+    assert not any(tmp_path.iterdir())
+
+
 def test_a_method_that_cannot_join_says_why(tmp_path):
     cfgs = [load_config(None, TINY + ["method=rl", f"seed={s}", f"out={tmp_path}/s{s}"]) for s in SEEDS]
     with pytest.raises(ConfigError, match="cannot train in a seed array"):
@@ -243,3 +256,11 @@ def test_in_float32_the_first_epoch_agrees_to_float_tolerance(tmp_path, monkeypa
         assert a["status"] == b["status"] == "complete"
         assert metric_difference(metric_rows(tmp_path / "solo" / f"s{seed}"),
                                  metric_rows(tmp_path / "array" / f"s{seed}")) <= 1e-4
+
+
+def test_a_worker_trains_a_configs_cells_as_one_array(tmp_path):
+    cfgs = configs(tmp_path, "baseline", seeds=(5, 6), extra=["epochs=1"])
+    for cfg in cfgs:
+        write_cell(Path(cfg.out), {"config": to_dict(cfg)})
+    assert run_cells([cfg.out for cfg in cfgs]) == 0
+    assert [read_result(Path(cfg.out))["array"]["position"] for cfg in cfgs] == [0, 1]

@@ -38,66 +38,21 @@ from typing import Any
 import torch
 
 import models
-from we.errors import ConfigError
-from we.methods import METHODS, TrainContext, create_method, method_version
+from we.methods import TrainContext, create_method, method_version
 from we.rundir import (LAST_CHECKPOINT, best_row, remove_stale_temps, summarize, write_config, write_metrics,
                        write_result)
 from we.train.checkpoint import (promote_best, rng_state, save_checkpoint, seed_everything, set_rng_state,
                                  settle_best, stage_best)
-from we.train.config import (RESULT_NEUTRAL_KEYS, Config, config_diff, load_config, load_yaml, model_options,
-                             parse_overrides, to_dict)
-from we.train.distributed import SINGLE, launch_env
+from we.train.array_config import check_array
+from we.train.config import Config, model_options, to_dict
+from we.train.distributed import SINGLE
 from we.train.interrupt import Interrupted, held
 from we.train.loggers import RunLoggers
 from we.train.optim import build_optimizer, build_scheduler, evaluate
 from we.train.pipeline import build_data
 from we.train.provenance import provenance
-from we.train.seed_array import SeedArray, has_random_layers
+from we.train.seed_array import SeedArray
 from we.train.trainer import _open_run_folder, log, main as train_solo, resolve_device, saved_history
-
-SPEED_KEYS = ("amp", "channels_last", "compile")  # not fused: refused for arrays
-
-
-def check_array(cfgs: list[Config]) -> None:
-    """A ConfigError (one line, naming the key) unless `cfgs` can train as one array."""
-    if len(cfgs) < 1:
-        raise ConfigError("an array needs at least one run")
-    first = to_dict(cfgs[0])
-    for cfg in cfgs[1:]:
-        diff = config_diff(first, to_dict(cfg), ignore=(*RESULT_NEUTRAL_KEYS, "seed"))
-        diff.sort(key=list(first).index)  # the config's own order: a key one sets (lr) before one derived from it
-        if diff:
-            raise ConfigError(f"config key {diff[0]!r}: the runs of an array may differ only in seed "
-                              f"(and {', '.join(RESULT_NEUTRAL_KEYS)})")
-    for key in ("seed", "out"):
-        values = [str(getattr(c, key)) for c in cfgs]
-        if len(set(values)) != len(values):
-            raise ConfigError(f"config key {key!r}: the runs of an array need distinct values, got {values}")
-    cfg = cfgs[0]
-    for key in SPEED_KEYS:
-        if getattr(cfg, key):
-            raise ConfigError(f"config key {key!r}: not available for seed arrays; set {key}=false or train solo")
-    reason = METHODS[cfg.method].array_reason
-    if reason is not None:
-        raise ConfigError(f"config key 'method': {cfg.method} cannot train in a seed array ({reason}); train solo")
-    if launch_env()[1] > 1:
-        raise ConfigError("config key 'seeds': seed arrays train in one process; launch them without torchrun")
-
-
-def array_configs(path: str | None, overrides: list[str], seeds: Any) -> list[Config]:
-    """The configs of `python -m we.train ... seeds=[0,1,2] out=DIR/s{seed}`: one per seed, `out` formatted with it."""
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                           for s in seeds):
-        raise ConfigError(f"config key 'seeds': a non-empty list of int seeds, e.g. seeds=[0,1,2], got {seeds!r}")
-    given = {**(load_yaml(path) if path else {}), **parse_overrides(overrides)}
-    if "seed" in given:
-        raise ConfigError("config key 'seed': give either seed or seeds, not both")
-    out = str(given.get("out", ""))
-    if "{seed}" not in out:
-        raise ConfigError(f"config key 'out': a seed array writes one folder per seed; put {{seed}} in it, "
-                          f"e.g. out=results/runs/resnet20-we-s{{seed}}, got {out!r}")
-    return [load_config(path, [*overrides, f"seed={s}", f"out={out.replace('{seed}', str(s))}"]) for s in seeds]
-
 
 def train_array(cfgs: list[Config], trust_checkpoint: bool = False) -> list[dict[str, Any]]:
     """Train (or resume, or return) every run of `cfgs` as seed arrays; the members' result.json contents, in order.
@@ -174,9 +129,6 @@ def _build_member(cfg: Config, device: torch.device, resume: dict[str, Any] | No
     build_model = functools.partial(models.create, cfg.model, num_classes=data.info.num_classes,
                                     image_size=cfg.image_size, **model_options(cfg))
     model = build_model().to(device)
-    if has_random_layers(model):
-        raise ConfigError(f"config key 'model': {cfg.model} draws random numbers in training (dropout); "
-                          "it cannot train in a seed array; train solo")
     method = create_method(cfg)
     method.prepare_model(model, cfg)
     optimizer = build_optimizer(cfg, model)
@@ -239,21 +191,24 @@ def _run_array(cfgs: list[Config], resumes: list[dict[str, Any] | None], device:
                 member.result, member.started = result, started
                 _start_member(member, cleanup, device)
             _train_members(members, device)
-    except Interrupted as stop:
-        for member in members or []:
-            if member.status == "running":
-                saved = saved_history(member.out)
-                member.result.update(status="interrupted", signal=stop.name,
-                                     error=f"{stop} during epoch {len(saved) + 1}/{member.cfg.epochs} (resumable)",
-                                     **summarize(saved), wall_seconds=time.perf_counter() - started)
-                write_result(member.out, member.result)
+    except Interrupted as stop:  # every unfinished member: interrupted, resumable from its last.pt
+        done = []
+        for cfg, result in zip(cfgs, results):
+            if result["status"] == "running":
+                saved = saved_history(Path(cfg.out))
+                done.append(len(saved))
+                result.update(status="interrupted", signal=stop.name,
+                              error=f"{stop} during epoch {len(saved) + 1}/{cfg.epochs} (resumable)",
+                              **summarize(saved), wall_seconds=time.perf_counter() - started)
+                write_result(Path(cfg.out), result)
+        stop.done, stop.epochs = min(done, default=0), cfgs[0].epochs
         raise
     except Exception as err:
-        for member, result in zip(cfgs, results):
+        for cfg, result in zip(cfgs, results):
             if result["status"] == "running":
                 result.update(status="failed", error=f"{type(err).__name__}: {err}",
                               traceback=traceback.format_exc(limit=8))
-                write_result(Path(member.out), result)
+                write_result(Path(cfg.out), result)
         raise
     for member in members:
         if member.status == "running":

@@ -20,7 +20,8 @@ from we.rundir import LAST_CHECKPOINT
 from we.train.checkpoint import TRUST_FLAG
 from we.train.config import CORE_KEYS, Config, load_config, load_yaml, parse_overrides
 from we.train.interrupt import Interrupted, interrupts_raise
-from we.train.array_run import array_configs, train_array
+from we.train.array_config import array_configs
+from we.train.array_run import train_array
 from we.train.trainer import EXIT_CODES, log, main
 
 ARRAY_STATUS_ORDER = ("complete", "diverged", "failed")  # a seed array's exit code: its worst member's
