@@ -34,8 +34,9 @@ SEEDS = (0, 1, 2)
 CASES = {"baseline": ["method=baseline"],
          "we_paper": ["method=we", "we_r_hat=0.3"],
          "we_official": ["method=we", "we_variant=official"],
-         "we_every_iteration": ["method=we", "we_interval_unit=iter", "we_interval=1", "we_r_hat=0.3"]}
-KINDS = ("conv_weight", "conv_bias", "bn_weight", "bn_bias")  # units evolved, per kind
+         "we_every_iteration": ["method=we", "we_interval_unit=iter", "we_interval=1", "we_r_hat=0.3"],
+         "svb": ["method=svb", "svb_eps=0.05", "svb_bn=true", "svb_bn_eps=0.05"]}
+KINDS = ("conv_weight", "conv_bias", "bn_weight", "bn_bias", "clipped")  # units WE evolved, per kind; SVB's
 TOLERANCE = 1e-10  # weights, buffers, optimizer, method and RNG states
 METRIC_TOLERANCE = 1e-6  # metric rows, relative: a few float32 roundings
 
@@ -143,7 +144,7 @@ def test_an_array_ends_where_its_solo_runs_end(case, tmp_path, solo_runs):
         assert results[k]["array"] == {"size": 3, "members": [str(tmp_path / f"s{s}") for s in SEEDS], "position": k}
         assert "array" not in read_checkpoint(tmp_path / f"s{seed}" / "last.pt")
         assert_same_run(solo / f"s{seed}", tmp_path / f"s{seed}")
-    if case != "baseline":  # the evolution steps changed weights
+    if case != "baseline":  # the method's steps changed weights
         rows = read_metrics(tmp_path / "s0")
         counts = [v for row in rows for k, v in row.items() if k.endswith(KINDS)]
         assert sum(counts) > 0

@@ -89,8 +89,6 @@ def svb_step(model: nn.Module, eps: float, bn: bool = False, bn_eps: float = 1.0
 class SVBMethod(Method):
     """Bounds singular values of every conv and linear weight after each epoch (or every N epochs)."""
 
-    array_reason = "not yet checked against its solo runs in an array"
-
     name = "svb"
     keys = {
         "svb_eps": ConfigKey(float, 0.5, "singular values bounded to [1/(1+eps), 1+eps]", minimum=0),
