@@ -61,10 +61,12 @@ def float64(monkeypatch):
     """Models built in float64, and the device pipeline's images handed over in float64."""
     monkeypatch.setattr(pipeline, "_normalize_uint8", lambda x, mean, std: x.to(torch.float64).div_(255).sub_(mean)
                         .div_(std))
-    previous = torch.get_default_dtype()
+    previous, threads = torch.get_default_dtype(), torch.get_num_threads()
     torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(1)  # tiny tensors: a second thread only waits
     yield
     torch.set_default_dtype(previous)
+    torch.set_num_threads(threads)
 
 
 def configs(root: Path, case: str, seeds=SEEDS, extra=()):
