@@ -35,6 +35,8 @@ CASES = {"baseline": ["method=baseline"],
          "we_paper": ["method=we", "we_r_hat=0.3"],
          "we_official": ["method=we", "we_variant=official"],
          "we_every_iteration": ["method=we", "we_interval_unit=iter", "we_interval=1", "we_r_hat=0.3"],
+         "we_switches": ["method=we", "we_selection=global", "we_matching=reverse", "we_level=filter",
+                         "we_alpha=0.5", "we_bn=false", "we_r_hat=0.3"],
          "svb": ["method=svb", "svb_eps=0.05", "svb_bn=true", "svb_bn_eps=0.05"]}
 KINDS = ("conv_weight", "conv_bias", "bn_weight", "bn_bias", "clipped")  # units WE evolved, per kind; SVB's
 TOLERANCE = 1e-10  # weights, buffers, optimizer, method and RNG states
