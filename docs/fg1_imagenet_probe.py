@@ -22,7 +22,7 @@ from torch import nn
 
 import models
 from we.methods.fg import internal_graft
-from we.train.mnist import load_fashion_mnist_uint8
+from we.train.fashion_mnist import load_fashion_mnist_uint8
 
 
 def filter_l1(model: nn.Module) -> torch.Tensor:

@@ -121,31 +121,31 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-@register_model("cifar")
+@register_model("cifar", display="ResNet-20", images_per_s=25_000)
 def resnet20(num_classes: int = 10, shortcut: str = "A", init: str = "zoo") -> CifarResNet:
     """ResNet-20 (n=3); ``shortcut`` "A" (zero-padding, default) or "B" (projection); ``init`` zoo or authors."""
     return CifarResNet(20, num_classes, shortcut, init)
 
 
-@register_model("cifar")
+@register_model("cifar", images_per_s=16_000)
 def resnet32(num_classes: int = 10, shortcut: str = "A", init: str = "zoo") -> CifarResNet:
     """ResNet-32 (n=5); ``shortcut`` "A" (zero-padding, default) or "B" (projection); ``init`` zoo or authors."""
     return CifarResNet(32, num_classes, shortcut, init)
 
 
-@register_model("cifar")
+@register_model("cifar", images_per_s=12_000)
 def resnet44(num_classes: int = 10, shortcut: str = "A", init: str = "zoo") -> CifarResNet:
     """ResNet-44 (n=7); ``shortcut`` "A" (zero-padding, default) or "B" (projection); ``init`` zoo or authors."""
     return CifarResNet(44, num_classes, shortcut, init)
 
 
-@register_model("cifar")
+@register_model("cifar", display="ResNet-56", images_per_s=9_000)
 def resnet56(num_classes: int = 10, shortcut: str = "A", init: str = "zoo") -> CifarResNet:
     """ResNet-56 (n=9); ``shortcut`` "A" (zero-padding, default) or "B" (projection); ``init`` zoo or authors."""
     return CifarResNet(56, num_classes, shortcut, init)
 
 
-@register_model("cifar")
+@register_model("cifar", display="ResNet-110", images_per_s=4_500)
 def resnet110(num_classes: int = 10, shortcut: str = "A", init: str = "zoo") -> CifarResNet:
     """ResNet-110 (n=18); ``shortcut`` "A" (zero-padding, default) or "B" (projection); ``init`` zoo or authors."""
     return CifarResNet(110, num_classes, shortcut, init)

@@ -68,7 +68,7 @@ class DenseNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-@register_model("cifar")
+@register_model("cifar", display="DenseNet-40", images_per_s=3_500)
 def densenet40(num_classes: int = 10) -> DenseNet:
     """DenseNet-40, k=12, 16 initial channels, no bottleneck/compression."""
     return DenseNet(40, 12, 16, num_classes)

@@ -96,7 +96,7 @@ class MobileNetV2Authors(nn.Module):
         return self.fc(self.dropout(x))
 
 
-@register_model("imagenet")
+@register_model("imagenet", display="ResNet-34", images_per_s=1_200)
 def resnet34(num_classes: int = 1000) -> nn.Module:
     """torchvision ResNet-34, randomly initialised."""
     from torchvision.models import resnet34 as tv_resnet34
@@ -113,7 +113,7 @@ def check_mobilenetv2_050(init: str = "zoo", arch: str = "zoo") -> None:
         raise ValueError("arch 'authors' comes with the authors' initialisation only: set init 'authors'")
 
 
-@register_model("imagenet")
+@register_model("imagenet", display="MobileNetV2-0.5", input_size=128, images_per_s=4_000)  # 128x128: Table 4
 def mobilenetv2_050(num_classes: int = 1000, init: str = "zoo", arch: str = "zoo") -> nn.Module:
     """MobileNetV2 with width multiplier 0.5, randomly initialised: timm's (``arch`` zoo, with timm's
     init or, ``init`` authors, the authors') or the authors' network (``arch`` authors, their init)."""

@@ -113,13 +113,13 @@ class MobileNetV2(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-@register_model("cifar")
+@register_model("cifar", display="MobileNetV1", images_per_s=12_000)
 def mobilenetv1(num_classes: int = 10, init: str = "zoo") -> MobileNetV1:
     """MobileNetV1, CIFAR form (stem stride 1); ``init`` zoo or authors (PyTorch defaults)."""
     return MobileNetV1(num_classes, init)
 
 
-@register_model("cifar")
+@register_model("cifar", display="MobileNetV2", images_per_s=7_000)
 def mobilenetv2(num_classes: int = 10, init: str = "zoo") -> MobileNetV2:
     """MobileNetV2, CIFAR form (stem and second stage stride 1, 1x1 projection shortcuts); ``init`` zoo
     or authors (PyTorch defaults)."""

@@ -92,7 +92,7 @@ class ShuffleNetV1(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-@register_model("cifar")
+@register_model("cifar", display="ShuffleNetV1", images_per_s=6_000)
 def shufflenetv1(num_classes: int = 10, conv_bias: bool = True, init: str = "zoo", arch: str = "zoo") -> ShuffleNetV1:
     """ShuffleNetV1 g=3, blocks [4, 8, 4]; ``conv_bias=False`` drops the conv biases; ``init`` and ``arch``
     zoo or authors (see the module doc)."""

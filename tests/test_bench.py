@@ -32,13 +32,29 @@ def test_spread_units_is_seeded():
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
 
 
-def test_timeit_after_runs_setup_untimed_before_every_call():
+def test_timeit_after_runs_setup_untimed_before_every_call(monkeypatch):
+    """On a fake clock that each call advances by a known amount: the median of the timed calls, the warmup
+    call and every setup left out (no wall time decides the result)."""
+    from we.bench import timing
+
+    now = [0.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
+    durations = {"a": iter([50.0, 1.0, 5.0, 3.0]), "b": iter([70.0, 2.0, 2.0, 9.0])}  # the first: warmup
     calls: list[str] = []
-    times = timeit_after(lambda: calls.append("setup"), {"a": lambda: calls.append("a"),
-                                                          "b": lambda: calls.append("b")},
-                         torch.device("cpu"), repeat=3, warmup=1)
+
+    def setup():
+        calls.append("setup")
+        now[0] += 1000.0  # never counted
+
+    def run(name):
+        def fn():
+            calls.append(name)
+            now[0] += next(durations[name])
+        return fn
+
+    times = timeit_after(setup, {"a": run("a"), "b": run("b")}, torch.device("cpu"), repeat=3, warmup=1)
     assert calls == ["setup", "a", "setup", "b"] * 4
-    assert set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
+    assert times == {"a": 3.0, "b": 2.0}  # medians of [1, 5, 3] and [2, 2, 9]
 
 
 def test_bench_model_row_times_a_step_that_does_work():

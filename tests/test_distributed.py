@@ -266,7 +266,7 @@ def test_ddp_we_every_n_iterations_keeps_ranks_identical(tmp_path: Path):
     history = rows(tmp_path / "run")
     assert_ranks_agree(tmp_path / "probe", history)
     assert load_probe(tmp_path / "probe", 1)["method"]["steps"] == 4
-    assert all(sum(r[k] for k in ("conv_weight", "conv_bias", "bn_weight", "bn_bias")) > 0 for r in history)
+    assert all(sum(r[f"we_{k}"] for k in ("conv_weight", "conv_bias", "bn_weight", "bn_bias")) > 0 for r in history)
 
 
 def test_ddp_fg_trains_every_network_on_every_rank(tmp_path: Path):

@@ -4,7 +4,12 @@ equality with the loop oracle (we.core.reference) on random small networks."""
 from __future__ import annotations
 
 import copy
+import inspect
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +18,12 @@ from torch import nn
 import we
 import we.core.crossover
 from we.core.evolution import WeightEvolution
+from we.core.hparams import HPARAMS, PAPER_DEFAULTS, PAPER_IMAGENET, names
 from we.core.paper import evolve
 from we.core.rate import selection_rate
 from we.core.reference import evolve_reference
+from we.methods.evolution import WEMethod, we_hparams
+from we.train.config import load_config
 
 KINDS = ("conv_weight", "conv_bias", "bn_weight", "bn_bias")
 
@@ -473,7 +481,8 @@ def test_state_dict_round_trip_resumes_exactly():
 @pytest.mark.parametrize("key, value", [
     ("matching", "sideways"), ("alpha", 1.5), ("alpha", "auto"), ("selection", "both"),
     ("level", "slice"), ("interval", 0), ("interval_unit", "batch"), ("gamma", -0.1),
-    ("milestones", (120, 60)), ("conv", "yes"), ("r_hat", 2.0)])
+    ("milestones", (120, 60)), ("conv", "yes"), ("r_hat", 2.0), ("beta", 1.0), ("eta", 0.0),
+    ("r_hat", float("nan")), ("milestones", (0, 5)), ("alpha", True)])
 def test_invalid_values_name_the_key(key, value):
     with pytest.raises(ValueError, match=key):
         WeightEvolution(bn_ramp(4), **{key: value})
@@ -631,3 +640,72 @@ def test_nothing_to_evolve_reads_correctly_for_every_switch_combination(variant,
     with pytest.raises(ValueError, match=says) as caught:
         WeightEvolution(model, variant=variant, conv=conv, bn=bn)
     assert "no no" not in str(caught.value) and "no kind" not in str(caught.value)
+
+
+# ------------------------------------------------------------ the hyper-parameter table (we.core.hparams)
+
+def test_the_table_holds_the_papers_settings():
+    """Sec. 4.1.2: r_hat 0.05 and gamma 0.05 everywhere; beta 2.5 and eta 15 for CIFAR, 2 and 8 for ImageNet;
+    Sec. 3.1.1: beta is larger than one."""
+    assert {k: PAPER_DEFAULTS[k] for k in ("r_hat", "beta", "eta", "gamma")} == \
+        {"r_hat": 0.05, "beta": 2.5, "eta": 15.0, "gamma": 0.05}
+    assert {k: PAPER_IMAGENET[k] for k in ("r_hat", "beta", "eta", "gamma")} == \
+        {"r_hat": 0.05, "beta": 2.0, "eta": 8.0, "gamma": 0.05}
+    assert (HPARAMS["beta"].minimum, HPARAMS["beta"].strict) == (1, True)
+
+
+def test_the_core_calls_take_the_tables_names_and_defaults():
+    rate = inspect.signature(selection_rate).parameters
+    step = inspect.signature(evolve).parameters
+    assert list(rate) == ["epoch", *names("rate")]
+    assert set(names("step")) <= set(step)
+    assert set(names("rate")) | set(names("step")) | set(names("schedule")) == set(HPARAMS)
+    for name in names("rate"):
+        assert rate[name].default == PAPER_DEFAULTS[name], name
+    for name in names("step"):
+        assert step[name].default == PAPER_DEFAULTS[name], name
+    assert WeightEvolution(bn_ramp(4)).hparams == PAPER_DEFAULTS
+
+
+def test_the_methods_keys_defaults_and_bounds_are_the_core_tables():
+    assert set(WEMethod.keys) == {"we_variant"} | {h.config_key for h in HPARAMS.values()}
+    cifar = load_config(None, ["method=we"])
+    imagenet = load_config(None, ["method=we", "dataset=imagenet", "model=resnet34"])
+    for name, h in HPARAMS.items():
+        key = WEMethod.keys[h.config_key]
+        assert (key.choices, key.minimum, key.strict, key.maximum, key.check, key.finite) == \
+            (h.choices, h.minimum, h.strict, h.maximum, h.check, True), name
+        assert key.doc.startswith(h.doc), name
+        if h.imagenet is not None:  # filled per dataset family
+            assert key.default is None and getattr(cifar, h.config_key) == h.default, name
+            assert getattr(imagenet, h.config_key) == h.imagenet, name
+        elif not h.from_schedule:
+            assert key.default == h.default and key.type == h.type, name
+            assert getattr(cifar, h.config_key) == h.default, name
+    assert set(we_hparams(cifar)) == set(HPARAMS)
+    assert WeightEvolution(bn_ramp(4), **we_hparams(cifar)).hparams["milestones"] == (60, 120)
+
+
+def test_a_new_row_of_the_table_is_a_checked_config_key_and_reaches_the_core_call():
+    """One row added to HPARAMS (before anything derives from it): a `we_` config key with the row's default and
+    bounds, passed to WeightEvolution."""
+    script = """
+from we.core.hparams import HPARAMS, HParam
+HPARAMS["kappa"] = HParam("kappa", float, 0.25, "a new parameter", "schedule", minimum=0, maximum=1)
+from we.errors import ConfigError
+from we.methods.evolution import WEMethod, we_hparams
+from we.train.config import load_config
+cfg = load_config(None, ["method=we", "we_kappa=0.5"])
+print(WEMethod.keys["we_kappa"].default, cfg.we_kappa, we_hparams(cfg)["kappa"])
+try:
+    load_config(None, ["method=we", "we_kappa=2"])
+except ConfigError as err:
+    print(err)
+"""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "0.25 0.5 0.5"
+    assert "config key 'we_kappa'" in lines[1] and ">= 0 and <= 1" in lines[1]

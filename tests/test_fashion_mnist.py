@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from we.errors import DatasetNotFoundError
-from we.train import main, mnist
+from we.train import fashion_mnist as mnist, main
 from we.train.config import load_config, resolve
-from we.train.datasets import _transforms, dataset_info
+from we.train.datasets import sample_transforms, dataset_info
 from we.train.pipeline import build_data
 
 SYSTEM = mnist.FASHION_MNIST_SYSTEM_DIR
@@ -83,7 +83,7 @@ def test_loader_and_device_paths_agree_on_unaugmented_batches(fm_dir):
 def test_the_paper_augmentation_is_the_cifar_one():
     from torchvision import transforms as T
 
-    steps = _transforms("fashion_mnist", dataset_info("fashion_mnist"), train=True).transforms
+    steps = sample_transforms("fashion_mnist", dataset_info("fashion_mnist"), train=True).transforms
     crop, flip = steps[0], steps[1]
     assert isinstance(crop, T.RandomCrop) and crop.size == (32, 32) and crop.padding == 4
     assert isinstance(flip, T.RandomHorizontalFlip) and flip.p == 0.5

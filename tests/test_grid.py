@@ -14,7 +14,7 @@ import yaml
 
 from we.errors import InputError
 from we.grid.cli import main, submit
-from we.grid.cost import DEFAULT_IMAGES_PER_S
+from we.grid.cost import DEFAULT_SOURCE
 from we.grid.identity import Cell, config_hash, expand, parse_sets, resolve_cells
 from we.grid.local import process_start_ticks
 from we.grid.profiles import load_profile
@@ -103,7 +103,8 @@ def test_figure_and_demo_grids():
     fig5 = {(s.labels["dataset"], s.labels["model"], s.labels["method"]) for s in expand(load_grid("figure5"))}
     assert fig5 == paper_rows()[2]
     demo = expand(load_grid("demo"))
-    assert sorted({s.labels["method"] for s in demo}) == ["baseline", "we", "we_official"] and len(demo) == 6
+    assert sorted({s.labels["method"] for s in demo}) == ["baseline", "we", "we_gamma_0.9", "we_official"]
+    assert len(demo) == 8 and {s.values["we_gamma"] for s in demo if s.labels["method"] == "we_gamma_0.9"} == {0.9}
 
 
 def test_proxy_grid(tmp_path: Path):
@@ -352,7 +353,7 @@ def test_plan_prints_a_summary_with_its_sources(tmp_path: Path, capsys, monkeypa
                       axes={"method": ["baseline", "we", "fg2"]}, seeds=[0, 1])
     assert main(["plan", str(path), "--runs-root", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
-    assert "todo 6" in out and "default table in we/grid/cost.py (not a measurement)" in out
+    assert "todo 6" in out and DEFAULT_SOURCE in out
     assert "digits-resnet20-we-s1" not in out and "--cells lists every cell" in out  # a summary
     assert re.search(r"^fg2 +2 +2 +2 +[0-9.e-]+ +FGMethod\.cost", out, re.M), out  # FG-2 trains 2 networks
     assert re.search(r"^baseline +2 +2 +1 ", out, re.M), out
@@ -363,21 +364,15 @@ def test_plan_prints_a_summary_with_its_sources(tmp_path: Path, capsys, monkeypa
     bench.mkdir(parents=True)
     (bench / "cpu.json").write_text(json.dumps({"rows": [{"model": "resnet20", "train_img_s": 5.0}]}))
     assert main(["plan", str(path), "--runs-root", str(tmp_path / "runs")]) == 0
-    assert "default table in we/grid/cost.py" in capsys.readouterr().out
+    assert DEFAULT_SOURCE in capsys.readouterr().out
     # ... a GPU bench measurement replaces the default throughput
     (bench / "b.json").write_text(json.dumps({"results": [{"model": "resnet20", "dataset": "digits",
                                                            "method": "baseline", "images_per_s": 1437.0}]}))
     assert main(["plan", str(path), "--runs-root", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
-    assert "results/bench/b.json" in out and "default table" not in out
+    assert "results/bench/b.json" in out and DEFAULT_SOURCE not in out
     # 10 epochs x 1437 images at 1437 images/s = 10 s per cell; 4 cells x 1 + 2 FG-2 cells x 2
     assert "estimate: 0.0222 GPU-hours to run" in out
-
-
-def test_throughput_table_covers_every_model():
-    import models
-
-    assert set(models.list_models()) <= set(DEFAULT_IMAGES_PER_S)
 
 
 def test_status_lists_failed_cells_with_log_lines(tmp_path: Path, capsys):

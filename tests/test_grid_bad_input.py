@@ -71,7 +71,7 @@ GRID_CASES = [
     ("method-override-wrong-type", method_axis({"label": "we", "overrides": {"we_bn": "no"}}),
      "axes.method[0].overrides.we_bn", "expected bool"),
     ("method-override-out-of-range", method_axis({"label": "a", "overrides": {"method": "we", "we_alpha": 1.5}}),
-     "axes.method[0]", "must be in [0, 1]"),
+     "axes.method[0]", "must be >= 0 and <= 1"),
     ("method-entry-without-method", method_axis({"label": "mine", "overrides": {"we_alpha": 0.5}}),
      "axes.method[0].overrides.method", "not a preset"),
     ("method-not-implemented", method_axis("baseline", {"label": "nsx", "overrides": {"method": "nosuch"}}),

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from we.core.hparams import HPARAMS
 from we.errors import ConfigError, InputError
 from we.files import MAX_YAML_VALUES, read_yaml
 from we.grid.cli import POLL_ENV
@@ -29,6 +30,7 @@ TRAIN_CASES = [
     (["method=we", "we_r_hat=.nan"], "we_r_hat"),
     (["method=we", "we_gamma=.nan"], "we_gamma"),
     (["method=we", "we_beta=.nan"], "we_beta"),
+    (["method=we", "we_beta=1"], "we_beta"),  # "beta is larger than one" (Sec. 3.1.1)
     (["method=rl", "rl_kappa=.nan"], "rl_kappa"),
     (["method=svb", "svb_eps=.nan"], "svb_eps"),
     (["lr=.inf"], "lr"),
@@ -207,3 +209,26 @@ def test_messages_show_a_bounded_excerpt_of_a_value(tmp_path: Path, capsys, monk
     code, lines = run_grid(["plan", str(path), "--runs-root", str(tmp_path / "runs")], capsys)
     assert code == 2 and len(lines) == 1 and "grid.yaml: description: " in lines[0], lines
     assert len(lines[0]) < 200, lines[0]
+
+
+def outside_bounds(h) -> list:
+    """Values just outside a WE hyper-parameter's bounds (we.core.hparams), as its config key takes them."""
+    values = []
+    if h.minimum is not None:
+        values.append(h.minimum if h.strict else h.minimum - 1)
+    if h.maximum is not None:
+        values.append(h.maximum + 1)
+    return [[v] if typing.get_origin(h.type) is list else v for v in values]
+
+
+BOUND_CASES = [(h.config_key, v, h.spec.range_text()) for h in HPARAMS.values() for v in outside_bounds(h)]
+
+
+@pytest.mark.parametrize("key, value, bound", BOUND_CASES, ids=[f"{k}={v}" for k, v, _ in BOUND_CASES])
+def test_every_bound_of_the_we_table_is_refused_through_the_config(key, value, bound, tmp_path: Path, capsys):
+    out = tmp_path / "run"
+    code = train_cli([*TINY, f"out={out}", "method=we", f"{key}={value}"])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and f"config key '{key}'" in lines[0] and bound in lines[0], err
+    assert not out.exists()

@@ -1,5 +1,6 @@
 """The Lightning callback: a real Lightning Trainer on the offline digits set; WE acts, and a run stopped after
 its first epoch and resumed from Lightning's checkpoint ends with bitwise the same weights as an uninterrupted one."""
+import csv
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -7,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
@@ -138,3 +140,47 @@ def test_bad_hparams_fail_at_construction():
         WeightEvolutionCallback(every_n_steps=5, interval=2)
     with pytest.raises(ValueError, match="variant"):
         WeightEvolutionCallback(variant="mine")
+
+
+class OrderedNet(DigitsNet):
+    def __init__(self, events: list) -> None:
+        super().__init__()
+        self.events = events
+
+    def on_validation_epoch_end(self):
+        self.events.append(("validate", self.current_epoch))
+
+
+def test_the_step_follows_the_epochs_validation_and_its_counts_are_logged_as_we_kinds(tmp_path: Path):
+    """As the paper's schedule (train, test, then evolve): each epoch's WE step comes after that epoch's
+    validation, and the logged `we/<kind>` values are the units the callback evolved."""
+    events: list = []
+
+    class Recording(WeightEvolutionCallback):
+        def on_fit_start(self, trainer, pl_module):
+            super().on_fit_start(trainer, pl_module)
+            step = self.evolution.step
+            self.evolution.step = lambda epoch: (events.append(("evolve", epoch)), step(epoch))[1]
+
+    torch.manual_seed(0)
+    callback = Recording(**WE)
+    trainer = pl.Trainer(max_epochs=EPOCHS, accelerator="cpu", devices=1, deterministic=True,
+                         logger=CSVLogger(tmp_path, name="log", version=0), enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, callbacks=[callback])
+    train, test = loaders()
+    trainer.fit(OrderedNet(events), train, test)
+    sanity = [e for e in events if e == ("validate", 0)][:-1]  # Lightning's sanity check validates once first
+    expected = [("validate", 0), ("evolve", 0), ("validate", 1), ("evolve", 1), ("validate", 2)]
+    assert events[len(sanity):] == expected, events
+    with open(tmp_path / "log" / "version_0" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    logged = {}
+    for row in rows:
+        for key, value in row.items():
+            if key.startswith("we/") and value != "":
+                logged.setdefault(int(row["epoch"]), {})[key[3:]] = float(value)
+    history = {r["epoch"]: {k: float(v) for k, v in r.items() if k != "epoch"} for r in callback.history}
+    assert sorted(logged) == [e for e, h in history.items() if h]  # an epoch without a step logs nothing
+    for epoch, counts in logged.items():  # the rate is logged in float32
+        assert counts == pytest.approx(history[epoch], rel=1e-6), epoch
+    assert sum(logged[0][k] for k in ("conv_weight", "bn_weight", "bn_bias") if k in logged[0]) > 0

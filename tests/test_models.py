@@ -11,6 +11,10 @@ import torch
 from torch import nn
 
 import models
+from models import registry
+from we.grid.cost import DEFAULT_SOURCE, FALLBACK_IMAGES_PER_S, Throughput, default_images_per_s
+from we.report.paper_layout import Column
+from we.train.config import load_config
 
 
 def cifar_resnet_params(depth: int, classes: int, shortcut: str = "A") -> int:
@@ -140,16 +144,64 @@ def test_bad_num_classes() -> None:
         models.create("resnet20", num_classes=0)
 
 
-def test_model_info() -> None:
-    for name in models.list_models():
-        info = models.model_info(name)
-        assert info.name == name
-        if name in IMAGENET:
-            assert (info.family, info.input_size) == ("imagenet", 224)
-        else:
-            assert (info.family, info.input_size) == ("cifar", 32)
+# The paper's names of the models its tables show, and the input sides it trains them at (Table 4:
+# MobileNetV2-0.5 at 128x128).
+PAPER_NAMES = {"resnet20": "ResNet-20", "resnet34": "ResNet-34", "resnet56": "ResNet-56", "resnet110": "ResNet-110",
+               "densenet40": "DenseNet-40", "mobilenetv1": "MobileNetV1", "mobilenetv2": "MobileNetV2",
+               "shufflenetv1": "ShuffleNetV1", "mobilenetv2_050": "MobileNetV2-0.5"}
+INPUT_SIZES = {"resnet34": 224, "mobilenetv2_050": 128}
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_model_info(name: str) -> None:
+    info = models.model_info(name)
+    assert info.name == name
+    assert (info.family, info.input_size) == (("imagenet", INPUT_SIZES[name]) if name in IMAGENET else ("cifar", 32))
+    assert info.display == PAPER_NAMES.get(name, name) == models.display_name(name)
+    assert isinstance(info.images_per_s, float) and info.images_per_s > 0  # every zoo model has a default
     with pytest.raises(dataclasses.FrozenInstanceError):
-        models.model_info("resnet20").family = "imagenet"  # type: ignore[misc]
+        models.model_info(name).family = "imagenet"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_the_report_the_planner_and_the_config_read_the_registry(name: str) -> None:
+    info = models.model_info(name)
+    dataset = "imagenet" if info.family == "imagenet" else "cifar10"
+    assert Column(dataset, name, "top1").head.startswith(info.display)
+    assert Throughput({}, "").lookup(name, dataset) == (info.images_per_s, DEFAULT_SOURCE)
+    assert load_config(None, [f"dataset={dataset}", f"model={name}"]).image_size == info.input_size
+
+
+@pytest.fixture
+def toy_model(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A model registered for one test only (the registry is restored afterwards)."""
+    monkeypatch.setattr(registry, "_FACTORIES", dict(registry._FACTORIES))
+    monkeypatch.setattr(registry, "_INFO", dict(registry._INFO))
+
+    @models.register_model("imagenet", display="Toy-Net", input_size=96, images_per_s=1234)
+    def toynet(num_classes: int = 1000) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(4, num_classes))
+    return "toynet"
+
+
+def test_a_registered_models_facts_reach_the_report_the_planner_and_the_config(toy_model: str) -> None:
+    assert Column("imagenet", toy_model, "top1").head == "Toy-Net top-1"
+    assert Throughput({}, "").lookup(toy_model, "imagenet") == (1234.0, DEFAULT_SOURCE)
+    assert default_images_per_s(toy_model) == 1234.0
+    assert load_config(None, ["dataset=imagenet", f"model={toy_model}"]).image_size == 96
+    assert models.create(toy_model, num_classes=5)(torch.zeros(1, 3, 96, 96)).shape == (1, 5)
+
+
+def test_register_model_refuses_bad_facts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "_FACTORIES", dict(registry._FACTORIES))
+    monkeypatch.setattr(registry, "_INFO", dict(registry._INFO))
+    for bad in ({"input_size": 0}, {"input_size": 1.5}, {"images_per_s": 0}, {"images_per_s": float("nan")},
+                {"images_per_s": "fast"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            models.register_model("cifar", name="bad", **bad)
+    assert models.display_name("timm:resnet18") == "timm:resnet18"
+    assert default_images_per_s("timm:resnet18") == FALLBACK_IMAGES_PER_S
 
 
 def test_register_duplicate_rejected() -> None:

@@ -205,3 +205,17 @@ def test_settle_best_keeps_best_in_step_with_last(tmp_path: Path):
     assert settle_best(tmp_path, 2) == 2 and not list(tmp_path.glob(".best-epoch*"))
     assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 2
     assert settle_best(tmp_path / "none", 0) is None
+
+
+def test_the_wandb_project_is_the_grid_else_the_run_folders_parent(tmp_path: Path):
+    from we.train.loggers import wandb_project
+
+    alone = tmp_path / "sweeps" / "lr-0.1"
+    alone.mkdir(parents=True)
+    assert wandb_project(alone) == "sweeps"  # a run outside a grid: its folder's parent
+    cell = tmp_path / "runs" / "table1" / "cifar10-resnet56-we-s0-abc"
+    cell.mkdir(parents=True)
+    (cell / "cell.json").write_text(json.dumps({"grid": "table1-official", "labels": {}, "config": {}}))
+    assert wandb_project(cell) == "table1-official"  # the grid's name from cell.json, not the folder's
+    (cell / "cell.json").write_text("[1]")
+    assert wandb_project(cell) == "table1"  # a broken cell.json: the parent, never a crash

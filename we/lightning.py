@@ -31,8 +31,8 @@ from we.core.checks import VARIANTS, check_choice, check_positive_int
 class WeightEvolutionCallback(pl.Callback):
     """Applies Weight Evolution to the trained LightningModule (see the module docstring).
 
-    `variant`, `**hparams`: as `we.WeightEvolution` (paper defaults: r_hat 0.05, beta 2.5, eta 15,
-    gamma 0.05, milestones (60, 120): pass your own schedule's lr-decay epochs as `milestones`).
+    `variant`, `**hparams`: as `we.WeightEvolution` (the paper's defaults: we.core.hparams.HPARAMS; pass
+    your own schedule's lr-decay epochs as `milestones`).
     `every_n_steps`: evolve after every N optimizer steps instead of at epoch ends.
     """
 

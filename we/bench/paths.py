@@ -8,9 +8,9 @@ from typing import Any
 import torch
 
 import models
-from we.bench.timing import _sync, sgd_step
-from we.train.datasets import DigitsDataset, _load_cifar, dataset_info
-from we.train.mnist import FashionMNISTDataset
+from we.bench.timing import sync_device, sgd_step
+from we.train.datasets import DigitsDataset, load_cifar, dataset_info
+from we.train.fashion_mnist import FashionMNISTDataset
 from we.train.pipeline import build_data
 
 
@@ -25,7 +25,7 @@ def reference_loader(dataset: str, data_dir: str, batch: int) -> torch.utils.dat
     elif dataset == "fashion_mnist":
         ds = FashionMNISTDataset(data_dir, train=True, download=False)
     else:
-        ds = _load_cifar(dataset, data_dir, True, False)
+        ds = load_cifar(dataset, data_dir, True, False)
     ds.transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
                                        transforms.ToTensor(), transforms.Normalize(info.mean, info.std)])
     return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=2, drop_last=True,
@@ -83,11 +83,11 @@ def bench_paths(name: str, device: torch.device, dataset: str, data_dir: str, ba
         for label, pipe in pipes.items():
             for _ in range(2):
                 train_step(pipe)
-            _sync(device)
+            sync_device(device)
             t0 = time.perf_counter()
             for _ in range(steps):
                 train_step(pipe)
-            _sync(device)
+            sync_device(device)
             rates[label].append(steps * batch / (time.perf_counter() - t0))
     for label in paths:
         row[f"{label}_img_s"] = statistics.median(rates[label])

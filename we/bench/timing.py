@@ -14,7 +14,7 @@ from we.core.paper import evolve
 from we.core.reference import evolve_reference
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -23,12 +23,12 @@ def timeit(fn: Callable[[], Any], device: torch.device, repeat: int = 5, warmup:
     """Median wall seconds of `fn` over `repeat` calls after `warmup` calls."""
     for _ in range(warmup):
         fn()
-    _sync(device)
+    sync_device(device)
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync_device(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -43,10 +43,10 @@ def timeit_after(setup: Callable[[], Any], fns: dict[str, Callable[[], Any]], de
     for i in range(warmup + repeat):
         for name, fn in fns.items():
             setup()
-            _sync(device)
+            sync_device(device)
             t0 = time.perf_counter()
             fn()
-            _sync(device)
+            sync_device(device)
             if i >= warmup:
                 times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(t) for name, t in times.items()}

@@ -1,6 +1,7 @@
 """The Weight Evolution core (Lin et al., ACM MM 2021, Sec. 3): torch only.
 
-checks (hparam vocabulary and validation), rate (Eq. 2), units (pools and importance, Eq. 1),
+checks (hparam vocabulary and validation), hparams (the paper's hyper-parameters: defaults,
+bounds, ImageNet values), rate (Eq. 2), units (pools and importance, Eq. 1),
 selection (Sec. 3.1, Eq. 4), matching (Sec. 3.2.1), crossover (Eqs. 5-6), paper (one step),
 official (the authors' script), evolution (the WeightEvolution training hook) and reference
 (the per-filter loop oracle). Modules import each other by their own paths, never through this
@@ -8,7 +9,8 @@ package, which only re-exports the public API (no name here shadows a submodule)
 """
 
 from we.core.checks import INTERVAL_UNITS, KINDS, LEVELS, MATCHINGS, SELECTIONS, Alpha
-from we.core.evolution import PAPER_DEFAULTS, SCHEDULE_KEYS, WeightEvolution, paper_hparams
+from we.core.evolution import SCHEDULE_KEYS, WeightEvolution, paper_hparams
+from we.core.hparams import HPARAMS, PAPER_DEFAULTS, PAPER_IMAGENET, HParam
 from we.core.official import (FLAVOURS, OFFICIAL_DEFAULTS, OfficialEvolution, evolve_official,
                               inferior_counts, official_hparams, stage_rate, threshold)
 from we.core.paper import evolve
@@ -18,6 +20,7 @@ from we.core.units import Pool, gather_units, pool_layout
 
 __all__ = [
     "WeightEvolution", "evolve", "selection_rate", "PAPER_DEFAULTS", "SCHEDULE_KEYS", "paper_hparams",
+    "HPARAMS", "HParam", "PAPER_IMAGENET",
     "KINDS", "SELECTIONS", "MATCHINGS", "LEVELS", "INTERVAL_UNITS", "Alpha",
     "OfficialEvolution", "OFFICIAL_DEFAULTS", "FLAVOURS", "official_hparams", "evolve_official",
     "stage_rate", "threshold", "inferior_counts",

@@ -77,15 +77,6 @@ def check_milestones(key: str, value: Any) -> tuple[int, ...]:
     return items
 
 
-def check_alpha(key: str, value: Any) -> Alpha:
-    """Return "adaptive" or a float in [0, 1], else raise ValueError naming `key`."""
-    if value == "adaptive":
-        return "adaptive"
-    if isinstance(value, str):
-        raise ValueError(f"{key} must be 'adaptive' or a number in [0, 1], got {value!r}")
-    return check_number(key, value, 0.0, 1.0)
-
-
 def check_keys(given: Iterable[str], known: Iterable[str], what: str) -> None:
     """Raise TypeError naming the first key of `given` that is not in `known`."""
     known = list(known)

@@ -1,54 +1,30 @@
 """The training hook of Weight Evolution: `WeightEvolution` steps a model every `interval`
-epochs or iterations, with the paper's equations (Sec. 3, hparams PAPER_DEFAULTS) or the
+epochs or iterations, with the paper's equations (Sec. 3, hparams we.core.hparams) or the
 authors' public script (we.core.official), and saves its state for an exact resume.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
-from we.core.checks import (INTERVAL_UNITS, KINDS, LEVELS, MATCHINGS, SELECTIONS, VARIANTS, check_alpha, check_bool,
-                            check_choice, check_index, check_keys, check_milestones, check_number,
-                            check_positive_int)
+from we.core.checks import KINDS, VARIANTS, check_choice, check_index, check_keys
+from we.core.hparams import PAPER_DEFAULTS, check_hparam, names
 from we.core.layers import model_sources
 from we.core.official import OfficialEvolution
 from we.core.paper import evolve
 from we.core.rate import selection_rate
 
-
-PAPER_DEFAULTS: dict[str, Any] = {
-    "r_hat": 0.05, "beta": 2.5, "eta": 15.0, "gamma": 0.05, "milestones": (60, 120),
-    "matching": "forward", "conv": True, "bn": True, "interval": 1, "interval_unit": "epoch",
-    "selection": "global+local", "alpha": "adaptive", "level": "element",
-}
-
-SCHEDULE_KEYS: tuple[str, ...] = ("interval", "interval_unit")
-
-_PAPER_CHECKS: dict[str, Callable[[str, Any], Any]] = {
-    "r_hat": lambda k, v: check_number(k, v, 0.0, 1.0),
-    "beta": lambda k, v: check_number(k, v, 0.0, low_open=True),
-    "eta": lambda k, v: check_number(k, v, 0.0, low_open=True),
-    "gamma": lambda k, v: check_number(k, v, 0.0),
-    "milestones": check_milestones,
-    "matching": lambda k, v: check_choice(k, v, MATCHINGS),
-    "conv": check_bool,
-    "bn": check_bool,
-    "interval": check_positive_int,
-    "interval_unit": lambda k, v: check_choice(k, v, INTERVAL_UNITS),
-    "selection": lambda k, v: check_choice(k, v, SELECTIONS),
-    "alpha": check_alpha,
-    "level": lambda k, v: check_choice(k, v, LEVELS),
-}
+SCHEDULE_KEYS: tuple[str, ...] = names("schedule")
 
 
 def paper_hparams(given: Mapping[str, Any]) -> dict[str, Any]:
-    """Validated paper hparams: defaults updated with `given`."""
+    """Validated paper hparams: defaults updated with `given` (each checked by its row of HPARAMS)."""
     check_keys(given, PAPER_DEFAULTS, "paper")
     merged = {**PAPER_DEFAULTS, **given}
-    return {key: _PAPER_CHECKS[key](key, value) for key, value in merged.items()}
+    return {key: check_hparam(key, value) for key, value in merged.items()}
 
 
 STATE_KINDS: dict[str, tuple[type, str]] = {"variant": (str, "a string"), "hparams": (Mapping, "a mapping"),
@@ -75,7 +51,7 @@ def check_state(state: Any) -> None:
 class WeightEvolution:
     """Applies weight evolution to `model` every `interval` epochs or iterations.
 
-    variant "paper": the paper's equations (hparams: see PAPER_DEFAULTS).
+    variant "paper": the paper's equations (hparams: see we.core.hparams.HPARAMS).
     variant "official": the authors' public script (see we.core.official.OFFICIAL_DEFAULTS).
     A model with no layer to evolve (see we.core.layers) or a weight that cannot be written is a
     ValueError here, not a silent no-op later.
@@ -95,8 +71,7 @@ class WeightEvolution:
             self.hparams = paper_hparams(hparams)
             self.official = None
         else:
-            schedule = {k: _PAPER_CHECKS[k](k, hparams.get(k, PAPER_DEFAULTS[k]))
-                        for k in SCHEDULE_KEYS}
+            schedule = {k: check_hparam(k, hparams.get(k, PAPER_DEFAULTS[k])) for k in SCHEDULE_KEYS}
             self.official = OfficialEvolution(
                 self.model, **{k: v for k, v in hparams.items() if k not in SCHEDULE_KEYS})
             self.hparams = {**self.official.hparams, **schedule}
@@ -104,18 +79,15 @@ class WeightEvolution:
 
     def rate(self, epoch: int) -> float:
         """Global selection rate of the paper variant at a 0-based epoch (Eq. 2)."""
-        h = self.hparams
-        return selection_rate(epoch, h["r_hat"], h["beta"], h["eta"], h["milestones"])
+        return selection_rate(epoch, **{k: self.hparams[k] for k in names("rate")})
 
     def evolve_now(self, epoch: int, sync: bool = True) -> dict[str, int]:
         """One step regardless of the interval, at the rate of `epoch` (sync: see `evolve`)."""
         if self.official is not None:
             counts = self.official.step(epoch, sync=sync)
         else:
-            h = self.hparams
-            counts = evolve(self.model, self.rate(epoch), gamma=h["gamma"],
-                            matching=h["matching"], conv=h["conv"], bn=h["bn"],
-                            selection=h["selection"], alpha=h["alpha"], level=h["level"], sync=sync)
+            step = {k: self.hparams[k] for k in names("step")}
+            counts = evolve(self.model, self.rate(epoch), **step, sync=sync)
         self.steps += 1
         for kind, n in counts.items():
             self.evolved[kind] += n

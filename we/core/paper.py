@@ -15,17 +15,17 @@ import math
 import torch
 from torch import Tensor, nn
 
-from we.core.checks import (KINDS, LEVELS, MATCHINGS, SELECTIONS, Alpha, check_alpha, check_bool,
-                            check_choice, check_number)
+from we.core.checks import KINDS, Alpha, check_number
 from we.core.crossover import cross_pool, paper_rule
+from we.core.hparams import PAPER_DEFAULTS as D, check_hparam
 from we.core.matching import match_forward, match_reverse
 from we.core.selection import select_global, select_local
 from we.core.units import gather_units, host_counts, join_pools, kind_counts, segment_order, write_pools
 
 
-def evolve(model: nn.Module, rate: float, *, gamma: float = 0.05, matching: str = "forward",
-           conv: bool = True, bn: bool = True, selection: str = "global+local",
-           alpha: Alpha = "adaptive", level: str = "element", sync: bool = True) -> dict[str, int]:
+def evolve(model: nn.Module, rate: float, *, gamma: float = D["gamma"], matching: str = D["matching"],
+           conv: bool = D["conv"], bn: bool = D["bn"], selection: str = D["selection"],
+           alpha: Alpha = D["alpha"], level: str = D["level"], sync: bool = True) -> dict[str, int]:
     """One weight-evolution step in place; returns the number of evolved units per kind.
     ValueError naming the model's class when it has no layer to evolve (see we.core.layers).
 
@@ -34,17 +34,14 @@ def evolve(model: nn.Module, rate: float, *, gamma: float = 0.05, matching: str 
 
     selection: "global+local" (WE), "global" (WE-G: W_tbd is inferior, no gamma test) or
     "local" (WE-L: gamma test on every unit, no global pool). alpha: "adaptive" (Eq. 6) or a
-    fixed float in [0, 1]. level: "element" (WE) or "filter" (filter-level-GL).
+    fixed float in [0, 1]. level: "element" (WE) or "filter" (filter-level-GL). Each is checked by
+    its row of we.core.hparams.HPARAMS.
     """
     rate = check_number("rate", rate, 0.0, 1.0)
-    gamma = check_number("gamma", gamma, 0.0)
-    check_choice("matching", matching, MATCHINGS)
+    gamma, matching, conv, bn, selection, alpha, level = (check_hparam(k, v) for k, v in (
+        ("gamma", gamma), ("matching", matching), ("conv", conv), ("bn", bn), ("selection", selection),
+        ("alpha", alpha), ("level", level)))
     match = match_forward if matching == "forward" else match_reverse
-    check_bool("conv", conv)
-    check_bool("bn", bn)
-    check_choice("selection", selection, SELECTIONS)
-    alpha = check_alpha("alpha", alpha)
-    check_choice("level", level, LEVELS)
 
     counts: dict[str, Tensor | int] = {kind: 0 for kind in KINDS}
     with torch.no_grad():

@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 
 from we.core.checks import check_index
+from we.core.hparams import PAPER_DEFAULTS as D
 
 
 def training_stage(epoch: int, milestones: Sequence[int]) -> tuple[int, int]:
@@ -19,8 +20,8 @@ def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
 
-def selection_rate(epoch: int, r_hat: float = 0.05, beta: float = 2.5, eta: float = 15.0,
-                   milestones: Sequence[int] = (60, 120)) -> float:
+def selection_rate(epoch: int, r_hat: float = D["r_hat"], beta: float = D["beta"], eta: float = D["eta"],
+                   milestones: Sequence[int] = D["milestones"]) -> float:
     """Global selection rate r for a 0-based epoch (a negative one is a ValueError)."""
     epoch = check_index("epoch", epoch)
     t_minus_1, e0 = training_stage(epoch, milestones)

@@ -9,7 +9,7 @@ the grid lock), jobs (whether jobs are queued or running), slurm and local (the 
 processes they start), cancel (stopping a grid's jobs), cli.
 """
 from we.grid.cli import main, plan, status, submit, wait
-from we.grid.cost import DEFAULT_IMAGES_PER_S, Throughput, gpu_hours, load_throughput
+from we.grid.cost import Throughput, default_images_per_s, gpu_hours, load_throughput
 from we.grid.identity import Cell, CellSpec, config_hash, expand, identity, parse_sets, resolve_cells
 from we.grid.prepare import prepare_data
 from we.grid.local import LocalExecutor
@@ -22,7 +22,7 @@ from we.grid.state import CellState, adopt_twin, assess, cell_state, run_states,
 from we.rundir import check_writable
 
 __all__ = [
-    "main", "plan", "status", "submit", "wait", "DEFAULT_IMAGES_PER_S", "Throughput", "gpu_hours", "load_throughput",
+    "main", "plan", "status", "submit", "wait", "default_images_per_s", "Throughput", "gpu_hours", "load_throughput",
     "DEFAULT_RUNS_ROOT", "Cell", "CellSpec", "config_hash", "expand", "identity", "parse_sets", "resolve_cells",
     "LocalExecutor", "Profile", "load_profile", "read_cell_file", "GRID_DIR", "Grid",
     "MethodEntry", "display_path", "find_grid_file", "load_grid", "SlurmExecutor", "pack_cells", "CellState",

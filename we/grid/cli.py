@@ -28,7 +28,7 @@ from we.files import IN_CHECKOUT, REPO_ROOT
 from we.grid.cancel import cancel
 from we.grid.identity import Cell, parse_sets, resolve_cells, runs_root
 from we.grid.local import LocalExecutor
-from we.grid.plan import counts as _counts
+from we.grid.plan import counts as state_counts
 from we.grid.plan import plan
 from we.grid.prepare import offline_config, prepare_data
 from we.grid.profiles import Profile, load_profile
@@ -97,7 +97,7 @@ def submit(grid: Grid, cells: Sequence[Cell], executor: Any, runs_root: Path, re
                    for _, r in submitted})
     print(f"{grid.name}: submitted {len(submitted)} cells to {getattr(executor, 'name', executor)}"
           + (f" ({', '.join(jobs)})" if jobs else "") + f"; reused {len(reused)}; left alone {len(skipped)} "
-          f"({_counts(skipped)})", file=out)
+          f"({state_counts(skipped)})", file=out)
     return SubmitReport(submitted, skipped, reused)
 
 
@@ -131,7 +131,7 @@ def wait(grid: Grid, cells: Sequence[Cell], runs_root: Path, reuse: bool = True,
     last = ""
     while True:
         states = assess(cells, runs_root, reuse)
-        counts = _counts(states)
+        counts = state_counts(states)
         if counts != last:
             print(f"{time.strftime('%H:%M:%S')} {grid.name}: {counts}", file=out, flush=True)
             last = counts
@@ -151,7 +151,7 @@ def status(grid: Grid, cells: Sequence[Cell], runs_root: Path, reuse: bool = Tru
     failed cells, the error and the last log lines."""
     out = out or sys.stdout
     states = assess(cells, runs_root, reuse)
-    print(f"{grid.name}: {len(cells)} cells: {_counts(states)}", file=out)
+    print(f"{grid.name}: {len(cells)} cells: {state_counts(states)}", file=out)
     for st in states:
         if st.state == "running" and st.last_record is not None:
             note = f"{st.note}: {progress_note(st.cell.run_dir, st.cell.config.get('epochs'))}"
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None, collect: Collect | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.command == "plan":
-        plan(grid, cells, root, reuse, show_cells=args.cells, root_rule=rule)
+        plan(grid, cells, root, reuse, show_cells=args.cells, root_rule=rule, executor=args.executor)
         return 0
     if args.command == "status":
         states = status(grid, cells, root, reuse)

@@ -2,9 +2,10 @@
 the local executor's CPU guard.
 
 Training images/s per model come from the newest GPU bench in the checkout's results/bench/
-(`make bench`), else from DEFAULT_IMAGES_PER_S (documented defaults, not measurements); a cell's
-GPU-hours = its training images over the run x the method's cost factor (the method plug-in's
-`cost`: FG-n trains n networks, RL one extra forward, ONI a heavier conv) / one GPU's images per second.
+(`make bench`), else from the zoo's registered defaults (`register_model(images_per_s=...)`, not
+measurements); a cell's GPU-hours = its training images over the run x the method's cost factor
+(the method plug-in's `cost`: FG-n trains n networks, RL one extra forward, ONI a heavier conv) /
+one GPU's images per second.
 """
 from __future__ import annotations
 
@@ -13,28 +14,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+import models
 from we.files import REPO_ROOT
 from we.grid.identity import Cell
 from we.grid.schema import display_path
 from we.methods import METHODS, cost_factor
-from we.train.datasets import TRAIN_IMAGES
+from we.train.datasets import DATASET_SPECS
 
-# Training throughput (images/s, one GPU, fp32) used for the estimate when results/bench/ has no
-# measurement for a model: rough figures for a current data-centre GPU, not measurements.
-DEFAULT_IMAGES_PER_S: dict[str, float] = {
-    "resnet20": 25_000, "resnet32": 16_000, "resnet44": 12_000, "resnet56": 9_000, "resnet110": 4_500,
-    "densenet40": 3_500, "mobilenetv1": 12_000, "mobilenetv2": 7_000, "shufflenetv1": 6_000,
-    "resnet34": 1_200,  # 224x224
-    "mobilenetv2_050": 4_000,  # 128x128
-}
-FALLBACK_IMAGES_PER_S = 5_000.0
+FALLBACK_IMAGES_PER_S = 5_000.0  # a model that neither results/bench/ nor the zoo gives a throughput for
 BENCH_DIR = REPO_ROOT / "results" / "bench"
-DEFAULT_SOURCE = "default table in we/grid/cost.py (not a measurement)"
+CPU_BENCH = "cpu.json"  # `make bench` on a machine without a GPU: its training images/s on that CPU
+# A cell's wall time besides its training images at the bench's images/s: the process start, the data
+# set-up, the evaluations and checkpoints, smaller batches than the bench's 128. On the idle 2-core CPU of
+# results/bench/cpu.json a demo cell (ResNet-20, 5 digits epochs of 1437 images, batch 64) takes about 29 s:
+# 4.4 s of training and 0.4 s of evaluation an epoch, 5 s to start; 15 s of it at the bench's images/s.
+CELL_OVERHEAD_S = 14.0
+DEFAULT_SOURCE = "the zoo's default throughputs (register_model in models/; not a measurement)"
 # The local executor refuses, on a machine without a GPU and without --allow-cpu-marathon, to start
 # cells that together train on more than this many 32x32-image passes (epochs x training images x
 # method cost factor, an ImageNet image counting (image_size/32)^2): 40 epochs of full CIFAR, hours
-# on a CPU. `make demo` (digits, 5 epochs, 6 cells) is about 43,000.
+# on a CPU. `make demo` (digits, 5 epochs, 8 cells) is about 57,000.
 CPU_MARATHON_IMAGES = 2_000_000
+
+
+def default_images_per_s(model: str) -> float:
+    """The training throughput (images/s) the estimate assumes for a model no bench measured: its
+    registered default (`register_model(images_per_s=...)`), else FALLBACK_IMAGES_PER_S."""
+    info = models.model_info(model) if model in models.list_models() else None
+    return info.images_per_s if info is not None and info.images_per_s is not None else FALLBACK_IMAGES_PER_S
 
 
 @dataclass
@@ -46,7 +53,7 @@ class Throughput:
         for key in ((model, dataset), (model, "")):
             if key in self.images_per_s:
                 return self.images_per_s[key], self.source
-        return DEFAULT_IMAGES_PER_S.get(model, FALLBACK_IMAGES_PER_S), DEFAULT_SOURCE
+        return default_images_per_s(model), DEFAULT_SOURCE
 
 
 def _bench_entries(obj: Any) -> Iterable[dict[str, Any]]:
@@ -63,10 +70,10 @@ def _bench_entries(obj: Any) -> Iterable[dict[str, Any]]:
 def load_throughput(bench_dir: Path | None = None) -> Throughput:
     """Training images/s per model from the newest GPU results/bench/*.json (`make bench`: entries with
     `model` and `train_img_s` or `images_per_s`, optionally `dataset`; baseline entries win over
-    others); models it lacks fall back to DEFAULT_IMAGES_PER_S."""
+    others); models it lacks fall back to `default_images_per_s`."""
     # GPU-hours: a CPU measurement (results/bench/cpu.json) says nothing about a GPU's throughput
     bench_dir = BENCH_DIR if bench_dir is None else bench_dir
-    files = sorted((p for p in Path(bench_dir).glob("*.json") if p.stem != "cpu"), key=lambda p: p.stat().st_mtime)
+    files = sorted((p for p in Path(bench_dir).glob("*.json") if p.name != CPU_BENCH), key=lambda p: p.stat().st_mtime)
     if not files:
         return Throughput({}, DEFAULT_SOURCE)
     newest = files[-1]
@@ -87,12 +94,37 @@ def load_throughput(bench_dir: Path | None = None) -> Throughput:
     return Throughput(table, display_path(newest) + (f" ({device})" if device else ""))
 
 
+def load_cpu_throughput(bench_dir: Path | None = None) -> Throughput | None:
+    """Training images/s per model on the CPU of results/bench/cpu.json (`make bench` without a GPU), with
+    its core count in the source; None when there is no readable CPU bench."""
+    path = Path(BENCH_DIR if bench_dir is None else bench_dir) / CPU_BENCH
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    table = {(e["model"], ""): float(e["train_img_s"]) for e in _bench_entries(data)
+             if isinstance(e.get("train_img_s"), (int, float)) and e["train_img_s"] > 0}
+    header = data.get("header", {}) if isinstance(data, dict) else {}
+    cores = (header.get("hardware") or {}).get("cpu_count")
+    where = ", ".join(str(v) for v in (f"{cores} cores" if cores else None, header.get("date")) if v)
+    return Throughput(table, display_path(path) + (f" ({where})" if where else "")) if table else None
+
+
+def wall_seconds(cell: Cell, throughput: Throughput) -> float:
+    """Estimated wall time of one cell on one device of `throughput`: its training images over the run, times
+    the method's cost factor, / the device's images per second, plus CELL_OVERHEAD_S."""
+    cfg = cell.config
+    ips, _ = throughput.lookup(cfg["model"], cfg["dataset"])
+    return cfg["epochs"] * train_images(cell) * cost_factor(cfg) / ips + CELL_OVERHEAD_S
+
+
 def train_images(cell: Cell) -> int:
     """Training images per epoch of a cell (limit_train, else the dataset's training set)."""
     cfg = cell.config
-    images = cfg["limit_train"] or TRAIN_IMAGES.get(cfg["dataset"], 50_000)
-    if cfg["dataset"] != "imagenet":
-        images = min(images, TRAIN_IMAGES.get(cfg["dataset"], images))
+    spec = DATASET_SPECS[cfg["dataset"]]
+    images = cfg["limit_train"] or spec.train_images
+    if not spec.sized_on_disk:  # limit_train never exceeds the set; an ImageNet copy may be larger
+        images = min(images, spec.train_images)
     return int(images)
 
 

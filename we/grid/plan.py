@@ -11,8 +11,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from we.grid.cost import cost_source, gpu_hours, load_throughput
+from we.grid.cost import (CELL_OVERHEAD_S, Throughput, cost_source, gpu_hours, load_cpu_throughput, load_throughput,
+                          wall_seconds)
 from we.grid.identity import Cell
+from we.grid.local import local_gpu_count
 from we.grid.schema import Grid, display_path
 from we.grid.state import STATES, TO_RUN, CellState, assess
 from we.methods import cost_factor
@@ -31,9 +33,40 @@ def counts(states: Sequence[CellState]) -> str:
     return ", ".join(f"{k} {n[k]}" for k in STATES if n[k]) or "no cells"
 
 
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def wall_time_line(cells: Sequence[Cell], executor: str, throughput: Throughput, gpus: int | None = None) -> str:
+    """The estimated wall time of `cells` (those to run) on `executor`: the local one runs one cell at a time
+    on this machine's CPU (images/s of the CPU bench) or one per GPU; SLURM: the longest cell on one GPU."""
+    if not cells:
+        return "wall time: nothing to run"
+    overhead = f"+ {CELL_OVERHEAD_S:g} s per cell"
+    sources = ", ".join(sorted({throughput.lookup(c.config["model"], c.config["dataset"])[1] for c in cells}))
+    if executor == "slurm":
+        longest = max(wall_seconds(c, throughput) for c in cells)
+        return (f"wall time on SLURM: the longest cell about {_minutes(longest)} on one GPU (images/s: {sources} "
+                f"{overhead}); the grid's depends on the cluster's queue")
+    gpus = local_gpu_count() if gpus is None else gpus
+    if gpus:
+        total = sum(wall_seconds(c, throughput) for c in cells) / gpus
+        return (f"wall time on the local executor: about {_minutes(total)} on this machine's {gpus} GPU(s), "
+                f"one cell per GPU (images/s: {sources} {overhead})")
+    cpu = load_cpu_throughput()
+    missing = sorted({c.config["model"] for c in cells} - {m for m, _ in (cpu.images_per_s if cpu else {})})
+    if cpu is None or missing:
+        return (f"wall time on the local executor (this machine's CPU): no estimate, the CPU bench has no "
+                f"{', '.join(missing) or 'measurement'} (`make bench` measures it)")
+    total = sum(wall_seconds(c, cpu) for c in cells)
+    return (f"wall time on the local executor (this machine's CPU, one cell at a time): about {_minutes(total)} "
+            f"on an idle CPU like that of {cpu.source} (its training images/s {overhead})")
+
+
 def plan(grid: Grid, cells: Sequence[Cell], runs_root: Path, reuse: bool = True, out: Any = None,
-         show_cells: bool = False, root_rule: str = "") -> list[CellState]:
-    """Print the summary (and with `show_cells` every cell); writes nothing."""
+         show_cells: bool = False, root_rule: str = "", executor: str = "local") -> list[CellState]:
+    """Print the summary (and with `show_cells` every cell) and the estimated wall time on `executor`;
+    writes nothing."""
     out = out or sys.stdout
     throughput = load_throughput()
     states = assess(cells, runs_root, reuse)
@@ -82,4 +115,5 @@ def plan(grid: Grid, cells: Sequence[Cell], runs_root: Path, reuse: bool = True,
     print(f"\nestimate: {to_run:.3g} GPU-hours to run ({' + '.join(TO_RUN)}), {sum(hours):.3g} for the whole "
           f"grid (GPU-h = epochs x training images x cost factor / images/s)"
           + ("" if show_cells else "; --cells lists every cell"), file=out)
+    print(wall_time_line([st.cell for st in states if st.state in TO_RUN], executor, throughput), file=out)
     return states

@@ -124,26 +124,33 @@ def load_grid(ref: str | Path) -> Grid:
     file = display_path(path)
     given = read_yaml(path, "grid")
     data = _grid_keys(file, given)
-    name, description, train = data["name"], data["description"], data["train"]
-    base = data["base"] or {}
+    base = _checked_base(file, data["base"] or {})
+    resources = check_profile_values(data["resources"] or {}, file, required=False, prefix="resources.",
+                                     allowed=RESOURCE_KEYS)
+    if not data["train"]:
+        for key in ("axes", "seeds"):
+            if data[key]:
+                raise InputError(file, key, f"a grid with `train: false` has no cells: leave out {key}")
+        return Grid(data["name"], path, data["description"], base, {}, [], [], resources, False)
+    axes = _checked_axes(file, given, data["axes"], base)
+    seeds = _checked_seeds(file, given, data["seeds"])
+    exclude = _checked_exclude(file, data["exclude"] or [], axes, seeds)
+    return Grid(data["name"], path, data["description"], base, axes, exclude, list(seeds), resources, True)
+
+
+def _checked_base(file: str, base: dict[str, Any]) -> dict[str, Any]:
+    """`base`: config keys for every cell; the grid sets out, seed and method itself."""
     for key, value in base.items():
         if key in ("out", "seed"):
             raise InputError(file, f"base.{key}", "set by the grid (run folder and `seeds`), not in base")
         if key == "method":
             raise InputError(file, "base.method", "use the `method` axis (paper method labels)")
         check_config_value(file, f"base.{key}", key, value)
+    return base
 
-    resources = data["resources"] or {}
-    resources = check_profile_values(resources, file, required=False, prefix="resources.", allowed=RESOURCE_KEYS)
 
-    axes_raw, seeds_raw = data["axes"], data["seeds"]
-    if not train:
-        if axes_raw:
-            raise InputError(file, "axes", "a grid with `train: false` has no cells: leave out axes")
-        if seeds_raw:
-            raise InputError(file, "seeds", "a grid with `train: false` has no cells: leave out seeds")
-        return Grid(name, path, description, base, {}, [], [], resources, False)
-
+def _checked_axes(file: str, given: dict[str, Any], axes_raw: Any, base: dict[str, Any]) -> dict[str, list[Any]]:
+    """`axes`: axis name -> its values (the method axis: paper method labels or entries); method required."""
     if "axes" not in given:
         raise InputError(file, "axes", "missing")
     if not isinstance(axes_raw, dict) or not axes_raw:
@@ -164,10 +171,13 @@ def load_grid(ref: str | Path) -> Grid:
         axes[axis] = _method_axis(file, values) if axis == "method" else _value_axis(file, axis, values)
     if "method" not in axes:
         raise InputError(file, "axes.method", "missing (every grid names its methods; e.g. [baseline, we])")
+    return axes
 
+
+def _checked_seeds(file: str, given: dict[str, Any], seeds: Any) -> list[int]:
+    """`seeds`: distinct ints >= 0, one cell each."""
     if "seeds" not in given:
         raise InputError(file, "seeds", "missing (e.g. [0, 1, 2, 3, 4])")
-    seeds = seeds_raw
     if not isinstance(seeds, list) or not seeds:
         raise InputError(file, "seeds", f"expected a non-empty list of ints, got {excerpt(seeds)}")
     for i, s in enumerate(seeds):
@@ -176,8 +186,11 @@ def load_grid(ref: str | Path) -> Grid:
     if len(set(seeds)) != len(seeds):
         dup = [s for s, n in Counter(seeds).items() if n > 1][0]
         raise InputError(file, "seeds", f"seed {dup} given twice (duplicate cells)")
+    return seeds
 
-    exclude = data["exclude"] or []
+
+def _checked_exclude(file: str, exclude: Any, axes: dict[str, list[Any]], seeds: list[int]) -> list[dict[str, Any]]:
+    """`exclude`: partial cells (axis -> value, or seed) left out of the product."""
     if not isinstance(exclude, list):
         raise InputError(file, "exclude", f"expected a list of partial cells, got {type(exclude).__name__}")
     for i, part in enumerate(exclude):
@@ -195,7 +208,7 @@ def load_grid(ref: str | Path) -> Grid:
             if value not in known:
                 raise InputError(file, f"{where}.{axis}", f"{excerpt(value)} is not a value of that axis "
                                                           f"({', '.join(map(str, known))})")
-    return Grid(name, path, description, base, axes, exclude, list(seeds), resources, True)
+    return exclude
 
 
 def _grid_keys(file: str, data: Any) -> dict[str, Any]:

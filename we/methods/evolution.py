@@ -1,16 +1,42 @@
 """Weight Evolution as a trainer plug-in (method=we): the paper's equations or the authors' script."""
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
-from we.core.checks import INTERVAL_UNITS, LEVELS, MATCHINGS, SELECTIONS, VARIANTS
-from we.core.evolution import WeightEvolution
+from we.core.checks import KINDS, VARIANTS
+from we.core.evolution import SCHEDULE_KEYS, WeightEvolution
+from we.core.hparams import HPARAMS, HParam
+from we.core.official import SWITCHES
 from we.errors import ConfigError
 from we.methods.base import ConfigKey, Method, Preset, TrainContext
 
 # The authors' step (we_variant official) has fixed behaviour; only we_conv / we_bn switch it, and
 # we_interval / we_interval_unit schedule it as they schedule the paper's step.
-OFFICIAL_FIXED = ("we_r_hat", "we_gamma", "we_matching", "we_selection", "we_alpha", "we_level")
+OFFICIAL_TAKES = (*SWITCHES, *SCHEDULE_KEYS)
+
+
+def filled_at_resolution(h: HParam) -> bool:
+    """Whether a run config leaves the hparam at None, to be filled from the dataset family (it has an
+    ImageNet value of its own) or from the learning-rate schedule."""
+    return h.imagenet is not None or h.from_schedule
+
+
+def config_key(h: HParam) -> ConfigKey:
+    """The run config key of a core hparam: its type, bounds and meaning; the paper's default, or None
+    where a run fills it in (see `filled_at_resolution`)."""
+    filled = filled_at_resolution(h)
+    doc = h.doc + (f" ({h.default:g} CIFAR, {h.imagenet:g} ImageNet)" if h.imagenet is not None else "") + (
+        " (None: the lr drops)" if h.from_schedule else "")
+    default = list(h.default) if isinstance(h.default, tuple) else h.default
+    return ConfigKey(Optional[h.type] if filled else h.type, None if filled else default, doc, h.choices,
+                     h.minimum, h.strict, h.maximum, check=h.check)
+
+
+# The keys that have no effect with we_variant official (their fixed default is the only value allowed there).
+OFFICIAL_FIXED = tuple(h.config_key for name, h in HPARAMS.items()
+                       if name not in OFFICIAL_TAKES and not filled_at_resolution(h))
+# The metrics column of each kind's evolved units in an epoch's row (summed over the epoch's steps).
+COUNT_COLUMNS: dict[str, str] = {kind: f"we_{kind}" for kind in KINDS}
 
 
 def stage_starts(values: dict[str, Any]) -> list[int]:
@@ -26,12 +52,9 @@ def stage_starts(values: dict[str, Any]) -> list[int]:
 def we_hparams(cfg: Any) -> dict[str, Any]:
     """WeightEvolution keyword arguments from the run config's `we_*` keys."""
     if cfg.we_variant == "official":
-        return dict(flavour="imagenet" if cfg.dataset == "imagenet" else "cifar", conv=cfg.we_conv, bn=cfg.we_bn,
-                    interval=cfg.we_interval, interval_unit=cfg.we_interval_unit)
-    return dict(r_hat=cfg.we_r_hat, beta=cfg.we_beta, eta=cfg.we_eta, gamma=cfg.we_gamma,
-                milestones=tuple(cfg.we_milestones), matching=cfg.we_matching, conv=cfg.we_conv,
-                bn=cfg.we_bn, interval=cfg.we_interval, interval_unit=cfg.we_interval_unit,
-                selection=cfg.we_selection, alpha=cfg.we_alpha, level=cfg.we_level)
+        return {"flavour": "imagenet" if cfg.dataset == "imagenet" else "cifar",
+                **{name: getattr(cfg, HPARAMS[name].config_key) for name in OFFICIAL_TAKES}}
+    return {name: getattr(cfg, h.config_key) for name, h in HPARAMS.items()}
 
 
 class WEMethod(Method):
@@ -41,23 +64,12 @@ class WEMethod(Method):
     keys = {
         "we_variant": ConfigKey(str, "paper", "paper (the equations) | official (the authors' script)",
                                 choices=VARIANTS),
-        "we_r_hat": ConfigKey(float, 0.05, "Eq. 2 base selection rate", minimum=0),
-        "we_beta": ConfigKey(Optional[float], None, "Eq. 2 stage divisor (2.5 CIFAR, 2 ImageNet)"),
-        "we_eta": ConfigKey(Optional[float], None, "Eq. 2 temperature (15 CIFAR, 8 ImageNet)", minimum=0, strict=True),
-        "we_gamma": ConfigKey(float, 0.05, "Eq. 4 relative-importance threshold", minimum=0),
-        "we_milestones": ConfigKey(Optional[list[int]], None, "Eq. 2 stage starts (None: the lr drops)"),
-        "we_matching": ConfigKey(str, "forward", "forward | reverse (WE-RM, Table 6)", choices=MATCHINGS),
-        "we_conv": ConfigKey(bool, True, "evolve Conv2d weight and bias (Table 8)"),
-        "we_bn": ConfigKey(bool, True, "evolve BatchNorm2d weight and bias (Table 8)"),
-        "we_interval": ConfigKey(int, 1, "evolve every N units of we_interval_unit", minimum=0, strict=True),
-        "we_interval_unit": ConfigKey(str, "epoch", "epoch | iter", choices=INTERVAL_UNITS),
-        "we_selection": ConfigKey(str, "global+local", "global+local | global (WE-G) | local (WE-L), Table 5",
-                                  choices=SELECTIONS),
-        "we_alpha": ConfigKey(Union[str, float], "adaptive", "adaptive (Eq. 6) | fixed float in [0, 1] (Figure 6)"),
-        "we_level": ConfigKey(str, "element", "element | filter (filter-level-GL, Table 7)", choices=LEVELS),
+        **{h.config_key: config_key(h) for h in HPARAMS.values()},
     }
-    recipe_defaults = {"cifar": {"we_beta": 2.5, "we_eta": 15.0},  # Sec. 4.1.2
-                       "imagenet": {"we_beta": 2.0, "we_eta": 8.0}}
+    recipe_defaults = {  # Sec. 4.1.2
+        "cifar": {h.config_key: h.default for h in HPARAMS.values() if h.imagenet is not None},
+        "imagenet": {h.config_key: h.imagenet for h in HPARAMS.values() if h.imagenet is not None},
+    }
     presets = {
         "we": Preset(paper="WE"),
         "we_official": Preset({"we_variant": "official", "recipe": "official"}, "WE (authors' script)"),
@@ -75,22 +87,12 @@ class WEMethod(Method):
 
     @classmethod
     def resolve(cls, values: dict[str, Any]) -> None:
-        if values["we_milestones"] is None:
-            values["we_milestones"] = stage_starts(values)
+        for h in HPARAMS.values():
+            if h.from_schedule and values[h.config_key] is None:
+                values[h.config_key] = stage_starts(values)
 
     @classmethod
     def check(cls, cfg: Any) -> None:
-        if isinstance(cfg.we_alpha, str) and cfg.we_alpha != "adaptive":
-            raise ConfigError(f"config key 'we_alpha': {cfg.we_alpha!r} is not 'adaptive' or a float in [0, 1]")
-        if isinstance(cfg.we_alpha, float) and not 0.0 <= cfg.we_alpha <= 1.0:
-            raise ConfigError(f"config key 'we_alpha': must be in [0, 1], got {cfg.we_alpha!r}")
-        if cfg.we_r_hat > 1:
-            raise ConfigError(f"config key 'we_r_hat': must be in [0, 1], got {cfg.we_r_hat!r}")
-        if cfg.we_beta is not None and cfg.we_beta < 1:
-            raise ConfigError(f"config key 'we_beta': must be >= 1 (Eq. 2), got {cfg.we_beta!r}")
-        ms = cfg.we_milestones
-        if ms is not None and (any(m <= 0 for m in ms) or ms != sorted(set(ms))):
-            raise ConfigError(f"config key 'we_milestones': must be strictly increasing positive epochs, got {ms!r}")
         if cfg.method == cls.name and cfg.we_variant == "official":
             for key in OFFICIAL_FIXED:
                 value, default = getattr(cfg, key), cls.keys[key].default
@@ -110,7 +112,8 @@ class WEMethod(Method):
             self._pending = None
 
     def after_optimizer_step(self, ctx: TrainContext, iteration: int, epoch: int) -> dict[str, float] | None:
-        return self.evolution.step_iteration(iteration, epoch, sync=False)  # counts stay on the device
+        counts = self.evolution.step_iteration(iteration, epoch, sync=False)  # counts stay on the device
+        return None if counts is None else {COUNT_COLUMNS[k]: v for k, v in counts.items()}
 
     def on_epoch_end(self, ctx: TrainContext, epoch: int, last: bool) -> dict[str, float]:
         if last:  # nothing trains after the last epoch: the reported model is the evaluated one
@@ -122,7 +125,7 @@ class WEMethod(Method):
             rates = {f"we_rate_{k}": r for k, r in self.evolution.official.rates(epoch).items()}
         else:
             rates = {"we_rate": self.evolution.rate(epoch)}
-        return {**rates, **{f"we_{k}": v for k, v in counts.items()}}
+        return {**rates, **{COUNT_COLUMNS[k]: v for k, v in counts.items()}}
 
     def state_dict(self) -> dict[str, Any]:
         return self.evolution.state_dict() if self.evolution is not None else (self._pending or {})

@@ -16,20 +16,18 @@ import pandas as pd
 import torch
 
 import models
-from we.core import FLAVOURS, PAPER_DEFAULTS, selection_rate, stage_rate
+from we.core import FLAVOURS, PAPER_DEFAULTS, PAPER_IMAGENET, selection_rate, stage_rate
 from we.errors import CheckpointError
-from we.report.runs import (ALPHA_LABEL, CORE_LABELS, DATASET_ORDER, Run, _hashable, _method_sort_key, load_runs,
-                            read_run)
+from we.report.runs import (ALPHA_LABEL, CORE_LABELS, DATASET_ORDER, Run, hashable_label, method_sort_key,
+                            evolution_of, load_runs, read_run)
 from we.report.stats import BASELINE, finite, mean_std_n
 from we.rundir import LAST_CHECKPOINT, read_checkpoint, read_metrics, tolerant
 
-# Figure 3's settings (paper Sec. 4.1.2). CIFAR: the WE core's paper defaults. ImageNet: r_hat as for
-# CIFAR, eta and milestones of the authors' ImageNet script (the official variant's "imagenet" flavour),
-# and beta = 2, which the paper states for ImageNet (Sec. 4.1.2) and the core holds nowhere as beta.
+# Figure 3's settings (paper Sec. 4.1.2): the WE core's paper values (we.core.hparams), CIFAR's and
+# ImageNet's; ImageNet's stages start at its learning-rate drops, those of the authors' ImageNet script.
 _SCHEDULE = ("r_hat", "beta", "eta", "milestones")
 SETTINGS_CIFAR = {k: PAPER_DEFAULTS[k] for k in _SCHEDULE}
-SETTINGS_IMAGENET = {**SETTINGS_CIFAR, "beta": 2.0,
-                     "eta": FLAVOURS["imagenet"]["eta"], "milestones": FLAVOURS["imagenet"]["milestones"]}
+SETTINGS_IMAGENET = {**{k: PAPER_IMAGENET[k] for k in _SCHEDULE}, "milestones": FLAVOURS["imagenet"]["milestones"]}
 
 
 def _new_figure(n_panels: int, width: float = 4.2, height: float = 3.2) -> tuple[Any, list[Any]]:
@@ -64,7 +62,7 @@ def _panel_key(r: Run) -> tuple[str, str]:
 def _varying_axes(runs: list[Run]) -> list[str]:
     """Label axes other than dataset, model, method and seed that take more than one value."""
     keys = sorted({k for r in runs for k in r.labels if k not in CORE_LABELS})
-    return [k for k in keys if len({_hashable(r.labels.get(k)) for r in runs}) > 1]
+    return [k for k in keys if len({hashable_label(r.labels.get(k)) for r in runs}) > 1]
 
 
 def _panel_rank(key: tuple[str, str]) -> tuple:
@@ -83,84 +81,115 @@ def figure_convergence(grid_name: str, runs: list[Run], out_dir: Path) -> list[P
     return _save(fig, out_dir, f"fig5-convergence-{_safe(grid_name)}", f"Convergence curves ({grid_name})")
 
 
-def draw_convergence(grid_name: str, runs: list[Run]) -> Any:
-    """Figure 5 as a matplotlib Figure (None when no run has metrics): integer epoch ticks, the std band
-    (±1 sample std, n > 1) and the lr decays (dotted lines) in each panel's legend, the y range zoomed on
-    the late stage with the bands inside it, titles left-aligned."""
-    from matplotlib.patches import Patch
-    from matplotlib.ticker import MaxNLocator
+# Every method of a panel gets its own (line style, marker): 3 x 7 distinct pairs before one repeats. Dotted
+# lines are the lr decays, dashed grey ones the epochs where WE stepped.
+LINE_STYLES = ("-", "--", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+STEP_STYLE = {"color": "0.35", "ls": (0, (4, 3)), "lw": 0.7, "gid": "we-step"}
 
+
+def method_style(i: int) -> dict[str, Any]:
+    """The line style and marker of a panel's i-th method."""
+    return {"ls": LINE_STYLES[i % len(LINE_STYLES)], "marker": MARKERS[i % len(MARKERS)]}
+
+
+def _curves(runs: list[Run]) -> tuple[dict[tuple[str, str], dict[str, list[pd.Series]]],
+                                      dict[tuple[str, str], pd.Series], dict[tuple[str, str], set[int]]]:
+    """Per panel: test top-1 per epoch of each run by method label, one run's lr per epoch, and the epochs
+    after which (or during which) WE stepped in any of its runs."""
     curves: dict[tuple[str, str], dict[str, list[pd.Series]]] = {}
     lrs: dict[tuple[str, str], pd.Series] = {}
+    steps: dict[tuple[str, str], set[int]] = {}
     varying = _varying_axes(runs)
     for r in runs:
         if r.status not in ("complete", "running"):
             continue
         rows, _ = tolerant(read_metrics, r.path, [])  # a broken metrics.jsonl is the run's problem line
-        if not rows:
-            continue
-        m = pd.DataFrame(rows)
-        if "test_top1" not in m:
+        if not rows or "test_top1" not in (m := pd.DataFrame(rows)):
             continue
         m = m.drop_duplicates("epoch", keep="last").set_index("epoch").sort_index()
+        key = _panel_key(r)
         label = str(r.labels.get("method", "?")) + "".join(f", {k}={r.labels.get(k, '')}" for k in varying)
-        curves.setdefault(_panel_key(r), {}).setdefault(label, []).append(
-            pd.to_numeric(m["test_top1"], errors="coerce"))
-        if "lr" in m and _panel_key(r) not in lrs:
-            lrs[_panel_key(r)] = pd.to_numeric(m["lr"], errors="coerce")
+        curves.setdefault(key, {}).setdefault(label, []).append(pd.to_numeric(m["test_top1"], errors="coerce"))
+        if "lr" in m and key not in lrs:
+            lrs[key] = pd.to_numeric(m["lr"], errors="coerce")
+        evolution = evolution_of(rows)
+        if evolution is not None:
+            steps.setdefault(key, set()).update(evolution.step_epochs)
+    return curves, lrs, steps
+
+
+def draw_convergence(grid_name: str, runs: list[Run]) -> Any:
+    """Figure 5 as a matplotlib Figure (None when no run has metrics): one (line style, marker) per method,
+    integer epoch ticks, the std band (±1 sample std, n > 1) drawn inside the axes, the lr decays (dotted)
+    and WE's steps (dashed grey) in each panel's legend, the y range zoomed on the late stage, titles
+    left-aligned."""
+    curves, lrs, steps = _curves(runs)
     if not curves:
         return None
     panels = sorted(curves, key=_panel_rank)
     fig, axes = _new_figure(len(panels))
     for ax, key in zip(axes, panels):
-        methods = sorted(curves[key], key=lambda m: (_method_sort_key(m.split(",")[0], []), m))
-        drawn: list[pd.Series] = []  # every plotted value, bands included, for the y range
-        banded = False
-        for method in methods:
-            frame = pd.concat(curves[key][method], axis=1)
-            per_epoch = [mean_std_n(frame.loc[epoch]) for epoch in frame.index]
-            mean = pd.Series([m for m, _, _ in per_epoch], index=frame.index)
-            line, = ax.plot(mean.index, mean.values, lw=1.2, label=f"{method} (n={frame.shape[1]})")
-            drawn.append(mean)
-            if frame.shape[1] > 1:
-                std = pd.Series([sd for _, sd, _ in per_epoch], index=frame.index)
-                ax.fill_between(mean.index, (mean - std).values, (mean + std).values,
-                                color=line.get_color(), alpha=0.2, lw=0)
-                drawn += [mean - std, mean + std]
-                banded = True
-        handles = ax.get_legend_handles_labels()[0]
-        if banded:
-            handles.append(Patch(color="0.5", alpha=0.3, lw=0, label="± 1 std over seeds"))
-        lr = lrs.get(key)
-        if lr is not None:
-            decays = lr.index[1:][(lr.values[1:] < lr.values[:-1] * 0.999)]
-            for i, epoch in enumerate(decays):
-                vline = ax.axvline(epoch, color="0.6", ls=":", lw=0.8, label="lr decay" if i == 0 else None)
-                if i == 0:
-                    handles.append(vline)
+        _draw_panel(ax, curves[key], lrs.get(key), sorted(steps.get(key, ())))
         ax.set_title(f"{key[1]} on {key[0]}", loc="left")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("test top-1 (%)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        epochs = pd.concat(drawn).index
-        if epochs.max() > epochs.min():
-            ax.set_xlim(epochs.min(), epochs.max())
-        ax.grid(alpha=0.3)
-        ax.legend(handles=handles, fontsize=7)
-        _zoom_accuracy(ax, drawn)
     fig.suptitle(f"Convergence curves ({grid_name})", x=0.01, ha="left")
     return fig
 
 
-def _zoom_accuracy(ax: Any, drawn: list[pd.Series]) -> None:
+def _draw_panel(ax: Any, by_method: dict[str, list[pd.Series]], lr: Optional[pd.Series], steps: list[int]) -> None:
+    """One panel: the means first (their range and the bands' decide the y range), then the bands clipped
+    to it, the lr decays and WE's steps."""
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
+
+    methods = sorted(by_method, key=lambda m: (method_sort_key(m.split(",")[0], []), m))
+    stats = {}
+    for i, method in enumerate(methods):
+        frame = pd.concat(by_method[method], axis=1)
+        per_epoch = [mean_std_n(frame.loc[epoch]) for epoch in frame.index]
+        mean = pd.Series([m for m, _, _ in per_epoch], index=frame.index)
+        std = pd.Series([sd for _, sd, _ in per_epoch], index=frame.index) if frame.shape[1] > 1 else None
+        line, = ax.plot(mean.index, mean.values, lw=1.2, ms=4, label=f"{method} (n={frame.shape[1]})",
+                        **method_style(i))
+        stats[method] = (mean, std, line.get_color())
+    drawn = [s for mean, std, _ in stats.values() for s in ([mean] if std is None else [mean, mean - std, mean + std])]
+    low, high = _zoom_accuracy(ax, drawn)
+    handles = ax.get_legend_handles_labels()[0]
+    for mean, std, color in stats.values():
+        if std is not None:
+            ax.fill_between(mean.index, (mean - std).clip(low, high).values, (mean + std).clip(low, high).values,
+                            color=color, alpha=0.2, lw=0)
+    if any(std is not None for _, std, _ in stats.values()):
+        handles.append(Patch(color="0.5", alpha=0.3, lw=0, label="± 1 std over seeds"))
+    decays = [] if lr is None else list(lr.index[1:][(lr.values[1:] < lr.values[:-1] * 0.999)])
+    for i, epoch in enumerate(decays):
+        vline = ax.axvline(epoch, color="0.6", ls=":", lw=0.8, label="lr decay" if i == 0 else None)
+        handles += [vline] if i == 0 else []
+    for i, epoch in enumerate(steps):
+        vline = ax.axvline(epoch, label="WE step" if i == 0 else None, **STEP_STYLE)
+        handles += [vline] if i == 0 else []
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test top-1 (%)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    epochs = pd.concat(drawn).index
+    if epochs.max() > epochs.min():
+        ax.set_xlim(epochs.min(), epochs.max())
+    ax.grid(alpha=0.3)
+    ax.legend(handles=handles, fontsize=7)
+
+
+def _zoom_accuracy(ax: Any, drawn: list[pd.Series]) -> tuple[float, float]:
     """Show the top of the range of everything drawn (means and their std bands: from the 10th
-    percentile up, the largest band edge inside) so that late-stage differences stay visible."""
+    percentile up, the largest band edge inside) so that late-stage differences stay visible; returns
+    the y range, to which the bands are clipped."""
     values = pd.concat(drawn).dropna()
-    if len(values) > 10:
+    if len(values):
         hi = float(values.max())
-        lo = float(np.percentile(values, 10))
+        lo = float(np.percentile(values, 10)) if len(values) > 10 else float(values.min())
         if hi > lo:
             ax.set_ylim(lo - 0.02 * (hi - lo), hi + 0.05 * (hi - lo))
+    ax.set_ylim(*ax.get_ylim())  # fixed: what is drawn next (bands, vertical lines) leaves it as is
+    return ax.get_ylim()
 
 
 def figure_selection_rate(out_dir: Path) -> list[Path]:

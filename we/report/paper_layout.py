@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+import models
 from we.methods import paper_name
 from we.report.stats import finite
 from we.report.text import latex, markdown
@@ -29,9 +30,6 @@ PAPER_RUNS = 5  # "The experiments are run for 5 times and the mean results are 
 PAPER_ROWS = ("Baseline", "FG-1", "FG-2", "FG-4", "ONI", "SVB", "RePr", "RL", "WE-G", "WE-L", "WE-RM",
               "Filter-level-GL", "WE without BN", "WE without CONV", "WE")
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet"}
-MODEL_NAMES = {"resnet20": "ResNet-20", "resnet34": "ResNet-34", "resnet56": "ResNet-56", "resnet110": "ResNet-110",
-               "densenet40": "DenseNet-40", "mobilenetv1": "MobileNetV1", "mobilenetv2": "MobileNetV2",
-               "shufflenetv1": "ShuffleNetV1", "mobilenetv2_050": "MobileNetV2-0.5"}
 MEASURES = {"final": "final-epoch", "best": "best-epoch"}
 # Rows that switch one WE strategy off (Tables 5-8) and the full-WE rows they may be taken against.
 ABLATIONS = ("WE-G", "WE-L", "WE-RM", "Filter-level-GL", "WE without BN", "WE without CONV")
@@ -54,7 +52,7 @@ class Column:
 
     @property
     def head(self) -> str:
-        name = MODEL_NAMES.get(self.model, self.model) + "".join(f" {k}={v}" for k, v in self.extra)
+        name = models.display_name(self.model) + "".join(f" {k}={v}" for k, v in self.extra)
         return f"{name} top-{self.metric[-1]}" if self.dataset == "imagenet" else name
 
     @property

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from we.methods.evolution import COUNT_COLUMNS
 from we.report.stats import BASELINE, finite
 from we.rundir import (RESULT_FILE, TERMINAL, progress, read_cell, read_config, read_grid_file, read_metrics,
                        read_result, run_folders, summarize, tolerant)
@@ -46,7 +47,7 @@ class Run:
         return self.status == "complete" and finite(self.result.get("final_top1"))
 
 
-def _hashable(v: Any) -> Any:
+def hashable_label(v: Any) -> Any:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
     if isinstance(v, (str, int, float, bool)):
@@ -54,7 +55,7 @@ def _hashable(v: Any) -> Any:
     return json.dumps(v, sort_keys=True)
 
 
-def _method_sort_key(method: str, paper_methods: list[str]) -> tuple:
+def method_sort_key(method: str, paper_methods: list[str]) -> tuple:
     if method == BASELINE:
         return (0, 0, 0.0, method)
     m = ALPHA_LABEL.match(method)
@@ -166,3 +167,28 @@ def problems(runs: list[Run]) -> list[str]:
     """One line per file that could not be read."""
     return [line for r in runs for line in [*r.problems, *([r.message] if r.status == "unreadable" else [])]]
 
+
+
+@dataclass(frozen=True)
+class Evolution:
+    """What Weight Evolution did in one run, from its metrics rows: units evolved per kind (we.core KINDS)
+    summed over the run, and the epochs whose row records a step (a step after the epoch, or steps every
+    N iterations during it)."""
+
+    evolved: dict[str, float]
+    step_epochs: tuple[int, ...]
+
+
+def evolution_of(rows: list[dict[str, Any]]) -> Optional[Evolution]:
+    """The run's `Evolution`; None when no row records a WE step (a method without WE)."""
+    stepped = [r for r in rows if any(finite(r.get(col)) for col in COUNT_COLUMNS.values())]
+    if not stepped:
+        return None
+    evolved = {kind: float(sum(r[col] for r in stepped if finite(r.get(col)))) for kind, col in COUNT_COLUMNS.items()}
+    return Evolution(evolved, tuple(sorted({int(r["epoch"]) for r in stepped})))
+
+
+def run_evolution(run: Run) -> Optional[Evolution]:
+    """`evolution_of` the run folder's metrics (None when they cannot be read: the run's problem line)."""
+    rows, _ = tolerant(read_metrics, run.path, [])
+    return evolution_of(rows)

@@ -19,13 +19,16 @@ import pandas as pd
 from we.files import REPO_ROOT
 from we.report.figures import figure_alpha, figure_convergence
 from we.report.paper_layout import PAPER_RUNS, figure_vs_paper, layout_latex, layout_markdown, paper_layout
-from we.report.runs import (CORE_LABELS, DATASET_ORDER, JobState, Run, _hashable, _method_sort_key,
-                            grid_run_folders, problems, read_run)
+from we.report.runs import (CORE_LABELS, DATASET_ORDER, JobState, Run, hashable_label, method_sort_key,
+                            grid_run_folders, problems, read_run, run_evolution)
 from we.report.stats import BASELINE, baseline_group, finite, mean_std_n, welch_p
 from we.report.text import latex, markdown, markdown_code
 from we.rundir import inside
 
 PAPER_CSV = REPO_ROOT / "results" / "paper" / "reported-results.csv"
+# The kinds of units WE evolves (we.core KINDS), as the table names them; conv biases only when some moved.
+EVOLVED_NAMES = {"conv_weight": "conv filters", "conv_bias": "conv biases", "bn_weight": "BN weights",
+                 "bn_bias": "BN biases"}
 _OUTPUTS = {"markdown": ".md", "csv": ".csv", "tex": ".tex", "paper_markdown": "-paper.md", "paper_tex": "-paper.tex"}
 
 
@@ -75,7 +78,7 @@ def summarize_runs(runs: list[Run], paper: pd.DataFrame, table: Optional[int] = 
     """One row per (dataset, model, other varying axes, method label) with statistics and paper numbers."""
     records = []
     for r in runs:
-        rec = {k: _hashable(v) for k, v in r.labels.items() if k != "seed"}
+        rec = {k: hashable_label(v) for k, v in r.labels.items() if k != "seed"}
         for k in ("dataset", "model", "method"):
             rec.setdefault(k, "?")
         rec["_run"] = r
@@ -97,7 +100,7 @@ def summarize_runs(runs: list[Run], paper: pd.DataFrame, table: Optional[int] = 
     columns = [*keys, "n", "few_runs",
                "final_top1_mean", "final_top1_std", "best_top1_mean", "best_top1_std",
                "paper_table", "paper_top1", "diff_final_top1", "diff_best_top1",
-               "p_final_top1", "p_best_top1",
+               "p_final_top1", "p_best_top1", "we_steps_mean", *[f"evolved_{k}_mean" for k in EVOLVED_NAMES],
                "final_top5_mean", "final_top5_std", "best_top5_mean", "best_top5_std",
                "paper_top5", "diff_final_top5", "diff_best_top5",
                "n_failed", "n_diverged", "n_running", "n_unreadable", "n_other", "partial_top1_mean", "partial_epoch",
@@ -110,7 +113,7 @@ def summarize_runs(runs: list[Run], paper: pd.DataFrame, table: Optional[int] = 
     ds_rank = _order(df.dataset, DATASET_ORDER)
     model_rank = _order(df.model, paper_models)
     sort_keys = [(ds_rank[r["dataset"]], model_rank[r["model"]], *[str(r[k]) for k in extra],
-                  _method_sort_key(str(r["method"]), paper_methods)) for r in rows]
+                  method_sort_key(str(r["method"]), paper_methods)) for r in rows]
     df = df.iloc[sorted(range(len(rows)), key=sort_keys.__getitem__)].reset_index(drop=True)
     df.attrs["axes"] = keys
     return df
@@ -141,6 +144,7 @@ def _group_row(key: tuple, rs: list[Run], groups: dict[tuple, list[Run]], keys: 
     for metric in ("final_top1", "best_top1"):
         row[f"p_{metric}"] = (welch_p(_values(rs, metric), _values(base, metric))
                               if base is not None and row["method"] != BASELINE else math.nan)
+    row.update(evolution_columns([r for r in rs if r.counted]))
     status = Counter(r.status for r in rs)
     for s in ("failed", "diverged", "running", "unreadable"):
         row[f"n_{s}"] = status.get(s, 0)
@@ -164,6 +168,24 @@ def partial_summary(runs: Sequence[Run]) -> tuple[float, str]:
     totals = {p.get("epochs") for p in partial}
     total = f"/{totals.pop()}" if len(totals) == 1 and None not in totals else ""
     return mean, f"epoch {low}{total}" if low == high else f"epochs {low}-{high}{total}"
+
+
+def evolution_columns(runs: list[Run]) -> dict[str, float]:
+    """Mean over `runs` of WE's steps and of its units evolved per kind over each run (NaN for a method
+    without WE)."""
+    records = [e for e in map(run_evolution, runs) if e is not None]
+    columns = {"we_steps_mean": mean_std_n([len(e.step_epochs) for e in records])[0]}
+    for kind in EVOLVED_NAMES:
+        columns[f"evolved_{kind}_mean"] = mean_std_n([e.evolved.get(kind) for e in records])[0]
+    return columns
+
+
+def shown_kinds(df: pd.DataFrame) -> list[str]:
+    """The kinds whose evolved units the table shows: none when no run stepped WE; conv biases only where
+    some moved."""
+    if not df["we_steps_mean"].apply(finite).any():
+        return []
+    return [k for k in EVOLVED_NAMES if k != "conv_bias" or (df[f"evolved_{k}_mean"].fillna(0) > 0).any()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,8 +216,11 @@ def _n(n: int) -> str:
 def _display_rows(df: pd.DataFrame, pm: str, less: str = "<0.001") -> tuple[list[str], list[list[str]]]:
     axes = df.attrs.get("axes", ["dataset", "model", "method"])
     top5 = bool((df.dataset.astype(str).str.lower() == "imagenet").any())
+    kinds = shown_kinds(df)
     header = [*axes, "n", "final top-1", "best top-1", "paper top-1", "Δ final", "Δ best",
               "p final", "p best"]
+    if kinds:
+        header += ["WE steps", *[f"{EVOLVED_NAMES[k]} evolved" for k in kinds]]
     if top5:
         header += ["final top-5", "best top-5", "paper top-5", "Δ final top-5"]
     body = []
@@ -208,6 +233,8 @@ def _display_rows(df: pd.DataFrame, pm: str, less: str = "<0.001") -> tuple[list
                   _pm(r.best_top1_mean, r.best_top1_std, pm), _num(r.paper_top1),
                   _num(r.diff_final_top1, sign=True), _num(r.diff_best_top1, sign=True),
                   _p(r.p_final_top1).replace("<0.001", less), _p(r.p_best_top1).replace("<0.001", less)]
+        if kinds:
+            cells += [_num(r.we_steps_mean, 1), *[_num(r[f"evolved_{k}_mean"], 1) for k in kinds]]
         if top5:
             is_in = str(r.dataset).lower() == "imagenet"
             cells += ([_pm(r.final_top5_mean, r.final_top5_std, pm), _pm(r.best_top5_mean, r.best_top5_std, pm),
@@ -254,6 +281,10 @@ def format_markdown(grid_name: str, df: pd.DataFrame, runs: list[Run]) -> str:
                 f"fewer runs than the paper's {PAPER_RUNS}."
                 + (" partial: no run of the cell is complete yet; the mean test top-1 of its unfinished runs at their "
                    "latest epoch." if df.partial_epoch.astype(bool).any() else "")]
+        if shown_kinds(df):
+            out += ["", "WE steps and evolved units: what Weight Evolution did, per run (steps; units evolved per "
+                    "kind summed over its steps), mean over complete runs; WE takes no step after the last "
+                    "epoch. They count what WE changed, not whether it helped."]
         if (df.n_failed + df.n_diverged + df.n_running + df.n_unreadable + df.n_other).any():
             out += ["", "Runs not counted, per cell:", ""]
             axes = df.attrs.get("axes", [])

@@ -20,7 +20,7 @@ from we.files import read_yaml
 from we.keys import BadValue, excerpt
 from we.methods import METHODS, ConfigKey, method_keys
 from we.rundir import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, RESULT_FILE
-from we.train.datasets import DATASETS, NORMALIZATIONS, TRAIN_IMAGES
+from we.train.datasets import DATASETS, NORMALIZATIONS, dataset_family, dataset_spec
 from we.train.loggers import LOGGERS, check_loggers
 
 K = ConfigKey
@@ -43,11 +43,12 @@ CORE_KEYS: dict[str, ConfigKey] = {
     "dist_backend": K(str, "auto", "several processes: auto (nccl on CUDA, gloo on CPU) | nccl | gloo",
                       choices=("auto", "nccl", "gloo")),
     # ---- data ------------------------------------------------------------------------------------
-    "dataset": K(str, "digits", "digits | cifar10 | cifar100 | imagenet | fashion_mnist", choices=DATASETS),
+    "dataset": K(str, "digits", " | ".join(DATASETS), choices=DATASETS),
     "data_dir": K(str, "data", "dataset root"),
     "download": K(bool, True, "CIFAR, Fashion-MNIST: download into data_dir where the network allows"),
-    "image_size": K(Optional[int], None, "None: 32 (CIFAR, digits, Fashion-MNIST), 224 (ImageNet), 128 for "
-                    "mobilenetv2_050", minimum=IMAGE_SIZE_RANGE[0], maximum=IMAGE_SIZE_RANGE[1]),
+    "image_size": K(Optional[int], None, "None: 32 (CIFAR, digits, Fashion-MNIST), 224 (ImageNet) or the ImageNet "
+                    "zoo model's input size (models.model_info)", minimum=IMAGE_SIZE_RANGE[0],
+                    maximum=IMAGE_SIZE_RANGE[1]),
     "normalization": K(Optional[str], None, "paper (dataset statistics) | official (the authors' constants)",
                        choices=NORMALIZATIONS),
     "data_path": K(str, "auto", "auto (device on CUDA, loader on CPU) | loader | device",
@@ -103,8 +104,6 @@ RECIPES: dict[tuple[str, str], dict[str, Any]] = {
 }
 RECIPES[("official", "imagenet")] = dict(RECIPES[("paper", "imagenet")])
 
-IMAGE_SIZES = {"digits": 32, "cifar10": 32, "cifar100": 32, "imagenet": 224, "fashion_mnist": 32}
-MODEL_IMAGE_SIZES = {"mobilenetv2_050": 128}  # paper Table 4: MobileNetV2-0.5 at 128x128
 
 # Config key -> the zoo factory option it sets (models/: `init`, `arch`), passed only when "authors".
 MODEL_OPTIONS = {"model_init": "init", "model_arch": "arch"}
@@ -115,7 +114,6 @@ IDENTITY_DEFAULTS = {"model_init": "zoo", "model_arch": "zoo"}
 # interrupted run and its resumption, and they are not part of a run's identity.
 RESULT_NEUTRAL_KEYS = ("out", "device", "data_dir", "download", "workers", "progress", "dist_backend", "loggers")
 
-assert set(TRAIN_IMAGES) == set(IMAGE_SIZES) == set(DATASETS)
 
 
 def config_keys() -> dict[str, ConfigKey]:
@@ -162,11 +160,6 @@ class Config:
 
 def _copy(value: Any) -> Any:
     return list(value) if isinstance(value, list) else value
-
-
-def dataset_family(dataset: str) -> str:
-    """'imagenet' for ImageNet, else 'cifar' (CIFAR-10/100 and the 32x32 digits and Fashion-MNIST sets)."""
-    return "imagenet" if dataset == "imagenet" else "cifar"
 
 
 def _parse(key: str, spec: ConfigKey, value: Any) -> Any:
@@ -246,8 +239,7 @@ def resolve(cfg: Config) -> Config:
         if values[key] is None:
             values[key] = _copy(default)
     if values["image_size"] is None:
-        values["image_size"] = MODEL_IMAGE_SIZES.get(cfg.model, IMAGE_SIZES[cfg.dataset]) \
-            if family == "imagenet" else IMAGE_SIZES[cfg.dataset]
+        values["image_size"] = default_image_size(cfg.model, cfg.dataset)
     for key, option in MODEL_OPTIONS.items():
         if values[key] is None:  # the authors' model file under their recipe, where the zoo has one
             values[key] = "authors" if cfg.recipe == "official" and _takes(cfg.model, option) else "zoo"
@@ -257,6 +249,14 @@ def resolve(cfg: Config) -> Config:
     check_keys(out, [key for key in values if key not in given])
     check_across_keys(out)
     return out
+
+
+def default_image_size(model: str, dataset: str) -> int:
+    """The input side of a run that gives no image_size: the dataset's, or on ImageNet a zoo model's
+    registered input size (`register_model(input_size=...)`)."""
+    if dataset_family(dataset) == "imagenet" and models.is_zoo(model):
+        return models.model_info(model).input_size
+    return dataset_spec(dataset).image_size
 
 
 def _takes(model: str, option: str) -> bool:
@@ -310,8 +310,8 @@ def check_registries(cfg: Config) -> None:
 def check_across_keys(cfg: Config) -> None:
     """The checks of a resolved config that involve several keys (the core's, then each plug-in's)."""
     _check_model_options(cfg)
-    if dataset_family(cfg.dataset) != "imagenet" and cfg.image_size != IMAGE_SIZES[cfg.dataset]:
-        size = IMAGE_SIZES[cfg.dataset]
+    if dataset_family(cfg.dataset) != "imagenet" and cfg.image_size != dataset_spec(cfg.dataset).image_size:
+        size = dataset_spec(cfg.dataset).image_size
         raise ConfigError(f"config key 'image_size': {cfg.dataset} images are {size} pixels square; image_size "
                           f"must be {size} (or left out), got {cfg.image_size!r}")
     for cls in METHODS.values():

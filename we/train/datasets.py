@@ -2,7 +2,7 @@
 
 CIFAR-10/100 through torchvision (download into ``data_dir`` where the network allows), ImageNet as
 ``train/`` and ``val/`` class folders, scikit-learn's 8x8 digits as 32x32 RGB images, and Fashion-MNIST
-as 32x32 RGB images (``we.train.mnist``). Every
+as 32x32 RGB images (``we.train.fashion_mnist``). Every
 sample's augmentation on the loader path runs under a seed of (run seed, epoch, index); see
 ``we.train.pipeline`` for the iterables built on these.
 """
@@ -20,15 +20,14 @@ import torch.nn.functional as F
 
 from we.errors import DatasetNotFoundError
 from we.train.arrays import ArrayImageDataset
-from we.train.mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from we.train.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
-__all__ = ["DATASETS", "NORMALIZATIONS", "DATA_PATHS", "TRAIN_IMAGES", "DatasetInfo", "DatasetNotFoundError",
-           "DigitsDataset", "dataset_info", "load_digits_uint8"]
+__all__ = ["DATASET_SPECS", "DATASETS", "NORMALIZATIONS", "DATA_PATHS", "TRAIN_IMAGES", "DatasetInfo",
+           "DatasetNotFoundError", "DatasetSpec", "DigitsDataset", "dataset_family", "dataset_info", "dataset_spec",
+           "load_digits_uint8"]
 
-DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "imagenet", "fashion_mnist")
 NORMALIZATIONS: tuple[str, ...] = ("paper", "official")
 DATA_PATHS: tuple[str, ...] = ("loader", "device")
-DEVICE_DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "fashion_mnist")
 
 PAD = 4  # zero padding per side for the CIFAR-style random crop (paper 4.1.1)
 
@@ -54,7 +53,7 @@ IMAGENET_DEFAULT_SIZE = 224
 IMAGENET_RESIZE_RATIO = 0.875  # val: Resize(int(size / 0.875)) then CenterCrop(size); 224 -> 256
 
 
-def _check_choice(kind: str, value: Any, allowed: Sequence[str]) -> None:
+def check_choice(kind: str, value: Any, allowed: Sequence[str]) -> None:
     if value not in allowed:
         raise ValueError(f"unknown {kind} {value!r}; allowed: {', '.join(allowed)}")
 
@@ -69,10 +68,55 @@ class DatasetInfo:
     num_train: int | None
 
 
-TRAIN_IMAGES = {"digits": 1437, "cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167,
-                "fashion_mnist": 60_000}  # training images
-_NUM_TRAIN = {**TRAIN_IMAGES, "imagenet": None}  # ImageNet's depends on the copy on disk
-_NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000, "fashion_mnist": 10}
+Stats = tuple[tuple[float, float, float], tuple[float, float, float]]  # (channel mean, channel std)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything the suite knows of a dataset; every other module reads it from DATASET_SPECS."""
+    name: str
+    family: str  # "cifar" (32x32 inputs, the CIFAR recipe) or "imagenet"
+    num_classes: int
+    train_images: int  # the full training set (ImageNet: the standard copy; a run counts the one on disk)
+    test_images: int  # the test set (ImageNet: the validation set)
+    image_size: int  # the input size (ImageNet: the default; the 32x32 sets take this one only)
+    stats: Stats  # the training set's own channel statistics ("paper" normalisation)
+    official_stats: Stats | None  # the authors' script's constants ("official"), None: it has none of its own
+    device_path: bool  # the on-device data path (data_path=device) supports it
+    loader: str  # where its raw data comes from
+
+    @property
+    def sized_on_disk(self) -> bool:
+        """Whether a run counts its training images from the copy on disk (ImageNet)."""
+        return self.family == "imagenet"
+
+
+DATASET_SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
+    DatasetSpec("digits", "cifar", 10, 1437, 360, 32, (DIGITS_MEAN, DIGITS_STD), None, True,
+                "scikit-learn's 8x8 digits, upscaled to 32x32 RGB (load_digits_uint8)"),
+    DatasetSpec("cifar10", "cifar", 10, 50_000, 10_000, 32, (CIFAR10_MEAN, CIFAR10_STD),
+                (OFFICIAL_CIFAR_MEAN, OFFICIAL_CIFAR_STD), True, "torchvision CIFAR10 (load_cifar)"),
+    DatasetSpec("cifar100", "cifar", 100, 50_000, 10_000, 32, (CIFAR100_MEAN, CIFAR100_STD),
+                (OFFICIAL_CIFAR_MEAN, OFFICIAL_CIFAR_STD), True, "torchvision CIFAR100 (load_cifar)"),
+    DatasetSpec("imagenet", "imagenet", 1000, 1_281_167, 50_000, IMAGENET_DEFAULT_SIZE, (IMAGENET_MEAN, IMAGENET_STD),
+                None, False, "train/ and val/ class folders (load_imagenet)"),
+    DatasetSpec("fashion_mnist", "cifar", 10, 60_000, 10_000, 32, (FASHION_MNIST_MEAN, FASHION_MNIST_STD), None, True,
+                "the original idx files, padded to 32x32 RGB (we.train.fashion_mnist)"),
+)}
+DATASETS: tuple[str, ...] = tuple(DATASET_SPECS)
+DEVICE_DATASETS: tuple[str, ...] = tuple(n for n, spec in DATASET_SPECS.items() if spec.device_path)
+TRAIN_IMAGES = {n: spec.train_images for n, spec in DATASET_SPECS.items()}  # training images of each full set
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The registry's entry of `name` (ValueError naming the known datasets)."""
+    check_choice("dataset", name, DATASETS)
+    return DATASET_SPECS[name]
+
+
+def dataset_family(name: str) -> str:
+    """'imagenet' for ImageNet, else 'cifar' (CIFAR-10/100 and the 32x32 digits and Fashion-MNIST sets)."""
+    return dataset_spec(name).family
 
 
 def dataset_info(name: str, normalization: str = "paper", image_size: int | None = None) -> DatasetInfo:
@@ -84,28 +128,19 @@ def dataset_info(name: str, normalization: str = "paper", image_size: int | None
     ``image_size``: 32 only for digits/CIFAR/Fashion-MNIST; any positive size for imagenet (default 224).
     ``num_train`` is None for imagenet (it depends on the copy on disk; ``build_data`` fills it).
     """
-    _check_choice("dataset", name, DATASETS)
-    _check_choice("normalization", normalization, NORMALIZATIONS)
-    if name == "imagenet":
-        size = IMAGENET_DEFAULT_SIZE if image_size is None else int(image_size)
+    spec = dataset_spec(name)
+    check_choice("normalization", normalization, NORMALIZATIONS)
+    if spec.sized_on_disk:
+        size = spec.image_size if image_size is None else int(image_size)
         if size <= 0:
             raise ValueError(f"image_size must be positive, got {image_size!r}")
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
     else:
-        if image_size not in (None, 32):
-            raise ValueError(f"image_size for {name} must be 32 (or None), got {image_size!r}")
-        size = 32
-        if name == "digits":
-            mean, std = DIGITS_MEAN, DIGITS_STD
-        elif name == "fashion_mnist":
-            mean, std = FASHION_MNIST_MEAN, FASHION_MNIST_STD
-        elif normalization == "official":
-            mean, std = OFFICIAL_CIFAR_MEAN, OFFICIAL_CIFAR_STD
-        elif name == "cifar10":
-            mean, std = CIFAR10_MEAN, CIFAR10_STD
-        else:
-            mean, std = CIFAR100_MEAN, CIFAR100_STD
-    return DatasetInfo(name, _NUM_CLASSES[name], size, tuple(mean), tuple(std), _NUM_TRAIN[name])
+        if image_size not in (None, spec.image_size):
+            raise ValueError(f"image_size for {name} must be {spec.image_size} (or None), got {image_size!r}")
+        size = spec.image_size
+    mean, std = spec.official_stats if normalization == "official" and spec.official_stats else spec.stats
+    return DatasetInfo(name, spec.num_classes, size, tuple(mean), tuple(std),
+                       None if spec.sized_on_disk else spec.train_images)
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,7 +162,7 @@ def _mix(a: int, b: int) -> int:
     return _splitmix64(_splitmix64(int(a) & _MASK64) ^ (int(b) & _MASK64)) >> 1
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
+def epoch_seed(seed: int, epoch: int) -> int:
     return _mix(_mix(0x5745_2D64_6174_61, seed), epoch)  # salt: "WE-data"
 
 
@@ -175,7 +210,7 @@ class DigitsDataset(ArrayImageDataset):
         super().__init__(*load_digits_uint8(train), transform)
 
 
-def _load_cifar(name: str, root: str, train: bool, download: bool):
+def load_cifar(name: str, root: str, train: bool, download: bool):
     from torchvision import datasets
 
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
@@ -192,7 +227,7 @@ def _load_cifar(name: str, root: str, train: bool, download: bool):
         raise DatasetNotFoundError(msg) from err
 
 
-def _load_imagenet(root: str, split: str):
+def load_imagenet(root: str, split: str):
     from torchvision import datasets
 
     folder = os.path.join(os.path.abspath(os.fspath(root)), split)
@@ -209,7 +244,7 @@ def _load_imagenet(root: str, split: str):
 # Transforms
 
 
-def _transforms(name: str, info: DatasetInfo, train: bool):
+def sample_transforms(name: str, info: DatasetInfo, train: bool):
     from torchvision import transforms as T
 
     tail = [T.ToTensor(), T.Normalize(info.mean, info.std)]
@@ -224,7 +259,7 @@ def _transforms(name: str, info: DatasetInfo, train: bool):
     return T.Compose(head + tail)
 
 
-class _SeededTransform(torch.utils.data.Dataset):
+class SeededTransform(torch.utils.data.Dataset):
     """Applies ``transform`` to ``base[i]``. Indexed by ``(i, aug_base)``, under a CPU RNG seeded
     by ``_mix(aug_base, i)``, restoring the caller's CPU RNG state afterwards."""
 

@@ -14,13 +14,13 @@ Determinism for exact resume: the order and the augmentation of epoch ``e`` depe
 ``DistributedSampler``; the epoch is not advanced automatically). Nothing here reads or changes
 the global torch RNG streams as seen by the caller.
 
-* loader path: a CPU ``torch.Generator`` seeded with ``_epoch_seed(seed, e)`` draws an
+* loader path: a CPU ``torch.Generator`` seeded with ``epoch_seed(seed, e)`` draws an
   augmentation base seed, then the epoch's permutation ``randperm(n)``; the sampler hands every
   index to the workers together with that base. The augmentation of sample ``i`` runs the
   torchvision transforms under a CPU RNG seeded with ``_mix(aug_base, i)`` (the caller's RNG state
   is saved and restored around it), so a sample's augmentation depends only on (seed, epoch,
   index): the same with 0 or N workers.
-* device path: a ``torch.Generator`` on the data's device, seeded with ``_epoch_seed(seed, e)``,
+* device path: a ``torch.Generator`` on the data's device, seeded with ``epoch_seed(seed, e)``,
   draws the permutation and then, batch by batch, the crop offsets and flips.
 
 Several processes (``world_size > 1``, DistributedDataParallel): ``batch_size`` stays the global
@@ -43,10 +43,10 @@ import torch
 import torch.nn.functional as F
 
 from we.train.datasets import (DATA_PATHS, DATASETS, DEVICE_DATASETS, NORMALIZATIONS, PAD, DatasetInfo, DigitsDataset,
-                               _check_choice, _epoch_seed, _load_cifar, _load_imagenet, _SeededTransform, _transforms,
+                               check_choice, epoch_seed, load_cifar, load_imagenet, SeededTransform, sample_transforms,
                                dataset_info)
 from we.train.interrupt import ignore_in_worker
-from we.train.mnist import FashionMNISTDataset
+from we.train.fashion_mnist import FashionMNISTDataset
 
 __all__ = ["Data", "TrainIterable", "build_data", "augment_batch", "shard_positions"]
 
@@ -164,7 +164,7 @@ class _EpochSampler(torch.utils.data.Sampler[tuple[int, int]]):
 
 
 class _LoaderTrain(TrainIterable):
-    def __init__(self, dataset: _SeededTransform, *, batch_size: int, workers: int, seed: int,
+    def __init__(self, dataset: SeededTransform, *, batch_size: int, workers: int, seed: int,
                  device: torch.device, drop_last: bool, rank: int = 0, world_size: int = 1) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
@@ -187,7 +187,7 @@ class _LoaderTrain(TrainIterable):
         return _num_batches(len(self.dataset), self.batch_size, self.drop_last)
 
     def __iter__(self):
-        self.sampler.set_epoch(torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch)))
+        self.sampler.set_epoch(torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch)))
         for x, y in self.loader:
             yield x.to(self.device, non_blocking=self.pin_memory), y.to(self.device, non_blocking=self.pin_memory)
 
@@ -224,7 +224,7 @@ class _DeviceTrain(TrainIterable):
 
     def __iter__(self):
         g = torch.Generator(device=self.x.device)
-        g.manual_seed(_epoch_seed(self.seed, self.epoch))
+        g.manual_seed(epoch_seed(self.seed, self.epoch))
         n = len(self.y)
         perm = torch.randperm(n, generator=g, device=self.x.device)
         if self.world_size > 1:
@@ -298,7 +298,7 @@ def build_data(
     """Build the train/test iterables (see the module docstring).
 
     ``data_dir``: CIFAR root (holding ``cifar-10-batches-py`` / ``cifar-100-python``), the
-    Fashion-MNIST root (see ``we.train.mnist``), or the ImageNet root (holding ``train/`` and ``val/`` class folders); ignored for digits.
+    Fashion-MNIST root (see ``we.train.fashion_mnist``), or the ImageNet root (holding ``train/`` and ``val/`` class folders); ignored for digits.
     ``limit_train``: keep only the first N training examples. ``Data.num_train`` is the count
     used; ``Data.info.num_train`` the full split's size.
     ``rank``, ``world_size``: with ``world_size > 1`` the train iterable yields this rank's share
@@ -306,9 +306,9 @@ def build_data(
     gets ``batch_size // world_size`` rows of it (see ``shard_positions``); every rank sees the whole
     test set.
     """
-    _check_choice("dataset", dataset, DATASETS)
-    _check_choice("normalization", normalization, NORMALIZATIONS)
-    _check_choice("data_path", data_path, DATA_PATHS)
+    check_choice("dataset", dataset, DATASETS)
+    check_choice("normalization", normalization, NORMALIZATIONS)
+    check_choice("data_path", data_path, DATA_PATHS)
     if data_path == "device" and dataset not in DEVICE_DATASETS:
         raise ValueError(
             f"data_path 'device' is not available for dataset {dataset!r}; it supports: {', '.join(DEVICE_DATASETS)}"
@@ -331,10 +331,10 @@ def build_data(
         train_raw = FashionMNISTDataset(data_dir, train=True, download=download)
         test_raw = FashionMNISTDataset(data_dir, train=False, download=download)
     elif dataset in ("cifar10", "cifar100"):
-        train_raw = _load_cifar(dataset, data_dir, True, download)
-        test_raw = _load_cifar(dataset, data_dir, False, download)
+        train_raw = load_cifar(dataset, data_dir, True, download)
+        test_raw = load_cifar(dataset, data_dir, False, download)
     else:
-        train_raw, test_raw = _load_imagenet(data_dir, "train"), _load_imagenet(data_dir, "val")
+        train_raw, test_raw = load_imagenet(data_dir, "train"), load_imagenet(data_dir, "val")
         if train_raw.classes != test_raw.classes:
             raise ValueError(
                 f"ImageNet train and val class folders differ under {os.path.abspath(data_dir)} "
@@ -347,8 +347,8 @@ def build_data(
     n_test = len(test_raw)
 
     if data_path == "loader":
-        train_ds = _SeededTransform(train_raw, _transforms(dataset, info, train=True), n=n_train)
-        test_ds = _SeededTransform(test_raw, _transforms(dataset, info, train=False))
+        train_ds = SeededTransform(train_raw, sample_transforms(dataset, info, train=True), n=n_train)
+        test_ds = SeededTransform(test_raw, sample_transforms(dataset, info, train=False))
         train = _LoaderTrain(train_ds, batch_size=batch_size, workers=workers, seed=seed,
                              device=device, drop_last=drop_last, rank=rank, world_size=world_size)
         test = _LoaderEval(test_ds, batch_size=eval_batch_size, workers=workers, device=device)

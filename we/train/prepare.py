@@ -4,7 +4,7 @@ CIFAR-10/100: verified with torchvision's own checks (the md5 of every batch fil
 missing or corrupt and `download` is on, the archive is fetched once, under a file lock in the data
 folder (`<data_dir>/.<dataset>.lock`), so concurrent prepares and submits never download twice or
 read half-extracted files; then verified again. ImageNet: `train/` and `val/` must hold the same
-1000 class folders. digits: built in (scikit-learn), nothing to do. A dataset that is not ready
+class folders of every ImageNet class. digits: built in (scikit-learn), nothing to do. A dataset that is not ready
 raises DatasetNotFoundError with one line naming the dataset and the folder.
 """
 from __future__ import annotations
@@ -15,8 +15,9 @@ from pathlib import Path
 from filelock import FileLock
 
 from we.errors import DatasetNotFoundError
+from we.train.datasets import DATASET_SPECS
 
-IMAGENET_CLASSES = 1000
+IMAGENET_CLASSES = DATASET_SPECS["imagenet"].num_classes
 LOCK_TIMEOUT_S = 3600.0  # a download of CIFAR over a slow link
 
 
