@@ -52,7 +52,7 @@ from we.train.optim import build_optimizer, build_scheduler, evaluate
 from we.train.pipeline import build_data
 from we.train.provenance import provenance
 from we.train.seed_array import SeedArray
-from we.train.trainer import _open_run_folder, log, main as train_solo, resolve_device, saved_history
+from we.train.trainer import log, main as train_solo, open_run_folder, resolve_device, saved_history
 
 def train_array(cfgs: list[Config], trust_checkpoint: bool = False) -> list[dict[str, Any]]:
     """Train (or resume, or return) every run of `cfgs` as seed arrays; the members' result.json contents, in order.
@@ -63,7 +63,7 @@ def train_array(cfgs: list[Config], trust_checkpoint: bool = False) -> list[dict
     results: list[dict[str, Any] | None] = [None] * len(cfgs)
     groups: dict[int, list[tuple[int, dict[str, Any] | None]]] = {}
     for i, cfg in enumerate(cfgs):
-        previous, resume = _open_run_folder(Path(cfg.out), cfg, SINGLE, trust_checkpoint)
+        previous, resume = open_run_folder(Path(cfg.out), cfg, SINGLE, trust_checkpoint)
         if previous is not None:
             results[i] = previous
         else:
