@@ -65,6 +65,9 @@ class Method:
     presets: dict[str, Preset] = {"baseline": Preset(paper="Baseline")}
     bench_overrides: dict[str, Any] = {}  # config keys that make the method act within a short bench run
     sources = "plain SGD training with the recipe of the paper (Sec. 4.1.2) or of the authors' script"
+    # None: the method trains in a seed array (we.train.array_run), its hooks acting on each seed's module;
+    # else the one-line reason its runs train solo.
+    array_reason: str | None = None
 
     def __init__(self, cfg: Any = None) -> None:
         self.cfg = cfg

@@ -157,6 +157,8 @@ class FGMethod(Method):
     """FG-n: n networks, each on its own data stream, grafted in a ring after every epoch but the last;
     FG-1: internal-filter grafting within one network."""
 
+    array_reason = "it trains further networks on each step's batch (after_batch), outside the fused step"
+
     name = "fg"
     version = 2  # 2: FG-n networks draw their own batches; FG-1 is internal-filter grafting
     keys = {

@@ -127,6 +127,8 @@ def apply_oni(model: nn.Module, group_size: int = 64, iters: int = 5, eps: float
 class ONIMethod(Method):
     """Conv weights orthogonalised by Newton's iteration in every forward pass; BN kept."""
 
+    array_reason = "its conv weights are parametrised (orthogonalised in every forward pass), not plain stacked tensors"
+
     name = "oni"
     keys = {
         "oni_group_size": ConfigKey(Optional[int], None, "filters orthogonalised together (0: all filters of a "

@@ -164,6 +164,8 @@ def orthogonal_filters(kept: Tensor, count: int, generator: torch.Generator, dro
 class RePrMethod(Method):
     """Cycles of full training and training with the least orthogonal filters pruned, then re-initialised."""
 
+    array_reason = "its pruning masks act through module hooks and the optimizer's own state"
+
     name = "repr"
     version = 2  # 2: re-initialised filters also orthogonal to the pruned filters' pre-prune values
     keys = {

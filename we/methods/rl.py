@@ -48,6 +48,8 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 class RLMethod(Method):
     """Adds the retrospective term after the warm-up; refreshes the past snapshot every F epochs."""
 
+    array_reason = "its loss term (extra_loss) needs the member's own forward pass"
+
     name = "rl"
     keys = {
         "rl_kappa": ConfigKey(float, 4.0, "kappa in (kappa + 1) |f(x) - y| - kappa |f(x) - f_past(x)|", minimum=0),

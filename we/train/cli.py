@@ -5,6 +5,9 @@ Exit codes: 0 complete, 1 failed (the error is in result.json and on one line he
 (one line naming the key; a run of the recipe's full length without `out` is one) or a refused checkpoint (one line naming the file; nothing written), 3 diverged,
 130 / 143 interrupted by SIGINT / SIGTERM (result.json says `interrupted`, last.pt keeps the finished
 epochs, one line here says how to resume: the same command).
+
+`seeds=[0,1,2]` with `out=DIR/s{seed}` trains those seeds as one seed array (`we.train.array_run`): one
+folder per seed, each as its solo run writes it; the exit code is the worst member's.
 """
 from __future__ import annotations
 
@@ -17,9 +20,13 @@ from we.errors import ConfigError, SuiteError
 from we.rundir import LAST_CHECKPOINT
 from we.train.checkpoint import TRUST_FLAG
 from we.train.config import CORE_KEYS, Config, load_config, load_yaml, parse_overrides
+from we.train.array_config import array_configs
+from we.train.array_run import train_array
 from we.train.interrupt import Interrupted, interrupts_raise
 from we.train.keyref import key_reference
 from we.train.trainer import EXIT_CODES, log, main
+
+ARRAY_STATUS_ORDER = ("complete", "diverged", "failed")  # a seed array's exit code: its worst member's
 
 
 def check_out_given(cfg: Config, given: dict) -> None:
@@ -35,7 +42,8 @@ def check_out_given(cfg: Config, given: dict) -> None:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m we.train", description="Train one run (resumes from its folder).")
+    parser = argparse.ArgumentParser(prog="python -m we.train", description="Train one run (resumes from its folder); "
+                                     "with seeds=[...] and out=DIR/s{seed}: the seeds as one seed array.")
     parser.add_argument("--config", help="YAML file of config keys (overridden by key=value arguments)")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. model=resnet56 method=we epochs=10")
     parser.add_argument(TRUST_FLAG, action="store_true",
@@ -47,11 +55,18 @@ def cli(argv: list[str] | None = None) -> int:
     if args.keys:
         print(key_reference(), end="")
         return 0
+    seeds = [a for a in args.overrides if a.split("=", 1)[0].strip() == "seeds"]
+    overrides = [a for a in args.overrides if a not in seeds]
     with interrupts_raise():
         try:
-            cfg = load_config(args.config, args.overrides)
-            check_out_given(cfg, {**(load_yaml(args.config) if args.config else {}), **parse_overrides(args.overrides)})
-            result = main(cfg, trust_checkpoint=args.trust_checkpoint)
+            if seeds:  # a seed array: one process, one folder per seed (we.train.array_run)
+                results = train_array(array_configs(args.config, overrides, parse_overrides(seeds)["seeds"]),
+                                      trust_checkpoint=args.trust_checkpoint)
+                result = max(results, key=lambda r: ARRAY_STATUS_ORDER.index(r["status"]))
+            else:
+                cfg = load_config(args.config, overrides)
+                check_out_given(cfg, {**(load_yaml(args.config) if args.config else {}), **parse_overrides(overrides)})
+                result = main(cfg, trust_checkpoint=args.trust_checkpoint)
         except SuiteError as err:  # a bad config, checkpoint or run-folder file: one line, nothing written
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -172,7 +172,7 @@ def main(cfg: Config, trust_checkpoint: bool = False) -> dict[str, Any]:
             shutdown_distributed()
 
 
-def _open_run_folder(out: Path, cfg: Config, dist_env: DistEnv,
+def open_run_folder(out: Path, cfg: Config, dist_env: DistEnv,
                      trust_checkpoint: bool) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """(result.json of a finished run of this config, None) or (None, last.pt's state to resume, or None).
 
@@ -205,7 +205,7 @@ def _open_run_folder(out: Path, cfg: Config, dist_env: DistEnv,
 
 def _main(cfg: Config, device: torch.device, dist_env: DistEnv, trust_checkpoint: bool = False) -> dict[str, Any]:
     out = Path(cfg.out)
-    previous, resume = _open_run_folder(out, cfg, dist_env, trust_checkpoint)
+    previous, resume = open_run_folder(out, cfg, dist_env, trust_checkpoint)
     if previous is not None:
         return previous
     if cfg.batch_size % dist_env.world_size:
