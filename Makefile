@@ -21,11 +21,11 @@ endef
 TABLES := 1 2 3 4 5 6 7 8
 FIGURES := 2 3 5 6
 
-.PHONY: help install test demo bench figures reproduce-figures reproduce-all cluster-up cluster-down \
+.PHONY: help install test test-slow demo bench figures reproduce-figures reproduce-all cluster-up cluster-down \
 	$(addprefix reproduce-table,$(TABLES)) $(addprefix table,$(TABLES))
 
 help:
-	@echo "make install | test | demo | bench | reproduce-table1..8 | table1..8 | reproduce-figures | figures | reproduce-all | cluster-up | cluster-down"
+	@echo "make install | test | test-slow | demo | bench | reproduce-table1..8 | table1..8 | reproduce-figures | figures | reproduce-all | cluster-up | cluster-down"
 	@echo "variables: EXECUTOR=local|slurm (reproduce-*: required; without it they print the plan and stop),"
 	@echo "  PROFILE=slurm/NAME.yaml (default slurm/default.yaml), WAIT=1 (block until done),"
 	@echo "  ALLOW_CPU_MARATHON=1 (EXECUTOR=local without a GPU: start long grids anyway)"
@@ -40,8 +40,12 @@ $(VENV)/.install.stamp: requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
+# the suite without its longest end-to-end tests (marked slow); `make test-slow` runs those, CI runs both
 test: install
-	$(PY) -m pytest -q -ra tests
+	$(PY) -m pytest -q -ra -m "not slow" tests
+
+test-slow: install
+	$(PY) -m pytest -q -ra -m slow tests
 
 demo: install
 	$(PY) -m we.grid plan demo

@@ -80,6 +80,7 @@ def test_bench_paths_times_all_three_input_paths_in_rounds(tmp_path):
     assert row["fast_peak_mb"] is None  # peak memory is read on CUDA only
 
 
+@pytest.mark.slow
 def test_accuracy_check_trains_both_paths_per_seed_and_writes_its_own_report(tmp_path):
     from we.bench import main
 

@@ -190,6 +190,7 @@ def test_single_process_environment_is_untouched(monkeypatch):
 
 # ---- two processes ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ddp_we_run_ranks_agree_and_match_single_process(runs):
     r0, r1 = load_probe(runs["probe2"], 0), load_probe(runs["probe2"], 1)
     # every rank ends with the same weights, buffers, momentum and WE state, and evaluated the same
@@ -209,6 +210,7 @@ def test_ddp_we_run_ranks_agree_and_match_single_process(runs):
     assert_same_state({"model": ckpt["model"], "optimizer": ckpt["optimizer"]}, r0)  # rank 0 wrote it
 
 
+@pytest.mark.slow
 def test_ddp_resume_after_interruption_is_bitwise(runs):
     out, probe = runs["root"] / "cut", runs["root"] / "probe_cut"
     first = launch(probe, RUN + [f"out={out}"], crash_at=1, check=False)
@@ -227,6 +229,7 @@ def test_ddp_resume_after_interruption_is_bitwise(runs):
     assert strip(rows(out)) == strip(rows(runs["ddp"]))
 
 
+@pytest.mark.slow
 def test_ddp_repr_prune_and_reinit_stay_in_sync(tmp_path: Path):
     overrides = ["dataset=digits", "model=resnet20", "workers=0", "progress=plain", "method=repr",
                  "limit_train=256", "batch_size=64", "epochs=3", "repr_s1=1", "repr_s2=1", f"out={tmp_path / 'run'}"]
@@ -238,6 +241,7 @@ def test_ddp_repr_prune_and_reinit_stay_in_sync(tmp_path: Path):
     assert all(torch.isfinite(t).all() for t in r0["model"].values() if t.is_floating_point())
 
 
+@pytest.mark.slow
 def test_ddp_resume_with_another_number_of_processes(runs):
     """The two-process run cut after epoch 1 (test above) resumes in one process."""
     out = runs["root"] / "cut_one_process"
@@ -259,6 +263,7 @@ SMALL = ["dataset=digits", "model=resnet20", "workers=0", "progress=plain", "lim
          "epochs=2", "lr=0.05"]
 
 
+@pytest.mark.slow
 def test_ddp_we_every_n_iterations_keeps_ranks_identical(tmp_path: Path):
     # 256 / 64 = 4 steps per epoch, interval 2: evolution after iterations 2, 4, 6 and 8
     launch(tmp_path / "probe", SMALL + ["method=we", "we_interval_unit=iter", "we_interval=2",
@@ -269,6 +274,7 @@ def test_ddp_we_every_n_iterations_keeps_ranks_identical(tmp_path: Path):
     assert all(sum(r[f"we_{k}"] for k in ("conv_weight", "conv_bias", "bn_weight", "bn_bias")) > 0 for r in history)
 
 
+@pytest.mark.slow
 def test_ddp_fg_trains_every_network_on_every_rank(tmp_path: Path):
     launch(tmp_path / "probe", SMALL + ["method=fg", "fg_n=2", f"out={tmp_path / 'run'}"])
     history = rows(tmp_path / "run")

@@ -6,6 +6,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from we.grid.cli import main, wait
@@ -50,6 +51,7 @@ def test_tiny_grid_with_wait_then_nothing_to_do(tmp_path: Path, capsys):
     assert "done 2" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_its_checkpoint(tmp_path: Path, capsys):
     epochs = 6
     path = write_grid(tmp_path, "killme", {"epochs": epochs, "limit_train": 192}, ["we"], [0])

@@ -108,6 +108,7 @@ def test_config_resolves_as_cifar_family():
     assert cfg.image_size == 32 and cfg.epochs == 200 and cfg.normalization == "paper"
 
 
+@pytest.mark.slow
 def test_one_epoch_tiny_training_run(fm_dir, tmp_path):
     cfg = load_config(None, ["dataset=fashion_mnist", f"data_dir={fm_dir}", "download=false", "model=resnet20",
                              "method=we", "epochs=1", "limit_train=512", "batch_size=64", "workers=0",

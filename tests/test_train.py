@@ -71,6 +71,7 @@ def _train_cmd(out: Path, epochs: int, method: str) -> list[str]:
             "lr_milestones=[2,4]", "we_r_hat=0.3", "we_gamma=0.5", f"out={out}"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["we"])
 def test_killed_run_resumes_bitwise(tmp_path: Path, method: str):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
