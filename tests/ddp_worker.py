@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from we.train.config import load_config  # noqa: E402
 from we.methods import METHODS  # noqa: E402
-from we.train import main, trainer  # noqa: E402
+from we.train import main, run_parts, trainer  # noqa: E402
 
 EVALUATIONS: list[dict] = []  # every evaluation of this rank, as computed here (not rank 0's row)
 
@@ -34,7 +34,8 @@ def recording_evaluate(*args, **kwargs):
     return metrics
 
 
-EVALUATE, trainer.evaluate = trainer.evaluate, recording_evaluate
+EVALUATE = trainer.evaluate
+trainer.evaluate = run_parts.evaluate = recording_evaluate  # the epoch's evaluation and the methods' (ctx.evaluate)
 
 
 class Interrupted(RuntimeError):

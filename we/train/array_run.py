@@ -37,20 +37,18 @@ from typing import Any
 
 import torch
 
-import models
-from we.methods import TrainContext, create_method, method_version
+from we.methods import TrainContext, method_version
 from we.rundir import (LAST_CHECKPOINT, best_row, remove_stale_temps, summarize, write_config, write_metrics,
                        write_result)
-from we.train.checkpoint import (promote_best, rng_state, save_checkpoint, seed_everything, set_rng_state,
-                                 settle_best, stage_best)
+from we.train.checkpoint import promote_best, rng_state, save_checkpoint, set_rng_state, settle_best, stage_best
 from we.train.array_config import check_array
-from we.train.config import Config, model_options, to_dict
+from we.train.config import Config, to_dict
 from we.train.distributed import SINGLE
 from we.train.interrupt import Interrupted, held
 from we.train.loggers import RunLoggers
-from we.train.optim import build_optimizer, build_scheduler, evaluate
-from we.train.pipeline import build_data
+from we.train.optim import build_optimizer
 from we.train.provenance import provenance
+from we.train.run_parts import build_parts, data_path_for, restore
 from we.train.seed_array import SeedArray
 from we.train.trainer import log, main as train_solo, open_run_folder, resolve_device, saved_history
 
@@ -112,41 +110,13 @@ class Member:
             self.rng = rng_state()
 
 
-def _data_path(cfg: Config, device: torch.device) -> str:
-    if cfg.data_path != "auto":
-        return cfg.data_path
-    return "device" if device.type == "cuda" and cfg.dataset != "imagenet" else "loader"
-
-
 def _build_member(cfg: Config, device: torch.device, resume: dict[str, Any] | None) -> Member:
-    """The member's data, model, method, optimizer and scheduler, in the solo trainer's order."""
-    seed_everything(cfg.seed)
-    data_for_seed = functools.partial(
-        build_data, cfg.dataset, cfg.data_dir, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
-        normalization=cfg.normalization, image_size=cfg.image_size, data_path=_data_path(cfg, device),
-        device=device, workers=cfg.workers, download=cfg.download, limit_train=cfg.limit_train or None)
-    data = data_for_seed(seed=cfg.seed)
-    build_model = functools.partial(models.create, cfg.model, num_classes=data.info.num_classes,
-                                    image_size=cfg.image_size, **model_options(cfg))
-    model = build_model().to(device)
-    method = create_method(cfg)
-    method.prepare_model(model, cfg)
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_scheduler(cfg, optimizer)
-    ctx = TrainContext(model=model, optimizer=optimizer, cfg=cfg, device=device, steps_per_epoch=len(data.train),
-                       data=data, dist=SINGLE, build_model=build_model,
-                       build_optimizer=lambda net, lr: build_optimizer(cfg, net, lr),
-                       build_scheduler=lambda opt: build_scheduler(cfg, opt),
-                       evaluate=lambda net, fnet: evaluate(cfg, net, data, fnet, device),
-                       build_train_data=lambda seed: data_for_seed(seed=seed).train)
-    member = Member(cfg, Path(cfg.out), data, model, method, optimizer, scheduler, ctx)
+    """The member's data, model, method, optimizer and scheduler, built as its solo run builds them."""
+    parts = build_parts(cfg, device)
+    member = Member(cfg, Path(cfg.out), parts.data, parts.model, parts.method, parts.optimizer, parts.scheduler,
+                    parts.ctx)
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        method.load_state_dict(resume["method"])
-        set_rng_state(resume["rng"])
-        member.start_epoch, member.iteration, member.history = resume["epoch"], resume["iteration"], resume["history"]
+        member.start_epoch, member.iteration, member.history = restore(parts, resume)
         log(f"{member.out}: resuming after epoch {member.start_epoch} of {cfg.epochs} (seed array)")
         member.best_saved = settle_best(member.out, member.start_epoch)
     member.rng = rng_state()  # the member's streams as its solo run holds them here
@@ -352,7 +322,7 @@ def _finish(member: Member, status: str, wall_seconds: float | None) -> None:
     member.status = status
     member.result.update({"status": status, **summary, "speed": {k: getattr(cfg, k) for k in
                                                                  ("amp", "channels_last", "compile", "cudnn_benchmark")},
-                          "data_path": _data_path(cfg, member.ctx.device), "seed": cfg.seed})
+                          "data_path": data_path_for(cfg, member.ctx.device), "seed": cfg.seed})
     if wall_seconds is not None:
         member.result["wall_seconds"] = wall_seconds
     write_result(member.out, member.result)

@@ -15,7 +15,6 @@ every epoch with identical weights; only rank 0 writes the run folder.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import sys
 import time
@@ -26,21 +25,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-import models
 from we.errors import ConfigError
-from we.methods import Method, TrainContext, create_method, method_version
+from we.methods import Method, TrainContext, method_version
 from we.rundir import (CONFIG_FILE, LAST_CHECKPOINT, RESULT_FILE, TERMINAL, RunFileError, best_row, read_config,
                        read_metrics, read_result, remove_stale_temps, summarize, write_config, write_metrics,
                        write_result)
 from we.train.checkpoint import (convert_trusted_checkpoint, load_checkpoint, promote_best, rng_state,
-                                 save_checkpoint, seed_everything, set_rng_state, settle_best, stage_best)
-from we.train.config import RESULT_NEUTRAL_KEYS, Config, config_diff, model_options, to_dict
+                                 save_checkpoint, settle_best, stage_best)
+from we.train.config import RESULT_NEUTRAL_KEYS, Config, config_diff, to_dict
 from we.train.distributed import SINGLE, DistEnv, setup as setup_distributed, shutdown as shutdown_distributed
 from we.train.interrupt import Interrupted, held
 from we.train.loggers import RunLoggers
-from we.train.optim import build_optimizer, build_scheduler, evaluate
-from we.train.pipeline import build_data
+from we.train.optim import evaluate
 from we.train.provenance import provenance
+from we.train.run_parts import build_parts, restore
 
 TIMING_KEYS = ("seconds", "train_seconds", "images_per_s", "method_seconds")  # per-epoch columns that vary run to run
 EXIT_CODES = {"complete": 0, "failed": 1, "diverged": 3}
@@ -258,45 +256,17 @@ def _sync_from_rank0(dist_env: DistEnv, model: torch.nn.Module, method: Method) 
 
 def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SINGLE,
            cleanup: contextlib.ExitStack | None = None, resume: dict[str, Any] | None = None) -> dict[str, Any]:
-    seed_everything(cfg.seed)
     if cfg.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
-    data_path = cfg.data_path if cfg.data_path != "auto" else ("device" if device.type == "cuda" and
-                                                                 cfg.dataset != "imagenet" else "loader")
-    data_for_seed = functools.partial(
-        build_data, cfg.dataset, cfg.data_dir, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
-        normalization=cfg.normalization, image_size=cfg.image_size, data_path=data_path, device=device,
-        workers=cfg.workers, download=cfg.download, limit_train=cfg.limit_train or None, rank=dist_env.rank,
-        world_size=dist_env.world_size)
-    data = data_for_seed(seed=cfg.seed)
-    build_model = functools.partial(models.create, cfg.model, num_classes=data.info.num_classes,
-                                    image_size=cfg.image_size, **model_options(cfg))
-    model = build_model().to(device)
-    method = create_method(cfg)
-    method.prepare_model(model, cfg)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    fmodel = torch.compile(model) if cfg.compile else model
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_scheduler(cfg, optimizer)
-    ctx = TrainContext(model=model, optimizer=optimizer, cfg=cfg, device=device, steps_per_epoch=len(data.train),
-                       data=data, dist=dist_env, build_model=build_model,
-                       build_optimizer=lambda net, lr: build_optimizer(cfg, net, lr),
-                       build_scheduler=lambda opt: build_scheduler(cfg, opt),
-                       evaluate=lambda net, fnet: evaluate(cfg, net, data, fnet, device),
-                       build_train_data=lambda seed: data_for_seed(seed=seed).train)
+    parts = build_parts(cfg, device, dist_env)
+    data, model, fmodel, method, optimizer, scheduler, ctx = (
+        parts.data, parts.model, parts.fmodel, parts.method, parts.optimizer, parts.scheduler, parts.ctx)
     say = log if dist_env.is_main else (lambda msg: None)
 
     history: list[dict[str, Any]] = []
     start_epoch, iteration, best_saved = 0, 0, None
     if resume is not None:
-        state = resume
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        method.load_state_dict(state["method"])
-        set_rng_state(state["rng"])
-        start_epoch, iteration, history = state["epoch"], state["iteration"], state["history"]
+        start_epoch, iteration, history = restore(parts, resume)
         say(f"{out}: resuming after epoch {start_epoch} of {cfg.epochs}")
         if dist_env.is_main:
             best_saved = settle_best(out, start_epoch)
@@ -308,7 +278,7 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SIN
     where = f"device {device}" + (f", {dist_env.world_size} processes ({dist_env.backend})"
                                   if dist_env.enabled else "")
     say(f"{out}: {cfg.model} on {cfg.dataset} ({data.num_train} train / {data.num_test} test), method "
-        f"{cfg.method}, {cfg.epochs} epochs, data path {data_path}, {where}")
+        f"{cfg.method}, {cfg.epochs} epochs, data path {parts.data_path}, {where}")
 
     status = "complete"
     for epoch in range(start_epoch, cfg.epochs):
@@ -368,4 +338,4 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SIN
     summary["best_checkpoint_epoch"] = best_saved  # the epoch best.pt holds (None: no best.pt)
     return {"status": status, **summary, "speed": {k: getattr(cfg, k) for k in
                                                     ("amp", "channels_last", "compile", "cudnn_benchmark")},
-            "data_path": data_path, "seed": cfg.seed}
+            "data_path": parts.data_path, "seed": cfg.seed}
