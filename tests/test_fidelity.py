@@ -121,7 +121,7 @@ def test_model_init_authors_without_an_authors_variant_is_refused():
 
 
 def test_the_trainer_builds_the_model_with_the_options(monkeypatch, tmp_path):
-    from we.train import trainer
+    from we.train import run_parts, trainer
 
     calls = []
 
@@ -129,7 +129,7 @@ def test_the_trainer_builds_the_model_with_the_options(monkeypatch, tmp_path):
         calls.append(kw)
         raise RuntimeError("built")
 
-    monkeypatch.setattr(trainer.models, "create", fake_create)
+    monkeypatch.setattr(run_parts.models, "create", fake_create)  # where the trainer builds its model
     cfg = load_config(None, ["dataset=digits", "model=shufflenetv1", "recipe=official", "epochs=1",
                              "limit_train=32", "workers=0", f"out={tmp_path / 'run'}"])
     with pytest.raises(RuntimeError, match="built"):
