@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import models
+from models import registry
 import we.train.array_run as array_run
 import we.train.pipeline as pipeline
 from we.errors import ConfigError
@@ -53,9 +54,15 @@ def _tiny_cnn_with_dropout(num_classes: int = 10, image_size: int = 32) -> nn.Mo
     return nn.Sequential(_tiny_cnn(num_classes), nn.Dropout(0.5))
 
 
-if MODEL not in models.list_models():
-    models.register_model("cifar", name=MODEL)(_tiny_cnn)
-    models.register_model("cifar", name=f"{MODEL}_dropout")(_tiny_cnn_with_dropout)
+@pytest.fixture(scope="module", autouse=True)
+def tiny_models():
+    """The tiny models, registered for this module only (the registry is restored afterwards)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(registry, "_FACTORIES", dict(registry._FACTORIES))
+        mp.setattr(registry, "_INFO", dict(registry._INFO))
+        models.register_model("cifar", name=MODEL)(_tiny_cnn)
+        models.register_model("cifar", name=f"{MODEL}_dropout")(_tiny_cnn_with_dropout)
+        yield
 
 
 @pytest.fixture(autouse=True)
