@@ -123,7 +123,8 @@ def _check_same_config(path: Path, old: dict[str, Any], cfg: Config) -> None:
     new = to_dict(cfg)
     # A key the old run did not know (added to Config since) ran with the behaviour it now defaults to.
     diff = config_diff(old, {k: v for k, v in new.items() if k in old}, ignore=RESULT_NEUTRAL_KEYS)
-    diff.sort(key=list(new).index)  # the config's own order: a key one sets (lr) before one derived from it (fg_lrs)
+    order = {key: i for i, key in enumerate(new)}  # a key one sets (lr) before one derived from it (fg_lrs)
+    diff.sort(key=lambda key: order.get(key, len(order)))  # a key the code no longer has: last
     if diff:
         key = diff[0]
         raise ConfigError(f"{path}: holds a run with a different config (first differing key {key!r}: "
