@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, replace
-from typing import Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -306,6 +306,32 @@ def build_data(
     gets ``batch_size // world_size`` rows of it (see ``shard_positions``); every rank sees the whole
     test set.
     """
+    _check_arguments(dataset, normalization, data_path, batch_size, eval_batch_size, workers, rank, world_size,
+                     limit_train)
+    info = dataset_info(dataset, normalization, image_size)
+    device = torch.device(device)
+    train_raw, test_raw, info = _load_splits(dataset, data_dir, download, info)
+    n_train = len(train_raw) if limit_train is None else min(int(limit_train), len(train_raw))
+    if data_path == "loader":
+        train_ds = SeededTransform(train_raw, sample_transforms(dataset, info, train=True), n=n_train)
+        test_ds = SeededTransform(test_raw, sample_transforms(dataset, info, train=False))
+        train = _LoaderTrain(train_ds, batch_size=batch_size, workers=workers, seed=seed,
+                             device=device, drop_last=drop_last, rank=rank, world_size=world_size)
+        test = _LoaderEval(test_ds, batch_size=eval_batch_size, workers=workers, device=device)
+    else:
+        mean = torch.tensor(info.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(info.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        xtr, ytr = _on_device(train_raw.data, train_raw.targets, n_train, device)
+        xte, yte = _on_device(test_raw.data, test_raw.targets, len(test_raw), device)
+        train = _DeviceTrain(xtr, ytr, mean, std, batch_size=batch_size, seed=seed, drop_last=drop_last,
+                             rank=rank, world_size=world_size)
+        test = _DeviceEval(xte, yte, mean, std, batch_size=eval_batch_size)
+    return Data(train=train, test=test, info=info, num_train=n_train, num_test=len(test_raw))
+
+
+def _check_arguments(dataset: str, normalization: str, data_path: str, batch_size: int, eval_batch_size: int,
+                     workers: int, rank: int, world_size: int, limit_train: int | None) -> None:
+    """ValueError naming the first argument of build_data that is out of its range."""
     check_choice("dataset", dataset, DATASETS)
     check_choice("normalization", normalization, NORMALIZATIONS)
     check_choice("data_path", data_path, DATA_PATHS)
@@ -322,9 +348,10 @@ def build_data(
                          f"(and 0 <= rank {rank} < world_size)")
     if limit_train is not None and limit_train <= 0:
         raise ValueError(f"limit_train must be positive or None, got {limit_train}")
-    info = dataset_info(dataset, normalization, image_size)
-    device = torch.device(device)
 
+
+def _load_splits(dataset: str, data_dir: str, download: bool, info: DatasetInfo) -> tuple[Any, Any, DatasetInfo]:
+    """(train split, test split, `info` with the train split's size and, for ImageNet, its class count)."""
     if dataset == "digits":
         train_raw, test_raw = DigitsDataset(train=True), DigitsDataset(train=False)
     elif dataset == "fashion_mnist":
@@ -341,30 +368,12 @@ def build_data(
                 f"({len(train_raw.classes)} vs {len(test_raw.classes)} classes)"
             )
         info = replace(info, num_classes=len(train_raw.classes))
-    info = replace(info, num_train=len(train_raw))
+    return train_raw, test_raw, replace(info, num_train=len(train_raw))
 
-    n_train = len(train_raw) if limit_train is None else min(int(limit_train), len(train_raw))
-    n_test = len(test_raw)
 
-    if data_path == "loader":
-        train_ds = SeededTransform(train_raw, sample_transforms(dataset, info, train=True), n=n_train)
-        test_ds = SeededTransform(test_raw, sample_transforms(dataset, info, train=False))
-        train = _LoaderTrain(train_ds, batch_size=batch_size, workers=workers, seed=seed,
-                             device=device, drop_last=drop_last, rank=rank, world_size=world_size)
-        test = _LoaderEval(test_ds, batch_size=eval_batch_size, workers=workers, device=device)
-    else:
-        def to_dev(data, targets, n):
-            # copies: never share (possibly read-only, cached) numpy memory with the tensors
-            x = torch.from_numpy(np.array(data[:n], dtype=np.uint8, copy=True)).permute(0, 3, 1, 2).contiguous()
-            y = torch.from_numpy(np.array(targets[:n], dtype=np.int64, copy=True))
-            return x.to(device), y.to(device)
-
-        mean = torch.tensor(info.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        std = torch.tensor(info.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        xtr, ytr = to_dev(train_raw.data, train_raw.targets, n_train)
-        xte, yte = to_dev(test_raw.data, test_raw.targets, n_test)
-        train = _DeviceTrain(xtr, ytr, mean, std, batch_size=batch_size, seed=seed, drop_last=drop_last,
-                             rank=rank, world_size=world_size)
-        test = _DeviceEval(xte, yte, mean, std, batch_size=eval_batch_size)
-
-    return Data(train=train, test=test, info=info, num_train=n_train, num_test=n_test)
+def _on_device(data, targets, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `n` uint8 HWC images as an NCHW tensor and their labels, on `device`."""
+    # copies: never share (possibly read-only, cached) numpy memory with the tensors
+    x = torch.from_numpy(np.array(data[:n], dtype=np.uint8, copy=True)).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(np.array(targets[:n], dtype=np.int64, copy=True))
+    return x.to(device), y.to(device)

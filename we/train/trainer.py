@@ -19,6 +19,7 @@ import math
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from we.train.interrupt import Interrupted, held
 from we.train.loggers import RunLoggers
 from we.train.optim import evaluate
 from we.train.provenance import provenance
-from we.train.run_parts import build_parts, restore
+from we.train.run_parts import RunParts, build_parts, restore
 
 TIMING_KEYS = ("seconds", "train_seconds", "images_per_s", "method_seconds")  # per-epoch columns that vary run to run
 EXIT_CODES = {"complete": 0, "failed": 1, "diverged": 3}
@@ -255,88 +256,133 @@ def _sync_from_rank0(dist_env: DistEnv, model: torch.nn.Module, method: Method) 
         method.load_state_dict(state)
 
 
+@dataclass
+class _Progress:
+    """What a run carries from epoch to epoch (restored from last.pt on a resume)."""
+    start_epoch: int = 0
+    iteration: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_saved: int | None = None  # the epoch best.pt holds (None: no best.pt)
+
+
 def _train(cfg: Config, out: Path, device: torch.device, dist_env: DistEnv = SINGLE,
            cleanup: contextlib.ExitStack | None = None, resume: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build, resume, then train, evaluate and save every epoch left (as torchvision's reference `main`)."""
     if cfg.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     parts = build_parts(cfg, device, dist_env)
-    data, model, fmodel, method, optimizer, scheduler, ctx = (
-        parts.data, parts.model, parts.fmodel, parts.method, parts.optimizer, parts.scheduler, parts.ctx)
     say = log if dist_env.is_main else (lambda msg: None)
-
-    history: list[dict[str, Any]] = []
-    start_epoch, iteration, best_saved = 0, 0, None
-    if resume is not None:
-        start_epoch, iteration, history = restore(parts, resume)
-        say(f"{out}: resuming after epoch {start_epoch} of {cfg.epochs}")
-        if dist_env.is_main:
-            best_saved = settle_best(out, start_epoch)
-    trackers = RunLoggers(cfg.loggers if dist_env.is_main else [], out, to_dict(cfg), start_epoch)
+    progress = _resume(parts, out, dist_env, resume, say)
+    trackers = RunLoggers(cfg.loggers if dist_env.is_main else [], out, to_dict(cfg), progress.start_epoch)
     if cleanup is not None:
         cleanup.callback(trackers.close)
-    train_model = dist_env.training_module(model, fmodel, cfg.compile)  # fmodel itself in one process
-    method.on_train_start(ctx)
+    train_model = dist_env.training_module(parts.model, parts.fmodel, cfg.compile)  # fmodel itself in one process
+    parts.method.on_train_start(parts.ctx)
     where = f"device {device}" + (f", {dist_env.world_size} processes ({dist_env.backend})"
                                   if dist_env.enabled else "")
-    say(f"{out}: {cfg.model} on {cfg.dataset} ({data.num_train} train / {data.num_test} test), method "
+    say(f"{out}: {cfg.model} on {cfg.dataset} ({parts.data.num_train} train / {parts.data.num_test} test), method "
         f"{cfg.method}, {cfg.epochs} epochs, data path {parts.data_path}, {where}")
 
     status = "complete"
-    for epoch in range(start_epoch, cfg.epochs):
-        data.train.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        t0 = time.perf_counter()
-        tr = train_one_epoch(ctx, method, data, epoch, iteration, train_model)
-        iteration = tr.pop("iteration")
-        method_stats = tr.pop("method")
-        if not math.isfinite(tr["train_loss"]):  # the global loss under DDP: every rank stops here
-            status = "diverged"
-            say(f"epoch {epoch + 1}: non-finite training loss; stopping (diverged)")
-            history.append(dist_env.broadcast_object(
-                {"epoch": epoch + 1, "lr": lr, **tr, "test_loss": float("nan"), "test_top1": float("nan"),
-                 "test_top5": float("nan"), "seconds": time.perf_counter() - t0}))
-            trackers.log_epoch(history[-1])
-            break
-        dist_env.broadcast_module(model)  # rank 0's BatchNorm running statistics: the same evaluation everywhere
-        ev = evaluate(cfg, model, data, fmodel, device)
-        best_weights = None  # a new best epoch: its weights as evaluated, before the epoch-end hook edits them
-        if dist_env.is_main and (not history or ev["test_top1"] > best_row(history)["test_top1"]):
-            best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        t_method = time.perf_counter()
-        method_stats.update(method.on_epoch_end(ctx, epoch, last=epoch == cfg.epochs - 1))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        method_stats["method_seconds"] = time.perf_counter() - t_method  # the epoch-end hook's cost
-        method_stats = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in method_stats.items()}
-        _sync_from_rank0(dist_env, model, method)
-        scheduler.step()
-        row = {"epoch": epoch + 1, "lr": lr, **tr, **ev, **method_stats, "seconds": time.perf_counter() - t0}
-        history.append(dist_env.broadcast_object(row))  # rank 0's timings and method statistics everywhere
+    for epoch in range(progress.start_epoch, cfg.epochs):
+        row, stats, best = _epoch(parts, progress, epoch, train_model, dist_env, say)
+        progress.history.append(dist_env.broadcast_object(row))  # rank 0's timings and method statistics everywhere
         trackers.log_epoch(row)  # before last.pt: a resumed run purges what it logged after it
+        if not math.isfinite(row["train_loss"]):  # the global loss under DDP: every rank stops here
+            status = "diverged"
+            break
         if dist_env.is_main:
-            with held():  # a signal waits until best.pt, last.pt and the metrics all hold this epoch
-                if best_weights is not None:  # staged, then best.pt once last.pt of this epoch is on disk
-                    stage_best(out, epoch + 1, {"config": to_dict(cfg), "epoch": epoch + 1,
-                                                "test_top1": ev["test_top1"], "model": best_weights})
-                save_checkpoint(out / LAST_CHECKPOINT, {
-                    "config": to_dict(cfg), "method_version": method_version(cfg.method), "epoch": epoch + 1,
-                    "iteration": iteration, "history": history,
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "method": method.state_dict(), "rng": rng_state()})
-                if best_weights is not None:
-                    best_saved = promote_best(out, epoch + 1)
-                write_metrics(out, history)
+            _save_epoch(parts, out, progress, best)
         dist_env.barrier()
-        say(f"epoch {epoch + 1}/{cfg.epochs} lr {lr:.4g} train loss {tr['train_loss']:.4f} top1 "
-            f"{tr['train_top1']:.2f} | test loss {ev['test_loss']:.4f} top1 {ev['test_top1']:.2f} top5 "
-            f"{ev['test_top5']:.2f} | {row['seconds']:.1f}s {tr['images_per_s']:.0f} img/s"
-            + "".join(f" {k} {v:g}" for k, v in method_stats.items()))
+        say(_epoch_line(cfg, row, stats))
+    return _finish(parts, out, dist_env, progress, status)
+
+
+def _resume(parts: RunParts, out: Path, dist_env: DistEnv, resume: dict[str, Any] | None, say) -> _Progress:
+    """A fresh run's progress, or the one last.pt holds (best.pt settled to the epochs it kept)."""
+    progress = _Progress()
+    if resume is None:
+        return progress
+    progress.start_epoch, progress.iteration, progress.history = restore(parts, resume)
+    say(f"{out}: resuming after epoch {progress.start_epoch} of {parts.ctx.cfg.epochs}")
+    if dist_env.is_main:
+        progress.best_saved = settle_best(out, progress.start_epoch)
+    return progress
+
+
+def _epoch(parts: RunParts, progress: _Progress, epoch: int, train_model: torch.nn.Module, dist_env: DistEnv,
+           say) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """One epoch: (its metrics row, the method's statistics, best.pt's content when it is a new best epoch).
+
+    Trains, evaluates, runs the method's epoch-end hook and the scheduler's step; after a non-finite training
+    loss only the training part, with nan test metrics."""
+    cfg, data = parts.ctx.cfg, parts.data
+    data.train.set_epoch(epoch)
+    lr = parts.optimizer.param_groups[0]["lr"]
+    t0 = time.perf_counter()
+    tr = train_one_epoch(parts.ctx, parts.method, data, epoch, progress.iteration, train_model)
+    progress.iteration = tr.pop("iteration")
+    method_totals = tr.pop("method")
+    if not math.isfinite(tr["train_loss"]):
+        say(f"epoch {epoch + 1}: non-finite training loss; stopping (diverged)")
+        return ({"epoch": epoch + 1, "lr": lr, **tr, "test_loss": float("nan"), "test_top1": float("nan"),
+                 "test_top5": float("nan"), "seconds": time.perf_counter() - t0}, {}, None)
+    dist_env.broadcast_module(parts.model)  # rank 0's BatchNorm running statistics: the same evaluation everywhere
+    ev = evaluate(cfg, parts.model, data, parts.fmodel, parts.ctx.device)
+    best = None  # a new best epoch: its weights as evaluated, before the epoch-end hook edits them
+    if dist_env.is_main and (not progress.history or ev["test_top1"] > best_row(progress.history)["test_top1"]):
+        best = {"config": to_dict(cfg), "epoch": epoch + 1, "test_top1": ev["test_top1"],
+                "model": {k: v.detach().to("cpu", copy=True) for k, v in parts.model.state_dict().items()}}
+    stats = _epoch_end(parts, epoch, method_totals, dist_env)
+    parts.scheduler.step()
+    return {"epoch": epoch + 1, "lr": lr, **tr, **ev, **stats, "seconds": time.perf_counter() - t0}, stats, best
+
+
+def _epoch_end(parts: RunParts, epoch: int, stats: dict[str, Any], dist_env: DistEnv) -> dict[str, Any]:
+    """The method's epoch-end hook, timed (method_seconds); its statistics as numbers; rank 0's weights everywhere."""
+    device = parts.ctx.device
+    t_method = time.perf_counter()
+    stats.update(parts.method.on_epoch_end(parts.ctx, epoch, last=epoch == parts.ctx.cfg.epochs - 1))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    stats["method_seconds"] = time.perf_counter() - t_method  # the epoch-end hook's cost
+    stats = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in stats.items()}
+    _sync_from_rank0(dist_env, parts.model, parts.method)
+    return stats
+
+
+def _save_epoch(parts: RunParts, out: Path, progress: _Progress, best: dict[str, Any] | None) -> None:
+    """Rank 0: best.pt (a new best epoch), last.pt and the metrics, all holding the epoch just appended."""
+    cfg, epoch = parts.ctx.cfg, progress.history[-1]["epoch"]
+    with held():  # a signal waits until best.pt, last.pt and the metrics all hold this epoch
+        if best is not None:  # staged, then best.pt once last.pt of this epoch is on disk
+            stage_best(out, epoch, best)
+        save_checkpoint(out / LAST_CHECKPOINT, {
+            "config": to_dict(cfg), "method_version": method_version(cfg.method), "epoch": epoch,
+            "iteration": progress.iteration, "history": progress.history,
+            "model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict(), "method": parts.method.state_dict(), "rng": rng_state()})
+        if best is not None:
+            progress.best_saved = promote_best(out, epoch)
+        write_metrics(out, progress.history)
+
+
+def _epoch_line(cfg: Config, row: dict[str, Any], stats: dict[str, Any]) -> str:
+    return (f"epoch {row['epoch']}/{cfg.epochs} lr {row['lr']:.4g} train loss {row['train_loss']:.4f} top1 "
+            f"{row['train_top1']:.2f} | test loss {row['test_loss']:.4f} top1 {row['test_top1']:.2f} top5 "
+            f"{row['test_top5']:.2f} | {row['seconds']:.1f}s {row['images_per_s']:.0f} img/s"
+            + "".join(f" {k} {v:g}" for k, v in stats.items()))
+
+
+def _finish(parts: RunParts, out: Path, dist_env: DistEnv, progress: _Progress, status: str) -> dict[str, Any]:
+    """result.json's summary of the run: metrics written once more, best and diverged epochs, speed switches."""
+    cfg, history = parts.ctx.cfg, progress.history
     if dist_env.is_main:
         write_metrics(out, history)
-    summary = {**summarize(history), **method.summarize(history)}
+    summary = {**summarize(history), **parts.method.summarize(history)}
     if status == "diverged":
         summary["diverged_epoch"] = history[-1]["epoch"]
-    summary["best_checkpoint_epoch"] = best_saved  # the epoch best.pt holds (None: no best.pt)
+    summary["best_checkpoint_epoch"] = progress.best_saved  # the epoch best.pt holds (None: no best.pt)
     return {"status": status, **summary, "speed": {k: getattr(cfg, k) for k in
                                                     ("amp", "channels_last", "compile", "cudnn_benchmark")},
             "data_path": parts.data_path, "seed": cfg.seed}
