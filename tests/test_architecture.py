@@ -56,6 +56,19 @@ def project_imports(path: Path) -> list[tuple[str, int, bool]]:
             visit(child, inside)
 
     visit(tree, False)
+    return out + lazy_api(tree)
+
+
+def lazy_api(tree: ast.Module) -> list[tuple[str, int, bool]]:
+    """A package's `API = {name: module}` table (we/__init__.py, loaded on first use): its modules count as
+    module-level imports of the package, so the rules below see them."""
+    out: list[tuple[str, int, bool]] = []
+    for node in tree.body:
+        target = node.target if isinstance(node, ast.AnnAssign) else (
+            node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
+        if isinstance(target, ast.Name) and target.id == "API" and isinstance(node.value, ast.Dict):
+            out += [(v.value, node.lineno, False) for v in node.value.values
+                    if isinstance(v, ast.Constant) and isinstance(v.value, str)]
     return out
 
 
@@ -103,12 +116,22 @@ def test_modules_stay_small(module: str):
     assert lines <= MAX_LINES, f"{MODULES[module]}: {lines} lines (one concept per module, about {MAX_LINES} at most)"
 
 
+def test_the_lazy_api_is_seen_and_loads_nothing_before_use():
+    """we/__init__.py's table counts as its imports (layer and cycle checks), and `import we` loads no torch."""
+    assert {t for t, _, _ in project_imports(MODULES["we"])} == {"we.core.hook", "we.core.paper_step", "we.core.rate"}
+    code = "import sys, we\nprint('torch' in sys.modules, sorted(we.__all__))\nwe.evolve\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[:2] == ["False ['WeightEvolution', 'evolve', 'selection_rate']", "True"], out
+
+
 def test_the_checker_sees_what_it_forbids(tmp_path):
     """The rules above can fail: a function-level import and an upward import are both reported."""
     bad = tmp_path / "bad.py"
     bad.write_text("import we.errors\n\ndef f():\n    from we.train import config\n    return config\n")
     found = project_imports(bad)
     assert ("we.errors", 1, False) in found and ("we.train.config", 4, True) in found
+    bad.write_text("API = {'x': 'we.train.config'}\n")
+    assert project_imports(bad) == [("we.train.config", 1, False)]
     assert layer("we.train.config") > layer("we.core.units")
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from we import report
-from we.grid import load_grid
+from we.grid.schema import load_grid
 from we.grid.identity import resolve_cells
 from we.grid.plan import plan
 from we.grid.state import write_cell

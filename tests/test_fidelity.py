@@ -142,7 +142,8 @@ def test_the_trainer_builds_the_model_with_the_options(monkeypatch, tmp_path):
                                               ("table6-official", ["we_reverse_matching"]),
                                               ("table7-official", ["filter_level_gl"])])
 def test_w10_official_ablation_tables_hold_the_paper_step_reference(tmp_path, table, ablations):
-    from we.grid import load_grid, resolve_cells
+    from we.grid.identity import resolve_cells
+    from we.grid.schema import load_grid
 
     cells = {(c.labels["model"], c.labels["method"]): c.config for c in resolve_cells(load_grid(table), tmp_path)
              if c.labels["seed"] == 0}
@@ -183,7 +184,8 @@ def test_w10_paper_layout_takes_each_ablation_against_its_reference_row():
 
 # ---- figure twins ----------------------------------------------------------------------------------
 def test_figure_twins_reuse_the_official_tables_runs(tmp_path):
-    from we.grid import load_grid, resolve_cells
+    from we.grid.identity import resolve_cells
+    from we.grid.schema import load_grid
 
     table2 = {c.config_hash for c in resolve_cells(load_grid("table2-official"), tmp_path)}
     for grid in ("figure2-official", "figure5-official"):

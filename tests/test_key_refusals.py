@@ -4,6 +4,9 @@ written; the YAML reader refuses alias bombs; messages show a bounded excerpt of
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 import typing
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from we.keys import EXCERPT_CHARS, BadValue, Key, checked, excerpt
 from we.train.cli import cli as train_cli
 from we.train.config import config_keys, load_config
 
+REPO = Path(__file__).resolve().parent.parent
 TINY = ["dataset=digits", "model=resnet20", "epochs=1", "limit_train=64", "workers=0", "batch_size=32"]
 
 # (given keys, the key the one line names): each of these once trained (or failed with exit 1) instead
@@ -179,6 +183,35 @@ def test_grid_plan_refuses_an_alias_bomb_with_one_line(tmp_path: Path, capsys, m
     path.write_text(alias_bomb())
     code, lines = run_grid(["plan", str(path), "--runs-root", str(tmp_path / "runs")], capsys)
     assert code == 2 and len(lines) == 1 and "bomb.yaml" in lines[0] and "aliases expand" in lines[0], lines
+
+
+# `python -m we.grid ARGV` in this interpreter; prints the exit code and whether torch was imported when it exited
+RUN_GRID_MODULE = """import runpy, sys
+sys.argv = ["we.grid", *sys.argv[1:]]
+try:
+    runpy.run_module("we.grid", run_name="__main__", alter_sys=True)
+except SystemExit as stop:
+    print(stop.code, "torch" in sys.modules)
+"""
+
+
+def test_python_m_we_grid_refuses_an_alias_bomb_before_importing_torch(tmp_path: Path):
+    """The bomb is refused by the command's first step (we.grid.yaml_first), before the CLI's modules load torch;
+    a good grid file passes that step and is planned by the CLI, which does import torch."""
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(alias_bomb())
+    good = tmp_path / "good.yaml"
+    good.write_text("name: good\nbase: {dataset: digits, model: resnet20, epochs: 1}\n"
+                    "axes: {method: [baseline]}\nseeds: [0]\n")
+    stderr = {}
+    for path, code, torch_loaded in ((bomb, "2", "False"), (good, "0", "True")):
+        proc = subprocess.run([sys.executable, "-c", RUN_GRID_MODULE, "plan", str(path), "--runs-root",
+                               str(tmp_path / "runs")], cwd=tmp_path, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert proc.stdout.split()[-2:] == [code, torch_loaded], (path.name, proc.stdout, proc.stderr)
+        stderr[path.name] = proc.stderr.strip().splitlines()
+    lines = stderr["bomb.yaml"]
+    assert len(lines) == 1 and "bomb.yaml" in lines[0] and "aliases expand" in lines[0], lines
 
 
 def test_the_trainer_refuses_an_alias_bomb_config_with_one_line(tmp_path: Path, capsys):

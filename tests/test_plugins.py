@@ -11,7 +11,10 @@ import pytest
 import yaml
 
 from we.errors import ConfigError
-from we.grid import assess, load_grid, resolve_cells, submit
+from we.grid.cli import submit
+from we.grid.identity import resolve_cells
+from we.grid.schema import load_grid
+from we.grid.state import assess
 from we.grid.identity import identity
 from we.methods import (METHODS, ConfigKey, Method, cost_factor, method_presets, paper_name, register_method,
                         unregister_method)

@@ -12,7 +12,9 @@ import pytest
 import yaml
 
 from we.rundir import write_json
-from we.grid import load_grid, resolve_cells, write_cell, write_grid_file
+from we.grid.identity import resolve_cells
+from we.grid.schema import load_grid
+from we.grid.state import write_cell, write_grid_file
 from we.report import collect
 from we.report.reported_tables import draw_vs_reported, layout_markdown, reported_table
 from we.train import main as train

@@ -19,7 +19,8 @@ from test_rundir import CASES, FullDisk, must_not_block, plant
 from we import report, rundir
 from we.errors import ConfigError
 from we.grid.__main__ import main as grid_main
-from we.grid import resolve_cells, write_cell
+from we.grid.identity import resolve_cells
+from we.grid.state import write_cell
 from we.grid.schema import load_grid
 from we.grid.worker import run_cell
 from we.train import main

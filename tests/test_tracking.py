@@ -10,7 +10,8 @@ import torch
 import models
 import we.train.trainer as trainer
 from we.errors import ConfigError
-from we.grid import load_grid, resolve_cells
+from we.grid.identity import resolve_cells
+from we.grid.schema import load_grid
 from we.grid.identity import config_hash
 from we.grid.profiles import load_profile
 from we.train import cli, main
