@@ -23,7 +23,7 @@ def unreadable_yaml(argv: Sequence[str]) -> InputError | None:
         path = Path(token)
         if path.suffix in YAML_SUFFIXES and path.is_file():
             try:
-                read_yaml(path, "grid")
+                read_yaml(path, "YAML file")  # the grid or a --profile: named by its path
             except InputError as err:
                 return err
     return None

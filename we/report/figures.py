@@ -257,7 +257,7 @@ def average_l1_norms(state_dict: dict[str, Any]) -> list[tuple[str, float]]:
 
 
 def _find_trained_checkpoint(runs_root: Path, dataset: str, model: str) -> Optional[Path]:
-    """A complete run's last.pt for (dataset, model) under `runs_root`, outside its -official grids:
+    """A complete run's last.pt for (dataset, model) under `runs_root`, outside the authors' grids (`-official`):
     baseline preferred, then the most epochs."""
     candidates = []
     if not Path(runs_root).is_dir():
