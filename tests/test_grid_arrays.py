@@ -105,7 +105,7 @@ def test_the_array_size_comes_from_the_option_else_the_profile_else_the_device()
 
 def jobs_line(capsys) -> str:
     out = capsys.readouterr().out
-    return next(line for line in out.splitlines() if line.startswith("jobs: "))
+    return next(line for line in out.splitlines() if line.startswith("submit: "))
 
 
 def test_plan_shows_the_jobs_per_executor_profile_and_option(tmp_path: Path, capsys, monkeypatch):
@@ -113,10 +113,10 @@ def test_plan_shows_the_jobs_per_executor_profile_and_option(tmp_path: Path, cap
     runs = ["--runs-root", str(tmp_path / "runs")]
     monkeypatch.setattr(grid_cli, "local_gpu_count", lambda: 0)
     assert main(["plan", str(path), *runs]) == 0
-    assert jobs_line(capsys).startswith("jobs: 6 jobs: 0 arrays, 6 solo; one run per job (the default without a GPU")
+    assert jobs_line(capsys).startswith("submit: 6 jobs: 0 arrays, 6 solo; one run per job (the default without a GPU")
     monkeypatch.setattr(grid_cli, "local_gpu_count", lambda: 1)
     assert main(["plan", str(path), *runs]) == 0
-    assert jobs_line(capsys) == ("jobs: 4 jobs: 1 arrays (1 of 3 seeds), 3 solo; a config's pending seeds per job "
+    assert jobs_line(capsys) == ("submit: 4 jobs: 1 array (1 of 3 seeds), 3 solo; a config's pending seeds per job "
                                  "(the default on a GPU)")
     gpu, cpu = write_profile(tmp_path / "gpu"), write_profile(tmp_path / "cpu", gpus_per_node=0)
     assert main(["plan", str(path), "--executor", "slurm", "--profile", str(gpu), *runs]) == 0
@@ -125,10 +125,10 @@ def test_plan_shows_the_jobs_per_executor_profile_and_option(tmp_path: Path, cap
     assert "one run per job (the default without a GPU" in jobs_line(capsys)
     two = write_profile(tmp_path / "two", array=2)
     assert main(["plan", str(path), "--executor", "slurm", "--profile", str(two), *runs]) == 0
-    assert jobs_line(capsys) == ("jobs: 5 jobs: 1 arrays (1 of 2 seeds), 4 solo; up to 2 seeds per job (the "
+    assert jobs_line(capsys) == ("submit: 5 jobs: 1 array (1 of 2 seeds), 4 solo; up to 2 seeds per job (the "
                                  "profile's array: 2)")
     assert main(["plan", str(path), "--executor", "slurm", "--profile", str(two), "--array", "1", *runs]) == 0
-    assert jobs_line(capsys) == "jobs: 6 jobs: 0 arrays, 6 solo; one run per job (--array 1)"
+    assert jobs_line(capsys) == "submit: 6 jobs: 0 arrays, 6 solo; one run per job (--array 1)"
 
 
 def test_plan_says_per_method_why_it_runs_solo_and_costs_both_ways(tmp_path: Path, capsys):
@@ -139,7 +139,7 @@ def test_plan_says_per_method_why_it_runs_solo_and_costs_both_ways(tmp_path: Pat
     for method, plugin in (("fg1", "fg"), ("oni", "oni")):
         assert f"  {method} runs solo: {METHODS[plugin].array_reason}" in lines, out
     assert not any(line.startswith("  baseline runs solo") for line in lines), out
-    assert "jobs: 7 jobs: 1 arrays (1 of 3 seeds), 6 solo; up to 3 seeds per job (--array 3)" in lines, out
+    assert "submit: 7 jobs: 1 array (1 of 3 seeds), 6 solo; up to 3 seeds per job (--array 3)" in lines, out
     assert any(line.startswith("  with seed arrays (up to 3 seeds per job): 7 jobs:") for line in lines), out
     assert any(line.startswith("  without (--array 1): 9 jobs;") for line in lines), out
 
@@ -188,7 +188,7 @@ def test_an_array_job_writes_the_solo_folders_and_leaves_finished_seeds_alone(tm
     finished = (s0.run_dir / "result.json").read_bytes()
     assert main(["submit", str(path), "--runs-root", str(runs), "--wait", "--array", "3"]) == 0
     out = capsys.readouterr().out
-    assert "arr: submitted 2 cells to local" in out and "in 1 jobs: 1 arrays (1 of 2 seeds), 0 solo" in out, out
+    assert "arr: submitted 2 cells to local" in out and "in 1 job: 1 array (1 of 2 seeds), 0 solo" in out, out
     assert "left alone 1 (done 1)" in out, out
     assert (s0.run_dir / "result.json").read_bytes() == finished  # never retrained
     for member, other in ((s1, s2), (s2, s1)):
@@ -236,7 +236,7 @@ def test_sigterm_interrupts_every_member_and_a_resubmit_resumes_the_array(tmp_pa
 
     assert main(["submit", str(path), "--runs-root", str(runs), "--wait", "--array", "2"]) == 0
     out = capsys.readouterr().out
-    assert "submitted 2 cells to local" in out and "in 1 jobs: 1 arrays (1 of 2 seeds)" in out, out
+    assert "submitted 2 cells to local" in out and "in 1 job: 1 array (1 of 2 seeds)" in out, out
     (epoch,) = done
     for cell in cells:
         record = read_cell_file(cell.run_dir)["submitted"][-1]
@@ -283,7 +283,7 @@ def test_a_requeued_array_task_resumes_as_one_array(tmp_path: Path, capsys):
     runs = tmp_path / "runs"
     assert main(["submit", str(path), "--executor", "slurm", "--profile", str(REPO / "slurm" / "ci.yaml"),
                  "--runs-root", str(runs), "--array", "2"]) == 0
-    assert "in 1 jobs: 1 arrays (1 of 2 seeds)" in capsys.readouterr().out
+    assert "in 1 job: 1 array (1 of 2 seeds)" in capsys.readouterr().out
     cells = resolve_cells(load_grid(path), runs)
     records = [read_cell_file(c.run_dir)["submitted"][-1] for c in cells]
     (job,) = {r["job_id"] for r in records}  # one array task for both seeds

@@ -145,10 +145,14 @@ def epoch_groups(members: Sequence[Cell], size: int | None) -> list[list[Cell]]:
 def describe(found: ArrayJobs) -> str:
     """`12 jobs: 2 arrays (1 of 5 seeds, 1 of 3), 10 solo`"""
     sizes = Counter(found.arrays)
-    solo = len(found.jobs) - len(found.arrays)
     shown = ", ".join(f"{n} of {k}" + (" seeds" if i == 0 else "") for i, (k, n) in
                       enumerate(sorted(sizes.items(), reverse=True)))
-    return f"{len(found.jobs)} jobs: {len(found.arrays)} arrays" + (f" ({shown})" if shown else "") + f", {solo} solo"
+    return (f"{plural(len(found.jobs), 'job')}: {plural(len(found.arrays), 'array')}" + (f" ({shown})" if shown else "")
+            + f", {len(found.jobs) - len(found.arrays)} solo")
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def solo_lines(found: ArrayJobs) -> list[str]:

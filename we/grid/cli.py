@@ -1,15 +1,16 @@
 """Experiment grids: a YAML file -> cells (one resolved config each) -> run folders, states, jobs.
 
     python -m we.grid plan|prepare|submit|status|cancel|collect GRID [--executor slurm|local] [--profile FILE]
-                      [--wait] [--runs-root DIR] [--cells] [--allow-cpu-marathon] [--set key=value ...]
+                      [--wait] [--runs-root DIR] [--cells] [--array K] [--allow-cpu-marathon] [--set key=value ...]
 
 GRID is a path or a name in experiments/ (the file format: we/grid/schema.py); `--set` may stand
 anywhere. Run folders go under --runs-root, else $WE_RUNS_ROOT, else the checkout's results/runs,
 from any working directory. `plan` prints a summary of the cells, their states and the GPU-hour
 estimate (we/grid/plan.py); `prepare` makes the grid's datasets ready on this host
 (we/grid/prepare.py); `submit` does the same, then starts the todo, failed and interrupted cells
-on an executor (under the grid's lock); `status` counts the states, shows each running cell's epoch, test
-top-1 and ETA, and failed cells' logs; `cancel` stops the queued and running cells (we/grid/cancel.py).
+on an executor (under the grid's lock), a config's pending seeds in one job as a seed array where
+the job has a GPU (`--array K`, the profile's `array`: we/grid/arrays.py); `status` counts the
+states, shows each running cell's epoch, test top-1 and ETA, and failed cells' logs; `cancel` stops the queued and running cells (we/grid/cancel.py).
 `collect` builds the tables and figures: it belongs above the report layer (we.commands.collect_grid),
 which `python -m we.grid` (we/grid/__main__.py) hands to `main` here.
 """

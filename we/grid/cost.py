@@ -159,4 +159,4 @@ def array_cost(cells: list[Cell], throughput: Throughput) -> tuple[float, float,
     taken to train at its solo images/s (no bench measures arrays yet), so an array saves CELL_OVERHEAD_S
     per seed but the first, and its GPU-hours are the device's time, shared by its seeds."""
     training = sum(wall_seconds(c, throughput) - CELL_OVERHEAD_S for c in cells)
-    return training + CELL_OVERHEAD_S, training / 3600.0, "per seed, its solo images/s (no bench measures arrays)"
+    return training + CELL_OVERHEAD_S, training / 3600.0, "each seed at its solo images/s: no bench measures arrays yet"

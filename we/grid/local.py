@@ -1,9 +1,10 @@
 """Grid cells on this machine: a detached local runner process.
 
 `LocalExecutor.submit` writes a queue file and starts `python -m we.grid.worker run-local QUEUE`,
-which works through the queued cells (`run_local`), `concurrency` at a time (default: one per GPU,
+which works through the queued jobs (`run_local`), `concurrency` at a time (default: one per GPU,
 or 1 on the CPU; the slots are shared by every runner of one runs root), each in its own process
-(`python -m we.grid.worker run-cell RUN_DIR`) logging to `<run>/logs/`. A local job is live while
+(`python -m we.grid.worker run-cell RUN_DIR`, or `run-cells RUN_DIR...` for a seed array of several
+cells, we.grid.arrays) logging to `<run>/logs/`. A local job is live while
 its runner's (or its cell's) process is alive and the runner has not recorded the cell's exit
 (`we.grid.jobs.local_active`); the runner records how each cell ended: exit code, signal name, error line.
 """
@@ -128,9 +129,10 @@ def exit_fields(returncode: int, run_dir: Path, log_path: Path) -> dict[str, Any
 class Runner:
     """Works through a queue file written by LocalExecutor.submit; records each cell's start and exit.
 
-    A cell runs only while this runner holds one of the `concurrency` slot locks in
-    `<runs-root>/.local-slots/`, which every runner of that runs root shares: two submissions
-    side by side still run at most `concurrency` cells at once. Slot i runs on GPU gpus[i].
+    A job (one cell, or the cells of a seed array in one process) runs only while this runner holds one of
+    the `concurrency` slot locks in `<runs-root>/.local-slots/`, which every runner of that runs root
+    shares: two submissions side by side still run at most `concurrency` jobs at once. Slot i runs on GPU
+    gpus[i].
 
     SIGTERM or SIGINT (`python -m we.grid cancel` signals the runner's process group: the runner, its
     cells and their loader workers) stops it: no further cell starts (their records say `cancelled`, and

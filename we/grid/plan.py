@@ -156,7 +156,7 @@ def print_jobs(pending: list[Cell], array: int | None, why: str, throughput: Thr
     solo = array_jobs(pending, 1)
     arrays = array_jobs(pending, ALL_SEEDS if array == 1 else array)
     chosen = solo if array == 1 else arrays
-    print(f"\njobs: {describe(chosen)}; {size_words(array)} per job ({why or 'as asked'})", file=out)
+    print(f"\nsubmit: {describe(chosen)}; {size_words(array)} per job ({why or 'as asked'})", file=out)
     with_arrays, source = jobs_cost(arrays.jobs, throughput)
     without, _ = jobs_cost(solo.jobs, throughput)
     print(f"  with seed arrays ({size_words(ALL_SEEDS if array == 1 else array)} per job"
