@@ -228,7 +228,7 @@ def test_sigterm_interrupts_every_member_and_a_resubmit_resumes_the_array(tmp_pa
     done = set()
     for cell in cells:
         result, rows = read_result(cell.run_dir), read_metrics(cell.run_dir)
-        assert result["status"] == "interrupted" and result["signal"] == "SIGTERM", result
+        assert result is not None and result["status"] == "interrupted" and result["signal"] == "SIGTERM", result
         assert 1 <= result["epochs_done"] == len(rows) == read_checkpoint(cell.run_dir / "last.pt")["epoch"] < epochs
         done.add(len(rows))
     assert len(done) == 1, done  # every member's files hold the same epoch: the array resumes as one
