@@ -55,7 +55,7 @@ class RecordingExecutor:
     def __init__(self, delay_s: float = 0.0, pid: int | None = None):
         self.delay_s, self.pid, self.calls = delay_s, pid or os.getpid(), []
 
-    def submit(self, cells, grid_dir):
+    def submit(self, cells, grid_dir, jobs=None):
         time.sleep(self.delay_s)
         self.calls.append([c.key for c in cells])
         return [{"job_id": f"local-{self.pid}-{i}", "executor": "local", "time": "2026-01-01T00:00:00+00:00",
@@ -410,16 +410,19 @@ def test_pack_groups_cifar_cells_and_leaves_imagenet_alone():
 
     cells = [cell("c0", "cifar10"), cell("i0", "imagenet"), cell("c1", "cifar100"), cell("c2", "digits"),
              cell("i1", "imagenet"), cell("c3", "cifar10"), cell("c4", "cifar10")]
-    keys = lambda tasks: [[c.key for c in t] for t in tasks]  # noqa: E731
-    assert keys(pack_cells(cells, 1)) == [[c.key] for c in cells]  # pack 1: one cell per task, as before
+    jobs = [[c] for c in cells]  # one cell per job (no seed arrays)
+    keys = lambda tasks: [[c.key for job in t for c in job] for t in tasks]  # noqa: E731
+    assert keys(pack_cells(jobs, 1)) == [[c.key] for c in cells]  # pack 1: one cell per task, as before
     for k in (2, 3, 4, 10):
-        tasks = pack_cells(cells, k)
+        tasks = pack_cells(jobs, k)
         assert all(1 <= len(t) <= k for t in tasks)
-        assert sorted(c.key for t in tasks for c in t) == sorted(c.key for c in cells)  # each cell once
-        assert all(t == [c] for t in tasks for c in t if c.config["dataset"] == "imagenet")  # never packed
-    assert keys(pack_cells(cells, 2)) == [["i0"], ["c0", "c1"], ["i1"], ["c2", "c3"], ["c4"]]
-    assert keys(pack_cells(cells, 3)) == [["i0"], ["c0", "c1", "c2"], ["i1"], ["c3", "c4"]]
-    assert keys(pack_cells(cells, 4, tasks_per_node=2)) == [[c.key] for c in cells]  # DDP jobs: unpacked
+        assert sorted(c.key for t in tasks for job in t for c in job) == sorted(c.key for c in cells)  # each once
+        assert all(t == [[c]] for t in tasks for job in t for c in job if c.config["dataset"] == "imagenet")
+    assert keys(pack_cells(jobs, 2)) == [["i0"], ["c0", "c1"], ["i1"], ["c2", "c3"], ["c4"]]
+    assert keys(pack_cells(jobs, 3)) == [["i0"], ["c0", "c1", "c2"], ["i1"], ["c3", "c4"]]
+    assert keys(pack_cells(jobs, 4, tasks_per_node=2)) == [[c.key] for c in cells]  # DDP jobs: unpacked
+    arrays = [[cells[0], cells[2]], [cells[1]], [cells[3], cells[5], cells[6]]]  # two seed arrays and ImageNet
+    assert [[[c.key for c in job] for job in t] for t in pack_cells(arrays, 2)] == [[["i0"]], [["c0", "c1"], ["c2", "c3", "c4"]]]
     assert load_profile(REPO / "slurm" / "default.yaml").pack == 1
     assert load_profile(REPO / "slurm" / "ci.yaml").pack == 1  # optional key, default 1
 

@@ -1,15 +1,17 @@
 """Experiment grids: a YAML file -> cells (one resolved config each) -> run folders, states, jobs.
 
     python -m we.grid plan|prepare|submit|status|cancel|collect GRID [--executor slurm|local] [--profile FILE]
-                      [--wait] [--runs-root DIR] [--cells] [--allow-cpu-marathon] [--set key=value ...]
+                      [--wait] [--runs-root DIR] [--cells] [--array K] [--allow-cpu-marathon] [--set key=value ...]
 
 GRID is a path or a name in experiments/ (the file format: we/grid/schema.py); `--set` may stand
 anywhere. Run folders go under --runs-root, else $WE_RUNS_ROOT, else the checkout's results/runs,
 from any working directory. `plan` prints a summary of the cells, their states and the GPU-hour
 estimate (we/grid/plan.py); `prepare` makes the grid's datasets ready on this host
 (we/grid/host_data.py); `submit` does the same, then starts the todo, failed and interrupted cells
-on an executor (under the grid's lock); `status` counts the states, shows each running cell's epoch, test
-top-1 and ETA, and failed cells' logs; `cancel` stops the queued and running cells (we/grid/cancel.py).
+on an executor (under the grid's lock), a config's pending seeds in one job as a seed array where
+the job has a GPU (`--array K`, the profile's `array`: we/grid/arrays.py); `status` counts the
+states, shows each running cell's epoch, test top-1 and ETA, and failed cells' logs; `cancel` stops
+the queued and running cells (we/grid/cancel.py).
 `collect` builds the tables and figures: it belongs above the report layer (we.commands.collect_grid),
 which `python -m we.grid` (we/grid/__main__.py) hands to `main` here.
 """
@@ -19,15 +21,16 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from we.errors import DatasetNotFoundError, InputError, SuiteError
 from we.files import IN_CHECKOUT, REPO_ROOT
+from we.grid.arrays import ArrayJobs, array_jobs, array_size, describe, parse_array_option, solo_lines
 from we.grid.cancel import cancel
 from we.grid.identity import Cell, parse_sets, resolve_cells, runs_root
-from we.grid.local import LocalExecutor
+from we.grid.local import LocalExecutor, local_gpu_count
 from we.grid.plan import counts as state_counts
 from we.grid.plan import plan
 from we.grid.host_data import offline_config, prepare_data
@@ -49,14 +52,15 @@ class SubmitReport:
     submitted: list[tuple[Cell, dict[str, Any]]]
     skipped: list[CellState]
     reused: list[CellState]
+    jobs: list[list[Cell]] = field(default_factory=list)  # the jobs the submitted cells went in (several: an array)
 
 
 def submit(grid: Grid, cells: Sequence[Cell], executor: Any, runs_root: Path, reuse: bool = True,
-           out: Any = None) -> SubmitReport:
-    """Submit the todo, failed and interrupted cells (under the grid's lock); prints and returns what
-    was submitted. Before anything is written: the executor's own check of the cells (the local
-    executor's CPU guard) and their datasets made ready here (DatasetNotFoundError when one cannot be);
-    the jobs then run with download off."""
+           out: Any = None, array: int | None = 1) -> SubmitReport:
+    """Submit the todo, failed and interrupted cells (under the grid's lock), up to `array` seeds of one config
+    per job (we.grid.arrays; ALL_SEEDS: a config's pending seeds); prints and returns what was submitted. Before
+    anything is written: the executor's own check of the cells (the local executor's CPU guard) and their
+    datasets made ready here (DatasetNotFoundError when one cannot be); the jobs then run with download off."""
     out = out or sys.stdout
     check_writable(runs_root)
     pending = [s.cell for s in assess(cells, runs_root, reuse) if s.state in TO_RUN and s.reuse_from is None]
@@ -73,32 +77,48 @@ def submit(grid: Grid, cells: Sequence[Cell], executor: Any, runs_root: Path, re
         print(f"waiting for another submit of {grid.name} ({lock.lock_file})", file=out, flush=True)
         lock.acquire()
     try:
-        write_grid_file(grid, cells, runs_root)
-        states = assess(cells, runs_root, reuse)
-        reused = [s for s in states if s.reuse_from is not None]
-        for st in reused:
-            adopt_twin(st)
-        chosen = [s for s in states if s.state in TO_RUN]
-        skipped = [s for s in states if s.state not in TO_RUN and s.reuse_from is None]
-        prepare_data([s.cell for s in chosen if s.cell not in pending])  # changed since the check above
-        for st in chosen:
-            write_cell(st.cell)
-        records = executor.submit([s.cell for s in chosen], grid_dir) if chosen else []
-        for st, rec in zip(chosen, records):
-            write_cell(st.cell, record=rec)
+        report, found = submit_locked(grid, cells, executor, runs_root, reuse, pending, array)
     finally:
         lock.release()
-    submitted = [(s.cell, r) for s, r in zip(chosen, records)]
+    print_submission(grid, executor, report, found, out)
+    return report
+
+
+def submit_locked(grid: Grid, cells: Sequence[Cell], executor: Any, runs_root: Path, reuse: bool,
+                  pending: list[Cell], array: int | None) -> tuple[SubmitReport, ArrayJobs]:
+    """The part of `submit` under the grid's lock: states read again, twins adopted, cells written and
+    submitted in their jobs, each cell's record written."""
+    write_grid_file(grid, cells, runs_root)
+    states = assess(cells, runs_root, reuse)
+    reused = [s for s in states if s.reuse_from is not None]
     for st in reused:
+        adopt_twin(st)
+    chosen = [s for s in states if s.state in TO_RUN]
+    skipped = [s for s in states if s.state not in TO_RUN and s.reuse_from is None]
+    prepare_data([s.cell for s in chosen if s.cell not in pending])  # changed since the check above
+    found = array_jobs([s.cell for s in chosen], array)
+    for st in chosen:
+        write_cell(st.cell)
+    grid_dir = Path(runs_root).absolute() / grid.name
+    records = executor.submit([s.cell for s in chosen], grid_dir, jobs=found.jobs) if chosen else []
+    for st, rec in zip(chosen, records):
+        write_cell(st.cell, record=rec)
+    return SubmitReport([(s.cell, r) for s, r in zip(chosen, records)], skipped, reused, found.jobs), found
+
+
+def print_submission(grid: Grid, executor: Any, report: SubmitReport, found: ArrayJobs, out: Any) -> None:
+    for st in report.reused:
         print(f"reused   {st.cell.key}: {st.note}", file=out)
-    for cell, rec in submitted:
+    for cell, rec in report.submitted:
         print(f"submitted {cell.key} -> {rec['executor']} job {rec['job_id']}", file=out)
+    for line in solo_lines(found):
+        print(line, file=out)
     jobs = sorted({r["job_id"].split("_")[0] if r["executor"] == "slurm" else f"pid {r.get('pid')}"
-                   for _, r in submitted})
-    print(f"{grid.name}: submitted {len(submitted)} cells to {getattr(executor, 'name', executor)}"
-          + (f" ({', '.join(jobs)})" if jobs else "") + f"; reused {len(reused)}; left alone {len(skipped)} "
-          f"({state_counts(skipped)})", file=out)
-    return SubmitReport(submitted, skipped, reused)
+                   for _, r in report.submitted})
+    print(f"{grid.name}: submitted {len(report.submitted)} cells to {getattr(executor, 'name', executor)}"
+          + (f" ({', '.join(jobs)})" if jobs else "") + (f" in {describe(found)}" if report.submitted else "")
+          + f"; reused {len(report.reused)}; left alone {len(report.skipped)} ({state_counts(report.skipped)})",
+          file=out)
 
 
 POLL_ENV = "WE_GRID_POLL_S"  # the environment variable that sets the seconds between polls of `submit --wait`
@@ -207,8 +227,7 @@ def split_sets(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return rest, sets
 
 
-def main(argv: list[str] | None = None, collect: Collect | None = None) -> int:
-    """The grid CLI; `collect` is offered when a collect function is given (python -m we.grid gives it)."""
+def build_parser(collect: Collect | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m we.grid", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("plan", "prepare", "submit", "status", "cancel")
                         + (("collect",) if collect else ()))
@@ -227,59 +246,124 @@ def main(argv: list[str] | None = None, collect: Collect | None = None) -> int:
     parser.add_argument("--cells", action="store_true", help="plan: list every cell, not only the summary")
     parser.add_argument("--concurrency", type=int, default=None,
                         help="local: cells at once (default one per GPU, 1 on the CPU)")
+    parser.add_argument("--array", default=None, metavar="K",
+                        help="submit, plan: at most K seeds of one config per job, trained as one seed array "
+                             "(default: the profile's `array`, else a config's pending seeds on a GPU, 1 without one; "
+                             "1: one run per job)")
     parser.add_argument("--allow-cpu-marathon", action="store_true",
                         help="local: start a long grid (200-epoch CIFAR, ImageNet) on a machine without a GPU")
     parser.add_argument("--no-reuse", action="store_true",
                         help="train cells even when another grid already ran the same config")
-    rest, set_items = split_sets(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(rest)
+    return parser
+
+
+@dataclass
+class Inputs:
+    """What every command works on, read and checked before anything is written."""
+
+    grid: Grid
+    cells: list[Cell]
+    root: Path
+    rule: str
+    reuse: bool
+    profile: Profile | None
+    poll_s: float
+    array: int | None  # seeds per job (ALL_SEEDS: a config's pending seeds)
+    array_why: str  # where that comes from
+
+
+def read_inputs(args: argparse.Namespace, set_items: list[str]) -> Inputs:
+    """The grid, its cells, the profile and the options, checked (InputError: one line, exit 2)."""
     root, rule = runs_root(args.runs_root)
-    reuse = not args.no_reuse
+    poll_s = poll_seconds(args.executor)
+    grid = load_grid(args.grid)
+    sets = parse_sets(set_items)
+    profile = None
+    neutral: dict[str, Any] = {}
+    if args.executor == "slurm" or args.profile:
+        profile = load_profile(args.profile or DEFAULT_PROFILE)
+        neutral = dict(profile.config)
+    if args.concurrency is not None and args.concurrency < 1:
+        raise InputError("--concurrency", "concurrency", f"must be >= 1, got {args.concurrency}")
+    size, why = jobs_array_size(args.executor, profile, grid, parse_array_option(args.array))
+    cells = resolve_cells(grid, root, sets, neutral if args.command in ("submit", "prepare") else None)
+    if args.command in ("submit", "collect"):
+        check_writable(root)
+    return Inputs(grid, cells, root, rule, not args.no_reuse, profile, poll_s, size, why)
+
+
+def jobs_array_size(executor: str, profile: Profile | None, grid: Grid,
+                    option: int | None) -> tuple[int | None, str]:
+    """(seeds per job, why) on `executor` (`we.grid.arrays.array_size`): a SLURM job has its profile's GPUs
+    (with the grid's `resources:`), a local one this machine's; a job of tasks_per_node > 1 (one run on several
+    GPUs) is never an array."""
+    if executor != "slurm":
+        return array_size(option, profile.array if profile else None, local_gpu_count())
+    assert profile is not None
+    p = profile.with_resources(grid.resources)
+    size, why = array_size(option, p.array, p.gpus_per_node)
+    if p.tasks_per_node > 1 and size != 1:
+        if option is not None or p.array is not None:
+            raise InputError("--array" if option is not None else p.path, "array",
+                             f"tasks_per_node {p.tasks_per_node} trains one run on several GPUs; a seed array "
+                             "trains in one process: set array 1")
+        return 1, f"tasks_per_node {p.tasks_per_node}: one run on several GPUs is never a seed array"
+    return size, why
+
+
+def main(argv: list[str] | None = None, collect: Collect | None = None) -> int:
+    """The grid CLI; `collect` is offered when a collect function is given (python -m we.grid gives it)."""
+    rest, set_items = split_sets(sys.argv[1:] if argv is None else argv)
+    args = build_parser(collect).parse_args(rest)
     try:
-        poll_s = poll_seconds(args.executor)
-        grid = load_grid(args.grid)
-        sets = parse_sets(set_items)
-        profile = None
-        neutral: dict[str, Any] = {}
-        if args.executor == "slurm" or args.profile:
-            profile = load_profile(args.profile or DEFAULT_PROFILE)
-            neutral = dict(profile.config)
-        if args.concurrency is not None and args.concurrency < 1:
-            raise InputError("--concurrency", "concurrency", f"must be >= 1, got {args.concurrency}")
-        cells = resolve_cells(grid, root, sets, neutral if args.command in ("submit", "prepare") else None)
-        if args.command in ("submit", "collect"):
-            check_writable(root)
+        inputs = read_inputs(args, set_items)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.command == "plan":
-        plan(grid, cells, root, reuse, show_cells=args.cells, root_rule=rule, executor=args.executor)
+        plan(inputs.grid, inputs.cells, inputs.root, inputs.reuse, show_cells=args.cells, root_rule=inputs.rule,
+             executor=args.executor, array=inputs.array, array_why=inputs.array_why)
         return 0
     if args.command == "status":
-        states = status(grid, cells, root, reuse)
+        states = status(inputs.grid, inputs.cells, inputs.root, inputs.reuse)
         return 1 if any(s.state in ("failed", "unreadable") for s in states) else 0
     if args.command == "cancel":
-        return cancel(grid, cells, root)
+        return cancel(inputs.grid, inputs.cells, inputs.root)
     if args.command == "prepare":
-        try:
-            lines = prepare_data(cells, sys.stdout)
-        except DatasetNotFoundError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        print(f"{grid.name}: {len(lines)} dataset(s) ready" if lines else f"{grid.name}: no training cells")
-        return 0
+        return run_prepare(inputs)
     if args.command == "collect":
         assert collect is not None
-        try:
-            collect(grid, cells, root, Path(args.out_dir) if args.out_dir else default_out_dir(grid, root), reuse)
-        except SuiteError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        return 0
-    executor = make_executor(args.executor, profile, grid, args.concurrency, args.allow_cpu_marathon)
-    print(f"runs: {root / grid.name} ({rule})", flush=True)
+        return run_collect(inputs, collect, args.out_dir)
+    return run_submit(inputs, args)
+
+
+def run_prepare(inputs: Inputs) -> int:
     try:
-        submit(grid, cells, executor, root, reuse)
+        lines = prepare_data(inputs.cells, sys.stdout)
+    except DatasetNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    name = inputs.grid.name
+    print(f"{name}: {len(lines)} dataset(s) ready" if lines else f"{name}: no training cells")
+    return 0
+
+
+def run_collect(inputs: Inputs, collect: Collect, out_dir: str | None) -> int:
+    try:
+        collect(inputs.grid, inputs.cells, inputs.root,
+                Path(out_dir) if out_dir else default_out_dir(inputs.grid, inputs.root), inputs.reuse)
+    except SuiteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_submit(inputs: Inputs, args: argparse.Namespace) -> int:
+    grid, root = inputs.grid, inputs.root
+    executor = make_executor(args.executor, inputs.profile, grid, args.concurrency, args.allow_cpu_marathon)
+    print(f"runs: {root / grid.name} ({inputs.rule})", flush=True)
+    try:
+        submit(grid, inputs.cells, executor, root, inputs.reuse, array=inputs.array)
     except (SuiteError, DatasetNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -287,7 +371,9 @@ def main(argv: list[str] | None = None, collect: Collect | None = None) -> int:
         last_line = str(err).strip().splitlines()[-1] if str(err).strip() else ""
         print(f"error: submission failed: {type(err).__name__}: {last_line}", file=sys.stderr)
         return 1
-    return wait_after_submit(grid, cells, root, reuse, executor, args.grid, poll_s) if args.wait else 0
+    if not args.wait:
+        return 0
+    return wait_after_submit(grid, inputs.cells, root, inputs.reuse, executor, args.grid, inputs.poll_s)
 
 
 def wait_after_submit(grid: Grid, cells: Sequence[Cell], root: Path, reuse: bool, executor: Any, name: str,

@@ -151,3 +151,12 @@ def cost_source(method: str) -> str:
         return "baseline cost"
     owner = next((k for k in type.mro(cls) if "cost" in vars(k)), cls)
     return f"{owner.__name__}.cost ({owner.__module__})"
+
+
+def array_cost(cells: list[Cell], throughput: Throughput) -> tuple[float, float, str]:
+    """(wall seconds, GPU-hours, where its per-seed images/s come from) of one job training `cells` (one
+    config's seeds) as one seed array on one device of `throughput`; one cell: its solo run. Each seed is
+    taken to train at its solo images/s (no bench measures arrays yet), so an array saves CELL_OVERHEAD_S
+    per seed but the first, and its GPU-hours are the device's time, shared by its seeds."""
+    training = sum(wall_seconds(c, throughput) - CELL_OVERHEAD_S for c in cells)
+    return training + CELL_OVERHEAD_S, training / 3600.0, "each seed at its solo images/s: no bench measures arrays yet"

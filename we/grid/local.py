@@ -1,9 +1,10 @@
 """Grid cells on this machine: a detached local runner process.
 
 `LocalExecutor.submit` writes a queue file and starts `python -m we.grid.worker run-local QUEUE`,
-which works through the queued cells (`run_local`), `concurrency` at a time (default: one per GPU,
+which works through the queued jobs (`run_local`), `concurrency` at a time (default: one per GPU,
 or 1 on the CPU; the slots are shared by every runner of one runs root), each in its own process
-(`python -m we.grid.worker run-cell RUN_DIR`) logging to `<run>/logs/`. A local job is live while
+(`python -m we.grid.worker run-cell RUN_DIR`, or `run-cells RUN_DIR...` for a seed array of several
+cells, we.grid.arrays) logging to `<run>/logs/`. A local job is live while
 its runner's (or its cell's) process is alive and the runner has not recorded the cell's exit
 (`we.grid.jobs.local_active`); the runner records how each cell ended: exit code, signal name, error line.
 """
@@ -25,9 +26,10 @@ from filelock import FileLock, Timeout
 
 from we.errors import InputError
 from we.files import REPO_ROOT
+from we.grid.arrays import record_fields
 from we.grid.cost import CPU_MARATHON_IMAGES, image_passes
 from we.grid.jobs import process_start_ticks
-from we.grid.records import WORKER_MODULE, RunnableCell, cell_logs_dir, now_iso, update_record
+from we.grid.records import WORKER_MODULE, RunnableCell, cell_logs_dir, link_log, now_iso, update_record
 from we.rundir import log_tail, read_result, tolerant
 
 
@@ -64,32 +66,42 @@ class LocalExecutor:
                              f"(limit {CPU_MARATHON_IMAGES:,} without a GPU): submit with --executor slurm, or "
                              "pass --allow-cpu-marathon to run them on this machine")
 
-    def submit(self, cells: Sequence[RunnableCell], grid_dir: Path) -> list[dict[str, Any]]:
+    def submit(self, cells: Sequence[RunnableCell], grid_dir: Path,
+               jobs: Sequence[Sequence[RunnableCell]] | None = None) -> list[dict[str, Any]]:
+        """Queue the cells, `jobs` of them (default: each alone; several: one seed array) one process each."""
         if not cells:
             return []
+        jobs = [[c] for c in cells] if jobs is None else jobs
         grid_dir = Path(grid_dir).absolute()
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         queue_dir = grid_dir / ".local"
         queue_dir.mkdir(parents=True, exist_ok=True)
         logs = [cell_logs_dir(Path(c.run_dir).absolute()) / f"local-{stamp}.log" for c in cells]
+        index = {id(c): i for i, c in enumerate(cells)}
         queue = {"concurrency": self.concurrency, "slots_dir": str(grid_dir.parent / ".local-slots"),
                  "gpus": [i % self.gpus for i in range(self.concurrency)] if self.gpus else [],
                  "cells": [{"key": c.key, "run_dir": str(Path(c.run_dir).absolute()), "log": str(log)}
-                           for c, log in zip(cells, logs)]}
+                           for c, log in zip(cells, logs)],
+                 "jobs": [[index[id(c)] for c in job] for job in jobs]}
         queue_path = queue_dir / f"queue-{stamp}.json"
         queue_path.write_text(json.dumps(queue, indent=2))
+        pid, ticks = self.start_runner(queue_path, queue_dir / f"runner-{stamp}.log")
+        host = socket.gethostname()
+        job_of = {id(c): job for job in jobs for c in job}
+        return [{"job_id": local_job_id(pid, i), "executor": self.name, "time": now_iso(), "host": host,
+                 "pid": pid, "pid_start": ticks, "log": str(log), "queue": str(queue_path),
+                 **record_fields(job_of[id(cell)], cell)}
+                for i, (cell, log) in enumerate(zip(cells, logs))]
+
+    def start_runner(self, queue_path: Path, log_path: Path) -> tuple[int, int | None]:
+        """Start the detached runner of a queue file; (its pid, its start ticks)."""
         env = dict(os.environ)
         env["PYTHONPATH"] = f"{REPO_ROOT}{os.pathsep}{env['PYTHONPATH']}" if env.get("PYTHONPATH") else str(REPO_ROOT)
-        with open(queue_dir / f"runner-{stamp}.log", "ab") as runner_log:
+        with open(log_path, "ab") as runner_log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", WORKER_MODULE, "run-local", str(queue_path)], stdin=subprocess.DEVNULL,
                 stdout=runner_log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        pid = self.process.pid
-        ticks = process_start_ticks(pid)
-        host = socket.gethostname()
-        return [{"job_id": local_job_id(pid, i), "executor": self.name, "time": now_iso(), "host": host,
-                 "pid": pid, "pid_start": ticks, "log": str(log), "queue": str(queue_path)}
-                for i, log in enumerate(logs)]
+        return self.process.pid, process_start_ticks(self.process.pid)
 
 
 def local_job_id(runner_pid: int, index: int) -> str:
@@ -117,9 +129,10 @@ def exit_fields(returncode: int, run_dir: Path, log_path: Path) -> dict[str, Any
 class Runner:
     """Works through a queue file written by LocalExecutor.submit; records each cell's start and exit.
 
-    A cell runs only while this runner holds one of the `concurrency` slot locks in
-    `<runs-root>/.local-slots/`, which every runner of that runs root shares: two submissions
-    side by side still run at most `concurrency` cells at once. Slot i runs on GPU gpus[i].
+    A job (one cell, or the cells of a seed array in one process) runs only while this runner holds one of
+    the `concurrency` slot locks in `<runs-root>/.local-slots/`, which every runner of that runs root
+    shares: two submissions side by side still run at most `concurrency` jobs at once. Slot i runs on GPU
+    gpus[i].
 
     SIGTERM or SIGINT (`python -m we.grid cancel` signals the runner's process group: the runner, its
     cells and their loader workers) stops it: no further cell starts (their records say `cancelled`, and
@@ -136,8 +149,10 @@ class Runner:
         self.slots_dir = Path(queue["slots_dir"])
         self.slots_dir.mkdir(parents=True, exist_ok=True)
         self.slot_locks = [FileLock(str(self.slots_dir / f"slot-{i}.lock")) for i in range(self.concurrency)]
-        self.pending = list(enumerate(queue["cells"]))
-        self.running: dict[subprocess.Popen, tuple[int, dict[str, Any], int]] = {}
+        cells = queue["cells"]
+        # the jobs, each [(index, cell), ...] (several: one seed array, one process); a queue without `jobs`: one each
+        self.pending = [[(i, cells[i]) for i in job] for job in queue.get("jobs") or [[i] for i in range(len(cells))]]
+        self.running: dict[subprocess.Popen, tuple[list[tuple[int, dict[str, Any]]], int]] = {}
         self.me = os.getpid()
         self.env = dict(os.environ)
         if not self.gpus and self.concurrency > 1:  # share the CPU cores between the concurrent cells
@@ -183,13 +198,13 @@ class Runner:
 
     def drop_pending(self) -> None:
         """Record the cells that never started as cancelled (they stay todo)."""
-        for index, cell in self.pending:
+        for index, cell in (member for job in self.pending for member in job):
             update_record(Path(cell["run_dir"]), local_job_id(self.me, index), cancelled=self.stopped, ended=now_iso())
             print(f"{now_iso()} cancelled {cell['key']} (never started)", flush=True)
         self.pending = []
 
     def free_slot(self) -> int | None:
-        busy = {slot for _, _, slot in self.running.values()}
+        busy = {slot for _, slot in self.running.values()}
         for i, lock in enumerate(self.slot_locks):
             if i in busy:
                 continue
@@ -201,7 +216,7 @@ class Runner:
         return None
 
     def start_cells(self) -> None:
-        """Start pending cells while a slot is free."""
+        """Start pending jobs while a slot is free."""
         while self.pending and not self.stopped:
             slot = self.free_slot()
             if slot is None:
@@ -210,31 +225,44 @@ class Runner:
                 self.waiting = True
                 return
             self.waiting = False
-            index, cell = self.pending.pop(0)
-            child_env = dict(self.env)
-            if self.gpus:
-                child_env["CUDA_VISIBLE_DEVICES"] = str(self.gpus[slot])
-            log_path = Path(cell["log"])
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(log_path, "ab") as log:
-                proc = subprocess.Popen([sys.executable, "-m", WORKER_MODULE, "run-cell", cell["run_dir"]],
-                                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=child_env)
-            print(f"{now_iso()} started {cell['key']} (pid {proc.pid}, slot {slot})", flush=True)
-            update_record(Path(cell["run_dir"]), local_job_id(self.me, index), cell_pid=proc.pid,
-                          cell_pid_start=process_start_ticks(proc.pid), started=now_iso())
-            self.running[proc] = (index, cell, slot)
+            job = self.pending.pop(0)
+            proc = self.start_job(job, slot)
+            keys = ", ".join(cell["key"] for _, cell in job)
+            print(f"{now_iso()} started {keys} (pid {proc.pid}, slot {slot}"
+                  + (f", a seed array of {len(job)})" if len(job) > 1 else ")"), flush=True)
+            for index, cell in job:
+                update_record(Path(cell["run_dir"]), local_job_id(self.me, index), cell_pid=proc.pid,
+                              cell_pid_start=process_start_ticks(proc.pid), started=now_iso())
+            self.running[proc] = (job, slot)
+
+    def start_job(self, job: list[tuple[int, dict[str, Any]]], slot: int) -> subprocess.Popen:
+        """One process for the job: `run-cell RUN_DIR`, or `run-cells RUN_DIR...` for a seed array, logging to the
+        first member's log (the others' logs folders link to it)."""
+        child_env = dict(self.env)
+        if self.gpus:
+            child_env["CUDA_VISIBLE_DEVICES"] = str(self.gpus[slot])
+        cells = [cell for _, cell in job]
+        log_path = Path(cells[0]["log"])
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        for cell in cells[1:]:
+            link_log(Path(cell["log"]), log_path)
+        command = ["run-cell", cells[0]["run_dir"]] if len(cells) == 1 else ["run-cells", *(c["run_dir"] for c in cells)]
+        with open(log_path, "ab") as log:
+            return subprocess.Popen([sys.executable, "-m", WORKER_MODULE, *command], stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT, env=child_env)
 
     def reap(self) -> None:
-        """Record the exit of every cell that ended."""
+        """Record the exit of every job that ended, in each of its cells' records."""
         for proc in [p for p in self.running if p.poll() is not None]:
-            index, cell, slot = self.running.pop(proc)
+            job, slot = self.running.pop(proc)
             self.slot_locks[slot].release()
             self.failures += proc.returncode not in (0, 3)
-            print(f"{now_iso()} ended {cell['key']} (exit {proc.returncode})", flush=True)
-            fields = exit_fields(proc.returncode, Path(cell["run_dir"]), Path(cell["log"]))
-            if self.stopped:
-                fields["cancelled"] = self.stopped
-            update_record(Path(cell["run_dir"]), local_job_id(self.me, index), ended=now_iso(), **fields)
+            for index, cell in job:
+                print(f"{now_iso()} ended {cell['key']} (exit {proc.returncode})", flush=True)
+                fields = exit_fields(proc.returncode, Path(cell["run_dir"]), Path(cell["log"]))
+                if self.stopped:
+                    fields["cancelled"] = self.stopped
+                update_record(Path(cell["run_dir"]), local_job_id(self.me, index), ended=now_iso(), **fields)
 
 
 def run_local(queue_path: str | Path) -> int:

@@ -66,6 +66,10 @@ PROFILE_KEYS: dict[str, Key] = {
     "pack": Key(int, 1, minimum=1, doc="cells per job: up to this many single-GPU CIFAR/digits cells train at once, "
                                        "one process each, sharing the job's GPU, CPUs and memory (ImageNet and "
                                        "tasks_per_node > 1 cells are never packed)"),
+    "array": Key(Optional[int], None, minimum=1,
+                 doc="seeds per job: up to this many seeds of one config train in one process as one seed array "
+                     "(1: one run per job; null: every pending seed of a config when the job asks for a GPU, else 1; "
+                     "`submit --array K` overrides it)"),
 }
 # Keys a grid's `resources:` may override for its own jobs.
 RESOURCE_KEYS = ("gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb", "timeout_min", "max_num_timeout",

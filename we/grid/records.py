@@ -6,6 +6,7 @@ lock, `<runs-root>/<grid>/.submit.lock`) as the jobs start and end.
 """
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -58,6 +59,15 @@ def record_logs(record: dict[str, Any] | None) -> list[str]:
     if record.get("executor") == "slurm":
         names = [*reversed(slurm_log_names(str(record.get("job_id")))), *names]
     return list(dict.fromkeys(names))
+
+
+def link_log(link: Path, target: Path) -> None:
+    """A relative symlink run/logs/NAME -> a log kept elsewhere (a SLURM job's, a seed array's in its first member's
+    folder): it stays valid when results/ is copied."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(os.path.relpath(target, link.parent))
 
 
 def grid_lock(grid_dir: Path, timeout: float = LOCK_TIMEOUT_S) -> FileLock:
