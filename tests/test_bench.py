@@ -10,7 +10,7 @@ import torch
 
 import models
 from we.bench import bench_model, spread_units, timeit_after, to_markdown
-from we.core.paper import evolve
+from we.core.paper_step import evolve
 from we.core.units import gather_units
 
 

@@ -15,7 +15,7 @@ def test_paper_recipe_resolves_every_none():
     assert cfg.normalization == "paper" and cfg.nesterov is False and cfg.image_size == 32
 
 
-def test_official_recipe_uses_steplr_every_60():
+def test_authors_recipe_uses_steplr_every_60():
     cfg = load_config(None, ["dataset=cifar100", "recipe=official"])
     assert cfg.schedule == "step" and cfg.lr_step == 60 and cfg.normalization == "official"
     assert cfg.we_milestones == [60, 120, 180]  # StepLR(60) over 200 epochs decays three times

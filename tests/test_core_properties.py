@@ -7,7 +7,7 @@ combination the paper step must equal the per-filter loop oracle (`we.core.refer
 code with the fast path), and hold on its own: only handled layers of the enabled kinds change, dtypes
 stay, rate 0 is a no-op, a changed unit is always one of the floor(rate * P) least important of its
 pool, and the counts equal the units that changed. The authors' step must equal the transcription of
-their script (`test_official.script_step`) over several epochs. Bounded so the whole file runs in
+their script (`test_authors_step.script_step`) over several epochs. Bounded so the whole file runs in
 well under a minute on two cores.
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from test_official import script_step
-from we.core import OfficialEvolution, evolve, evolve_reference
+from test_authors_step import script_step
+from we.core import AuthorsStep, evolve, evolve_reference
 from we.core.checks import KINDS
 
 PROPERTY_SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -203,7 +203,7 @@ def test_authors_step_equals_the_script_transcription(convs, bns, seed, radio_co
     if not bns:
         net.append(nn.BatchNorm2d(3).double())  # the script's threshold indexes a non-empty BN pool
     mirror = copy.deepcopy(net)
-    evo = OfficialEvolution(net, radio_conv=radio_conv, radio_bn=radio_bn, radio_bias=radio_bias,
+    evo = AuthorsStep(net, radio_conv=radio_conv, radio_bn=radio_bn, radio_bias=radio_bias,
                             milestones=(2, 4), eta=2.0)
     counters = {"conv": 0, "bn": 0, "bias": 0}
     for epoch in range(5):

@@ -21,7 +21,7 @@ import torch
 from scipy import stats
 
 import models
-from we.core.evolution import WeightEvolution
+from we.core.hook import WeightEvolution
 from we.grid.identity import parse_sets, resolve_cells
 from we.grid.schema import load_grid
 from we.grid.state import write_cell

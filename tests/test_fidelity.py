@@ -158,15 +158,15 @@ def test_w10_official_ablation_tables_hold_the_paper_step_reference(tmp_path, ta
 def _layout(rows: dict[str, float], grid: str):
     import pandas as pd
 
-    from we.report.paper_layout import paper_layout
+    from we.report.reported_tables import reported_table
 
     df = pd.DataFrame([{"dataset": "cifar100", "model": "mobilenetv1", "method": m, "n": 5, "final_top1_mean": v,
-                        "final_top1_std": 0.1, "paper_top1": float("nan")} for m, v in rows.items()])
-    return paper_layout(df, grid)
+                        "final_top1_std": 0.1, "reported_top1": float("nan")} for m, v in rows.items()])
+    return reported_table(df, grid)
 
 
 def test_w10_paper_layout_takes_each_ablation_against_its_reference_row():
-    from we.report.paper_layout import layout_latex, layout_markdown
+    from we.report.reported_tables import layout_latex, layout_markdown
 
     official = _layout({"baseline": 68.0, "we_global_only": 69.0, "we_paper_step": 70.5, "we": 71.0}, "table5-official")
     assert official.rows == ["Baseline", "WE-G", "WE (paper's step)", "WE"]
@@ -194,14 +194,14 @@ def test_figure_twins_reuse_the_official_tables_runs(tmp_path):
 
 def test_figure3_official_draws_the_authors_per_pool_rates(tmp_path):
     from we.core import FLAVOURS, stage_rate
-    from we.report.figures import OFFICIAL_POOLS, figure_selection_rate_official
+    from we.report.figures import AUTHORS_POOLS, figure_selection_rate_authors
 
-    paths = figure_selection_rate_official(tmp_path)
+    paths = figure_selection_rate_authors(tmp_path)
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
     h = FLAVOURS["cifar"]
     rate = lambda e: stage_rate(e, h["radio_conv"], divisors=h["divisors"], eta=h["eta"], milestones=h["milestones"])
     assert rate(130) == pytest.approx(0.2 / 5 * (1 / (1 + 2.718281828 ** (-10 / 15))), rel=1e-6)  # third stage: /5
-    assert set(OFFICIAL_POOLS.values()) == {"radio_conv", "radio_bn", "radio_bias"}
+    assert set(AUTHORS_POOLS.values()) == {"radio_conv", "radio_bn", "radio_bias"}
 
 
 # ---- the WE step (rows W*) -------------------------------------------------------------------------
@@ -254,7 +254,7 @@ def test_w4_the_paper_step_under_steplr_gains_a_fourth_stage_and_we_milestones_r
 
 
 def test_w5_we_variant_official_uses_the_scripts_rates():
-    from we.methods.evolution import we_hparams
+    from we.methods.we import we_hparams
 
     cfg = load_config(None, ["dataset=cifar100", "model=mobilenetv1", "recipe=official", "method=we",
                              "we_variant=official"])
@@ -268,7 +268,7 @@ def test_w5_we_variant_official_uses_the_scripts_rates():
 
 
 def test_w6_the_authors_crossover_is_signed():
-    from we.core.official import crossover_signed
+    from we.core.authors_step import crossover_signed
 
     inf = torch.tensor([[[0.5, -0.1, 0.3]]]).reshape(1, 1, 3)
     dom = torch.tensor([[[2.0, -4.0, 1.0]]]).reshape(1, 1, 3)
@@ -288,7 +288,7 @@ def test_w7_the_imagenet_flavour_counts_with_a_defined_counter():
 
 
 def test_w8_the_imagenet_conv_pool_is_undivided():
-    from we.core.official import pool_scores
+    from we.core.authors_step import pool_scores
     from we.core.units import gather_units
 
     pool = gather_units(_tiny_net(), conv=True, bn=False)["conv_weight"]
@@ -346,12 +346,12 @@ def test_r3_normalization_official_uses_the_authors_constants():
 def test_r6_the_paper_layout_reads_final_or_best_epoch():
     import pandas as pd
 
-    from we.report.paper_layout import paper_layout
+    from we.report.reported_tables import reported_table
 
     df = pd.DataFrame([{"dataset": "cifar10", "model": "resnet56", "method": "we", "n": 5, "final_top1_mean": 93.0,
-                        "final_top1_std": 0.1, "best_top1_mean": 93.4, "best_top1_std": 0.1, "paper_top1": 93.85}])
-    assert paper_layout(df, "table1").entry("WE", 0).mean == 93.0
-    assert paper_layout(df, "table1", measure="best").entry("WE", 0).mean == 93.4
+                        "final_top1_std": 0.1, "best_top1_mean": 93.4, "best_top1_std": 0.1, "reported_top1": 93.85}])
+    assert reported_table(df, "table1").entry("WE", 0).mean == 93.0
+    assert reported_table(df, "table1", measure="best").entry("WE", 0).mean == 93.4
 
 
 def test_r9_model_keys_resolve_from_the_recipe():
@@ -399,7 +399,7 @@ def test_c4_oni_eps_enters_the_iteration():
 
 @pytest.mark.parametrize("cycles, pruned", [(0, [20, 50]), (1, [20])])
 def test_c5_repr_cycles_in_90_imagenet_epochs(cycles, pruned):
-    from we.methods.rep_r import RePrMethod
+    from we.methods.repr import RePrMethod
 
     cfg = load_config(None, ["dataset=imagenet", "model=resnet34", "method=repr", f"repr_cycles={cycles}"])
     method = RePrMethod(cfg)

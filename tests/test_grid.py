@@ -337,7 +337,7 @@ def test_a_finished_twin_in_another_grid_is_reused(tmp_path: Path):
     assert assess(b, runs)[0].state == "done"
 
 
-def test_official_variant_refuses_switches_it_lacks(tmp_path: Path):
+def test_authors_step_refuses_switches_it_lacks(tmp_path: Path):
     path = write_grid(tmp_path, base={**TINY_BASE, "we_variant": "official"},
                       axes={"method": ["baseline", "we_global_only"]})
     with pytest.raises(InputError, match=r"axes\.method\[1\]: we_selection='global' has no effect"):

@@ -14,7 +14,7 @@ import we.train.trainer
 from we.train.config import ConfigError, load_config
 from we.methods import METHODS, TrainContext, create_method
 from we.methods.oni import apply_oni, oni_weight
-from we.methods.rep_r import RePrMethod, find_prunable_layers, orthogonal_filters, rank_filters
+from we.methods.repr import RePrMethod, find_prunable_layers, orthogonal_filters, rank_filters
 from we.methods.svb import bound_bn_scales, bound_singular_values, svb_step
 from we.train import main
 

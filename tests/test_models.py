@@ -13,7 +13,7 @@ from torch import nn
 import models
 from models import registry
 from we.grid.cost import DEFAULT_SOURCE, FALLBACK_IMAGES_PER_S, Throughput, default_images_per_s
-from we.report.paper_layout import Column
+from we.report.reported_tables import Column
 from we.train.config import load_config
 
 

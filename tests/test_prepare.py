@@ -20,7 +20,7 @@ import yaml
 
 from we.errors import DatasetNotFoundError
 from we.grid.cli import main
-from we.train.prepare import prepare_dataset
+from we.train.dataset_fetch import prepare_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 PER_BATCH = 10
@@ -109,7 +109,7 @@ def test_two_concurrent_prepares_download_once(tmp_path: Path, served):
     # each process signals that it is ready, then both start preparing at once (the server answers
     # slowly, so the second finds no data and waits on the lock while the first downloads)
     script = patch_source(server.url, tgz_md5, sums) + (
-        "import os, sys, time\nfrom pathlib import Path\nfrom we.train.prepare import prepare_dataset\n"
+        "import os, sys, time\nfrom pathlib import Path\nfrom we.train.dataset_fetch import prepare_dataset\n"
         "gate = Path(sys.argv[2])\n(gate / f'ready-{os.getpid()}').touch()\n"
         "while not (gate / 'go').exists():\n    time.sleep(0.01)\n"
         "print(prepare_dataset('cifar10', sys.argv[1], True))\n")

@@ -16,7 +16,7 @@ from scipy import stats
 from we import report
 from we.report import figures
 from we.report.runs import BASELINE
-from we.report.tables import PAPER_CSV
+from we.report.tables import REPORTED_CSV
 
 PAPER = """table,dataset,model,method,top1,top5
 2,cifar10,mobilenetv1,baseline,91.00,
@@ -63,7 +63,7 @@ def labels(method: str, seed: int, dataset: str = "cifar10", model: str = "mobil
 
 
 @pytest.fixture
-def paper_csv(tmp_path: Path) -> Path:
+def reported_csv(tmp_path: Path) -> Path:
     path = tmp_path / "paper.csv"
     path.write_text(PAPER)
     return path
@@ -94,8 +94,8 @@ def row(df: pd.DataFrame, method: str, **match: Any) -> pd.Series:
     return sel.iloc[0]
 
 
-def test_statistics_exact(table2: Path, tmp_path: Path, paper_csv: Path) -> None:
-    out = report.collect("table2", table2, tmp_path / "out", paper_csv, figures=False, echo=False)
+def test_statistics_exact(table2: Path, tmp_path: Path, reported_csv: Path) -> None:
+    out = report.collect("table2", table2, tmp_path / "out", reported_csv, figures=False, echo=False)
     df = out["table"]
     assert list(df.method) == ["baseline", "fg1", "we", "svb"]  # baseline first, then the paper's order
     for method, values in (("baseline", BASE), ("we", WE), ("fg1", FG)):
@@ -112,21 +112,21 @@ def test_statistics_exact(table2: Path, tmp_path: Path, paper_csv: Path) -> None
     assert row(df, "fg1").p_final_top1 == pytest.approx(stats.ttest_ind(FG, BASE, equal_var=False).pvalue,
                                                        rel=1e-12)
     assert math.isnan(row(df, "baseline").p_final_top1)
-    assert we.paper_top1 == 92.44 and we.paper_table == 2
+    assert we.reported_top1 == 92.44 and we.reported_table == 2
     assert we.diff_final_top1 == pytest.approx(statistics.fmean(WE) - 92.44, abs=1e-12)
     assert we.diff_best_top1 == pytest.approx(statistics.fmean(WE) + 0.25 - 92.44, abs=1e-12)
-    assert math.isnan(row(df, "svb").paper_top1)  # not in this paper file
+    assert math.isnan(row(df, "svb").reported_top1)  # not in this paper file
 
 
-def test_p_value_blank_below_two_runs(table2: Path, tmp_path: Path, paper_csv: Path) -> None:
-    df = report.collect("table2", table2, tmp_path / "out", paper_csv, figures=False, echo=False)["table"]
+def test_p_value_blank_below_two_runs(table2: Path, tmp_path: Path, reported_csv: Path) -> None:
+    df = report.collect("table2", table2, tmp_path / "out", reported_csv, figures=False, echo=False)["table"]
     svb = row(df, "svb")
     assert svb.n == 1 and math.isnan(svb.final_top1_std) and math.isnan(svb.p_final_top1)
     assert math.isnan(report.welch_p([1.0], [1.0, 2.0]))
 
 
-def test_failed_diverged_running_counted_and_listed(table2: Path, tmp_path: Path, paper_csv: Path) -> None:
-    out = report.collect("table2", table2, tmp_path / "out", paper_csv, figures=False, echo=False)
+def test_failed_diverged_running_counted_and_listed(table2: Path, tmp_path: Path, reported_csv: Path) -> None:
+    out = report.collect("table2", table2, tmp_path / "out", reported_csv, figures=False, echo=False)
     svb = row(out["table"], "svb")
     assert (svb.n_failed, svb.n_diverged, svb.n_running, svb.n_unreadable) == (1, 1, 2, 0)
     md = out["markdown"].read_text()
@@ -138,8 +138,8 @@ def test_failed_diverged_running_counted_and_listed(table2: Path, tmp_path: Path
     assert row(out["table"], "we").not_counted == ""
 
 
-def test_few_runs_marked(table2: Path, tmp_path: Path, paper_csv: Path) -> None:
-    out = report.collect("table2", table2, tmp_path / "out", paper_csv, figures=False, echo=False)
+def test_few_runs_marked(table2: Path, tmp_path: Path, reported_csv: Path) -> None:
+    out = report.collect("table2", table2, tmp_path / "out", reported_csv, figures=False, echo=False)
     lines = out["markdown"].read_text().splitlines()
     fg = next(line for line in lines if "| fg1 |" in line)
     we = next(line for line in lines if "| we |" in line)
@@ -150,8 +150,8 @@ def test_few_runs_marked(table2: Path, tmp_path: Path, paper_csv: Path) -> None:
     assert r"3$^*$" in out["tex"].read_text()
 
 
-def test_outputs_written(table2: Path, tmp_path: Path, paper_csv: Path, capsys: pytest.CaptureFixture) -> None:
-    out = report.collect("table2", table2, tmp_path / "out", paper_csv, figures=False)
+def test_outputs_written(table2: Path, tmp_path: Path, reported_csv: Path, capsys: pytest.CaptureFixture) -> None:
+    out = report.collect("table2", table2, tmp_path / "out", reported_csv, figures=False)
     assert out["markdown"] == tmp_path / "out" / "table2.md"
     md, tex = out["markdown"].read_text(), out["tex"].read_text()
     mean_we = f"{statistics.fmean(WE):.2f} ± {statistics.stdev(WE):.2f}"
@@ -166,13 +166,13 @@ def test_outputs_written(table2: Path, tmp_path: Path, paper_csv: Path, capsys: 
     assert mean_we in printed and "| method |" in printed
 
 
-def test_corrupt_result_json(tmp_path: Path, paper_csv: Path, capsys: pytest.CaptureFixture) -> None:
+def test_corrupt_result_json(tmp_path: Path, reported_csv: Path, capsys: pytest.CaptureFixture) -> None:
     root = tmp_path / "runs"
     write_run(root, "g", "ok", labels("we", 0), final=92.0, best=92.1)
     bad = write_run(root, "g", "bad", labels("we", 1), final=92.0, best=92.1)
     (bad / "result.json").write_text('{"status": "compl')
     (write_run(root, "g", "badcell", labels("we", 2), final=93.0, best=93.1) / "cell.json").write_text("[")
-    out = report.collect("g", root, tmp_path / "out", paper_csv, figures=False, echo=False)
+    out = report.collect("g", root, tmp_path / "out", reported_csv, figures=False, echo=False)
     msg = [p for p in out["problems"] if "bad/result.json" in p]
     assert len(msg) == 1 and "\n" not in msg[0] and "unreadable" in msg[0]
     assert any("badcell/cell.json" in p for p in out["problems"])
@@ -182,40 +182,40 @@ def test_corrupt_result_json(tmp_path: Path, paper_csv: Path, capsys: pytest.Cap
     assert we.n == 2 and we.n_unreadable == 1  # a bad cell.json: labels from result.json's config
 
 
-def test_imagenet_top5_and_table_from_grid_name(tmp_path: Path, paper_csv: Path) -> None:
+def test_imagenet_top5_and_table_from_grid_name(tmp_path: Path, reported_csv: Path) -> None:
     root = tmp_path / "runs"
     for seed, (t1, t5) in enumerate([(60.0, 82.0), (61.0, 83.0)]):
         write_run(root, "table4-official", f"we-{seed}",
                   labels("we", seed, "imagenet", "mobilenetv2_050"), final=t1, best=t1, top5=t5)
         write_run(root, "table4-official", f"base-{seed}",
                   labels("baseline", seed, "imagenet", "mobilenetv2_050"), final=t1 - 2, best=t1 - 2, top5=t5 - 2)
-    out = report.collect("table4-official", root, tmp_path / "out", paper_csv, figures=False, echo=False)
+    out = report.collect("table4-official", root, tmp_path / "out", reported_csv, figures=False, echo=False)
     we = row(out["table"], "we")
-    assert we.paper_table == 4 and we.paper_top5 == 83.39
+    assert we.reported_table == 4 and we.reported_top5 == 83.39
     assert we.final_top5_mean == pytest.approx(82.5) and we.diff_final_top5 == pytest.approx(82.5 - 83.39)
     md = out["markdown"].read_text()
     assert "final top-5" in md and "83.39" in md
 
 
-def test_paper_match_prefers_grid_table_then_any(tmp_path: Path, paper_csv: Path) -> None:
+def test_paper_match_prefers_grid_table_then_any(tmp_path: Path, reported_csv: Path) -> None:
     root = tmp_path / "runs"
     for grid in ("table8", "table5", "ablation"):
         for seed in range(2):
             write_run(root, grid, f"we-{seed}", labels("we", seed, "cifar100"), final=71.0, best=71.0)
-    got = {g: row(report.collect(g, root, tmp_path / "out", paper_csv, figures=False, echo=False)["table"],
-                  "we").paper_top1 for g in ("table8", "table5", "ablation")}
+    got = {g: row(report.collect(g, root, tmp_path / "out", reported_csv, figures=False, echo=False)["table"],
+                  "we").reported_top1 for g in ("table8", "table5", "ablation")}
     assert got == {"table8": 71.50, "table5": 71.01, "ablation": 71.01}
     assert report.table_number("table5-official") == 5 and report.table_number("table12") == 12
     assert report.table_number("alpha") is None
 
 
-def test_default_paper_csv_is_the_repository_copy(table2: Path, tmp_path: Path) -> None:
-    assert PAPER_CSV.exists()
+def test_default_reported_csv_is_the_repository_copy(table2: Path, tmp_path: Path) -> None:
+    assert REPORTED_CSV.exists()
     df = report.collect("table2", table2, tmp_path / "out", figures=False, echo=False)["table"]
-    assert row(df, "svb").paper_top1 == 91.02
+    assert row(df, "svb").reported_top1 == 91.02
 
 
-def test_extra_axes_split_rows_and_baselines(tmp_path: Path, paper_csv: Path) -> None:
+def test_extra_axes_split_rows_and_baselines(tmp_path: Path, reported_csv: Path) -> None:
     root = tmp_path / "runs"
     for recipe, shift in (("paper", 0.0), ("official", 1.0)):
         for seed in range(3):
@@ -223,7 +223,7 @@ def test_extra_axes_split_rows_and_baselines(tmp_path: Path, paper_csv: Path) ->
             write_run(root, "g", f"b-{recipe}-{seed}", lab, final=90 + shift + seed * 0.1, best=90.0)
             lab = {**labels("we", seed), "recipe": recipe, "epochs": 200}
             write_run(root, "g", f"w-{recipe}-{seed}", lab, final=91 + shift + seed * 0.2, best=91.0)
-    df = report.collect("g", root, tmp_path / "out", paper_csv, figures=False, echo=False)["table"]
+    df = report.collect("g", root, tmp_path / "out", reported_csv, figures=False, echo=False)["table"]
     assert "recipe" in df.columns and "epochs" not in df.columns  # constant axes are dropped
     we = row(df, "we", recipe="official")
     base = [91 + s * 0.1 for s in range(3)]
@@ -231,11 +231,11 @@ def test_extra_axes_split_rows_and_baselines(tmp_path: Path, paper_csv: Path) ->
     assert we.p_final_top1 == pytest.approx(stats.ttest_ind(mine, base, equal_var=False).pvalue, rel=1e-9)
 
 
-def test_missing_grid_and_empty_grid(tmp_path: Path, paper_csv: Path) -> None:
+def test_missing_grid_and_empty_grid(tmp_path: Path, reported_csv: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no such grid"):
-        report.collect("nothing", tmp_path / "runs", tmp_path / "out", paper_csv, echo=False)
+        report.collect("nothing", tmp_path / "runs", tmp_path / "out", reported_csv, echo=False)
     (tmp_path / "runs" / "empty").mkdir(parents=True)
-    out = report.collect("empty", tmp_path / "runs", tmp_path / "out", paper_csv, echo=False)
+    out = report.collect("empty", tmp_path / "runs", tmp_path / "out", reported_csv, echo=False)
     assert out["table"].empty and "No runs" in out["markdown"].read_text() and out["figures"] == []
 
 
@@ -288,8 +288,8 @@ def test_figure2_falls_back_to_initialisation(tmp_path: Path) -> None:
     assert "at initialisation" in _title(paths[0]) and "no trained checkpoint" in _title(paths[0])
 
 
-def test_collect_draws_the_grids_convergence_figure(table2: Path, tmp_path: Path, paper_csv: Path) -> None:
-    out = report.collect("table2", table2, tmp_path / "out", paper_csv, echo=False)
+def test_collect_draws_the_grids_convergence_figure(table2: Path, tmp_path: Path, reported_csv: Path) -> None:
+    out = report.collect("table2", table2, tmp_path / "out", reported_csv, echo=False)
     _assert_written(out["figures"], "fig5-convergence-table2")
 
 
@@ -313,11 +313,11 @@ def test_partial_metrics_and_running_runs_are_drawn(tmp_path: Path) -> None:
     _assert_written(report.figure_convergence("g", runs, tmp_path / "figs"), "fig5-convergence-g")
 
 
-def test_grid_file_limits_the_table_to_the_grids_cells(tmp_path: Path, paper_csv: Path) -> None:
+def test_grid_file_limits_the_table_to_the_grids_cells(tmp_path: Path, reported_csv: Path) -> None:
     root = tmp_path / "runs"
     write_run(root, "g", "cifar10-mobilenetv1-we-s0-aaaa", labels("we", 0), final=70.0, best=71.0)
     write_run(root, "g", "cifar10-mobilenetv1-we-s0-old1", labels("we", 0), final=10.0, best=11.0)  # stale config
-    mean = lambda: row(report.collect("g", root, tmp_path / "out", paper_csv, figures=False, echo=False)["table"],
+    mean = lambda: row(report.collect("g", root, tmp_path / "out", reported_csv, figures=False, echo=False)["table"],
                        "we")["final_top1_mean"]
     assert mean() == pytest.approx(40.0)  # no grid.json: every folder counts
     (root / "g" / "grid.json").write_text(json.dumps({"cells": {"cifar10-mobilenetv1-we-s0": "cifar10-mobilenetv1-we-s0-aaaa"}}))

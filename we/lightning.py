@@ -4,7 +4,7 @@
     trainer = lightning.Trainer(max_epochs=200, callbacks=[WeightEvolutionCallback(milestones=(60, 120))])
     trainer.fit(model, train_loader, val_loader)
 
-The callback evolves the LightningModule's weights (`we.WeightEvolution`, paper or official variant, the
+The callback evolves the LightningModule's weights (`we.WeightEvolution`, variant "paper" or "official", the
 same keyword arguments) at the end of every training epoch, after that epoch's validation, and not after
 the last epoch (`max_epochs`), like the suite's trainer; or, with `every_n_steps=N`, after every N-th
 optimizer step. Its state (variant, hparams, step and unit counters) is saved in Lightning's
@@ -24,7 +24,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from we.core import SCHEDULE_KEYS, WeightEvolution, official_hparams, paper_hparams
+from we.core import SCHEDULE_KEYS, WeightEvolution, authors_step_hparams, paper_step_hparams
 from we.core.checks import VARIANTS, check_choice, check_positive_int
 
 
@@ -45,10 +45,10 @@ class WeightEvolutionCallback(pl.Callback):
                        "interval_unit": "iter"}
         schedule = {k: v for k, v in hparams.items() if k in SCHEDULE_KEYS}
         if variant == "paper":
-            paper_hparams(hparams)  # a bad key or value fails here, before any training
+            paper_step_hparams(hparams)  # a bad key or value fails here, before any training
         else:
-            official_hparams({k: v for k, v in hparams.items() if k not in SCHEDULE_KEYS})
-            paper_hparams(schedule)
+            authors_step_hparams({k: v for k, v in hparams.items() if k not in SCHEDULE_KEYS})
+            paper_step_hparams(schedule)
         self.variant, self.hparams = variant, hparams
         self.evolution: WeightEvolution | None = None
         self._restored: dict[str, Any] | None = None  # from a checkpoint, applied once the model is set up

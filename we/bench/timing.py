@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import models
-from we.core.evolution import WeightEvolution
-from we.core.paper import evolve
+from we.core.hook import WeightEvolution
+from we.core.paper_step import evolve
 from we.core.reference import evolve_reference
 
 

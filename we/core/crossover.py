@@ -70,7 +70,7 @@ Cross = Callable[[Tensor, Tensor], Tensor]  # (inferior units, their partners) -
 Rule = Callable[[torch.Size], tuple[Cross, bool]]  # a layer's shape -> its crossover, slice by slice?
 
 
-def paper_rule(alpha: Alpha, level: str) -> Rule:
+def paper_step_rule(alpha: Alpha, level: str) -> Rule:
     """The paper's crossover for every layer: `crossover` at `level`, slice by slice at "element"."""
     cross = functools.partial(crossover, alpha=alpha, level=level)
     return lambda shape: (cross, level == "element")

@@ -4,7 +4,7 @@ A row holds a hyper-parameter of the paper's step (Sec. 3) with its type, its de
 CIFAR setting, Sec. 4.1.2), its bounds or allowed values, its meaning, the value the paper sets for
 ImageNet where that differs, and where the step uses it (`use`): the selection rate of Eq. 2
 (`selection_rate`), one step (`evolve`) or the hook's schedule (`WeightEvolution`). The core's
-checks, `PAPER_DEFAULTS`, the keyword arguments of those calls, the run config's `we_<name>` keys
+checks, `PAPER_STEP_DEFAULTS`, the keyword arguments of those calls, the run config's `we_<name>` keys
 and the figures all read this table, so a new hyper-parameter is one row here (plus its use).
 """
 
@@ -83,9 +83,9 @@ HPARAMS: dict[str, HParam] = {h.name: h for h in (
 )}
 assert all(h.use in USES for h in HPARAMS.values())
 
-PAPER_DEFAULTS: dict[str, Any] = {name: h.default for name, h in HPARAMS.items()}
+PAPER_STEP_DEFAULTS: dict[str, Any] = {name: h.default for name, h in HPARAMS.items()}
 # The paper's values for ImageNet (Sec. 4.1.2): its own where it sets one, else the defaults.
-PAPER_IMAGENET: dict[str, Any] = {name: h.default if h.imagenet is None else h.imagenet for name, h in HPARAMS.items()}
+PAPER_STEP_IMAGENET: dict[str, Any] = {name: h.default if h.imagenet is None else h.imagenet for name, h in HPARAMS.items()}
 
 
 def names(use: str) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 
 from we.core.checks import check_index
-from we.core.hparams import PAPER_DEFAULTS as D
+from we.core.hparams import PAPER_STEP_DEFAULTS as D
 
 
 def training_stage(epoch: int, milestones: Sequence[int]) -> tuple[int, int]:

@@ -11,7 +11,7 @@ processes they start), cancel (stopping a grid's jobs), cli.
 from we.grid.cli import main, plan, status, submit, wait
 from we.grid.cost import Throughput, default_images_per_s, gpu_hours, load_throughput
 from we.grid.identity import Cell, CellSpec, config_hash, expand, identity, parse_sets, resolve_cells
-from we.grid.prepare import prepare_data
+from we.grid.host_data import prepare_data
 from we.grid.local import LocalExecutor
 from we.grid.profiles import Profile, load_profile
 from we.grid.records import read_cell_file

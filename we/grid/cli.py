@@ -7,7 +7,7 @@ GRID is a path or a name in experiments/ (the file format: we/grid/schema.py); `
 anywhere. Run folders go under --runs-root, else $WE_RUNS_ROOT, else the checkout's results/runs,
 from any working directory. `plan` prints a summary of the cells, their states and the GPU-hour
 estimate (we/grid/plan.py); `prepare` makes the grid's datasets ready on this host
-(we/grid/prepare.py); `submit` does the same, then starts the todo, failed and interrupted cells
+(we/grid/host_data.py); `submit` does the same, then starts the todo, failed and interrupted cells
 on an executor (under the grid's lock); `status` counts the states, shows each running cell's epoch, test
 top-1 and ETA, and failed cells' logs; `cancel` stops the queued and running cells (we/grid/cancel.py).
 `collect` builds the tables and figures: it belongs above the report layer (we.commands.collect_grid),
@@ -30,7 +30,7 @@ from we.grid.identity import Cell, parse_sets, resolve_cells, runs_root
 from we.grid.local import LocalExecutor
 from we.grid.plan import counts as state_counts
 from we.grid.plan import plan
-from we.grid.prepare import offline_config, prepare_data
+from we.grid.host_data import offline_config, prepare_data
 from we.grid.profiles import Profile, load_profile
 from we.grid.records import grid_lock, record_logs
 from we.grid.schema import Grid, display_path, load_grid

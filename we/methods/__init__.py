@@ -11,10 +11,10 @@ from typing import Any
 
 from we.errors import ConfigError
 from we.methods.base import ConfigKey, Method, Preset, TrainContext
-from we.methods.evolution import WEMethod
+from we.methods.we import WEMethod
 from we.methods.fg import FGMethod
 from we.methods.oni import ONIMethod
-from we.methods.rep_r import RePrMethod
+from we.methods.repr import RePrMethod
 from we.methods.rl import RLMethod
 from we.methods.svb import SVBMethod
 

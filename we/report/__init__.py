@@ -8,8 +8,8 @@ layout, ``results/<grid>-paper.md|.tex``, with a figure of ours against the pape
 draws Figures 2, 3, 5 and 6 of the paper under ``results/figures/`` as PNG and PDF.
 
 runs (reading run folders, through we.rundir), stats (the statistics every report shares), text (escaping
-for LaTeX and Markdown), tables (the table, formatting, collect), paper_layout (the paper's table
-layout and its figure), figures, cli.
+for LaTeX and Markdown), tables (the table, formatting, collect), reported_tables (ours beside the
+reported numbers in the paper's table layout, and its figure), figures, cli.
 
 Usage::
 
@@ -19,8 +19,8 @@ Usage::
 from we.report.cli import cli
 from we.report.figures import (average_l1_norms, draw_convergence, figure_alpha, figure_convergence,
                                figure_l1_norms, figure_selection_rate, make_figures)
-from we.report.paper_layout import (PaperLayout, draw_vs_paper, figure_vs_paper, layout_latex, layout_markdown,
-                                    paper_layout)
+from we.report.reported_tables import (ReportedTable, draw_vs_reported, figure_vs_reported, layout_latex,
+                                       layout_markdown, reported_table)
 from we.report.runs import Run, load_runs, problems, read_run
 from we.report.stats import mean_std, mean_std_n, welch_p
 from we.report.tables import collect, format_latex, format_markdown, summarize_runs, table_number
@@ -29,7 +29,7 @@ from we.rundir import read_metrics
 __all__ = [
     "Run", "load_runs", "read_run", "read_metrics", "mean_std", "mean_std_n", "summarize_runs", "collect", "make_figures",
     "figure_convergence", "figure_selection_rate", "figure_l1_norms", "figure_alpha",
-    "average_l1_norms", "draw_convergence", "PaperLayout", "paper_layout", "layout_markdown", "layout_latex",
-    "draw_vs_paper", "figure_vs_paper", "format_markdown", "format_latex", "problems", "table_number", "welch_p",
+    "average_l1_norms", "draw_convergence", "ReportedTable", "reported_table", "layout_markdown", "layout_latex",
+    "draw_vs_reported", "figure_vs_reported", "format_markdown", "format_latex", "problems", "table_number", "welch_p",
     "cli",
 ]

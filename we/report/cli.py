@@ -15,7 +15,7 @@ from typing import Optional
 from we.errors import SuiteError
 from we.files import REPO_ROOT
 from we.report.figures import make_figures
-from we.report.tables import PAPER_CSV, collect
+from we.report.tables import REPORTED_CSV, collect
 from we.rundir import runs_root
 
 
@@ -24,7 +24,8 @@ def cli(argv: Optional[list[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_collect = sub.add_parser("collect", help="tabulate one grid into results/<grid>.md|.csv|.tex")
     p_collect.add_argument("grid", help="grid name (a folder under --runs-root)")
-    p_collect.add_argument("--paper-csv", type=Path, default=PAPER_CSV)
+    p_collect.add_argument("--paper-csv", dest="reported_csv", type=Path, default=REPORTED_CSV,
+                           help="the numbers the paper reports (default: %(default)s)")
     p_collect.add_argument("--no-figures", action="store_true", help="skip the grid's figures")
     p_fig = sub.add_parser("figures", help="draw every figure there is data for under results/figures")
     for p in (p_collect, p_fig):
@@ -35,7 +36,7 @@ def cli(argv: Optional[list[str]] = None) -> int:
     args.runs_root = runs_root(args.runs_root)[0]
     if args.command == "collect":
         try:
-            out = collect(args.grid, args.runs_root, args.out_dir, args.paper_csv, figures=not args.no_figures)
+            out = collect(args.grid, args.runs_root, args.out_dir, args.reported_csv, figures=not args.no_figures)
         except (FileNotFoundError, SuiteError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 import models
-from we.core import FLAVOURS, PAPER_DEFAULTS, PAPER_IMAGENET, selection_rate, stage_rate
+from we.core import FLAVOURS, PAPER_STEP_DEFAULTS, PAPER_STEP_IMAGENET, selection_rate, stage_rate
 from we.errors import CheckpointError
 from we.report.runs import (ALPHA_LABEL, CORE_LABELS, DATASET_ORDER, Run, hashable_label, method_sort_key,
                             evolution_of, load_runs, read_run)
@@ -26,8 +26,8 @@ from we.rundir import LAST_CHECKPOINT, read_checkpoint, read_metrics, tolerant
 # Figure 3's settings (paper Sec. 4.1.2): the WE core's paper values (we.core.hparams), CIFAR's and
 # ImageNet's; ImageNet's stages start at its learning-rate drops, those of the authors' ImageNet script.
 _SCHEDULE = ("r_hat", "beta", "eta", "milestones")
-SETTINGS_CIFAR = {k: PAPER_DEFAULTS[k] for k in _SCHEDULE}
-SETTINGS_IMAGENET = {**{k: PAPER_IMAGENET[k] for k in _SCHEDULE}, "milestones": FLAVOURS["imagenet"]["milestones"]}
+SETTINGS_CIFAR = {k: PAPER_STEP_DEFAULTS[k] for k in _SCHEDULE}
+SETTINGS_IMAGENET = {**{k: PAPER_STEP_IMAGENET[k] for k in _SCHEDULE}, "milestones": FLAVOURS["imagenet"]["milestones"]}
 
 
 def _new_figure(n_panels: int, width: float = 4.2, height: float = 3.2) -> tuple[Any, list[Any]]:
@@ -214,10 +214,10 @@ def figure_selection_rate(out_dir: Path) -> list[Path]:
 
 
 # The authors' scripts' rate bases per pool (their radio_conv, radio_bn, radio_bias).
-OFFICIAL_POOLS = {"conv": "radio_conv", "BN weight": "radio_bn", "BN bias": "radio_bias"}
+AUTHORS_POOLS = {"conv": "radio_conv", "BN weight": "radio_bn", "BN bias": "radio_bias"}
 
 
-def figure_selection_rate_official(out_dir: Path) -> list[Path]:
+def figure_selection_rate_authors(out_dir: Path) -> list[Path]:
     """Figure 3 as the authors' scripts set it: one rate per pool (conv, BN weight, BN bias), stage
     divisors 1, 2.5, 5 (CIFAR, StepLR(60): the paper's step would see a fourth stage at 180, dashed)
     and 1, 2, 4 (ImageNet)."""
@@ -226,7 +226,7 @@ def figure_selection_rate_official(out_dir: Path) -> list[Path]:
     fig, axes = _new_figure(2)
     for ax, (title, epochs, h) in zip(axes, settings):
         e = np.arange(epochs)
-        for pool, key in OFFICIAL_POOLS.items():
+        for pool, key in AUTHORS_POOLS.items():
             ax.plot(e, [stage_rate(int(i), h[key], divisors=h["divisors"], eta=h["eta"], milestones=h["milestones"])
                         for i in e], lw=1.5, label=f"{pool} ({key}={h[key]:g})")
         if epochs == 200:  # Eq. 2 with the stages of StepLR(60): 60, 120 and 180
@@ -371,5 +371,5 @@ def make_figures(runs_root: Path = Path("results/runs"), out_dir: Path = Path("r
             written += figure_l1_norms(grid_dir, fig_dir, tag=grid_dir.name)
     written += figure_l1_norms(runs_root, fig_dir)
     written += figure_selection_rate(fig_dir)
-    written += figure_selection_rate_official(fig_dir)
+    written += figure_selection_rate_authors(fig_dir)
     return written

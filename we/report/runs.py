@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from we.methods.evolution import COUNT_COLUMNS
+from we.methods.we import COUNT_COLUMNS
 from we.report.stats import BASELINE, finite
 from we.rundir import (RESULT_FILE, TERMINAL, progress, read_cell, read_config, read_grid_file, read_metrics,
                        read_result, run_folders, summarize, tolerant)
@@ -55,14 +55,14 @@ def hashable_label(v: Any) -> Any:
     return json.dumps(v, sort_keys=True)
 
 
-def method_sort_key(method: str, paper_methods: list[str]) -> tuple:
+def method_sort_key(method: str, reported_methods: list[str]) -> tuple:
     if method == BASELINE:
         return (0, 0, 0.0, method)
     m = ALPHA_LABEL.match(method)
     if m:
         return (2, 0, float(m.group(1)), method)
-    if method in paper_methods:
-        return (1, paper_methods.index(method), 0.0, method)
+    if method in reported_methods:
+        return (1, reported_methods.index(method), 0.0, method)
     return (3, 0, 0.0, method)
 
 

@@ -3,7 +3,7 @@
 ``collect`` turns a grid's run folders into rows with mean, std and n of final and best-epoch top-1,
 the paper's number, the difference and Welch's t-test against the baseline, written as
 ``results/<grid>.md|.csv|.tex`` (with the grid's Figures 5 and 6); a paper table's grid also in the
-paper's layout (``results/<grid>-paper.md|.tex`` and its figure against the paper, see paper_layout).
+paper's layout (``results/<grid>-paper.md|.tex`` and its figure against the paper, see reported_tables).
 """
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ import pandas as pd
 
 from we.files import REPO_ROOT
 from we.report.figures import figure_alpha, figure_convergence
-from we.report.paper_layout import PAPER_RUNS, figure_vs_paper, layout_latex, layout_markdown, paper_layout
+from we.report.reported_tables import REPORTED_RUNS, figure_vs_reported, layout_latex, layout_markdown, reported_table
 from we.report.runs import (CORE_LABELS, DATASET_ORDER, JobState, Run, hashable_label, method_sort_key,
                             grid_run_folders, problems, read_run, run_evolution)
 from we.report.stats import BASELINE, baseline_group, finite, mean_std_n, welch_p
 from we.report.text import latex, markdown, markdown_code
 from we.rundir import inside
 
-PAPER_CSV = REPO_ROOT / "results" / "paper" / "reported-results.csv"
+REPORTED_CSV = REPO_ROOT / "results" / "paper" / "reported-results.csv"
 # The kinds of units WE evolves (we.core KINDS), as the table names them; conv biases only when some moved.
 EVOLVED_NAMES = {"conv_weight": "conv filters", "conv_bias": "conv biases", "bn_weight": "BN weights",
                  "bn_bias": "BN biases"}
@@ -41,11 +41,11 @@ def table_number(grid_name: str) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
-def load_paper(paper_csv: Path) -> pd.DataFrame:
+def load_reported(reported_csv: Path) -> pd.DataFrame:
     """The paper's reported numbers (empty when the file is missing or unreadable)."""
     cols = ["table", "dataset", "model", "method", "top1", "top5"]
     try:
-        df = pd.read_csv(paper_csv)
+        df = pd.read_csv(reported_csv)
     except (OSError, ValueError, pd.errors.ParserError):
         return pd.DataFrame(columns=cols)
     if not set(cols) <= set(df.columns):
@@ -55,11 +55,11 @@ def load_paper(paper_csv: Path) -> pd.DataFrame:
     return df[cols]
 
 
-def _paper_lookup(paper: pd.DataFrame, table: Optional[int], dataset: str, model: str,
-                  method: str) -> tuple[float, float, float]:
+def _reported_lookup(reported: pd.DataFrame, table: Optional[int], dataset: str, model: str,
+                     method: str) -> tuple[float, float, float]:
     """(table, top1, top5) of the paper's row; the grid's table first, then any table."""
-    hit = paper[(paper.dataset == str(dataset).lower()) & (paper.model == str(model).lower())
-                & (paper.method == str(method).lower())]
+    hit = reported[(reported.dataset == str(dataset).lower()) & (reported.model == str(model).lower())
+                   & (reported.method == str(method).lower())]
     if table is not None and (hit.table == table).any():
         hit = hit[hit.table == table]
     if hit.empty:
@@ -74,7 +74,7 @@ def _order(values: Iterable[str], preferred: Sequence[str]) -> dict[str, int]:
     return {v: i for i, v in enumerate(ranked)}
 
 
-def summarize_runs(runs: list[Run], paper: pd.DataFrame, table: Optional[int] = None) -> pd.DataFrame:
+def summarize_runs(runs: list[Run], reported: pd.DataFrame, table: Optional[int] = None) -> pd.DataFrame:
     """One row per (dataset, model, other varying axes, method label) with statistics and paper numbers."""
     records = []
     for r in runs:
@@ -95,25 +95,25 @@ def summarize_runs(runs: list[Run], paper: pd.DataFrame, table: Optional[int] = 
     for rec in records:
         groups.setdefault(tuple(rec[k] for k in keys), []).append(rec["_run"])
 
-    rows = [_group_row(key, rs, groups, keys, paper, table) for key, rs in groups.items()]
+    rows = [_group_row(key, rs, groups, keys, reported, table) for key, rs in groups.items()]
 
     columns = [*keys, "n", "few_runs",
                "final_top1_mean", "final_top1_std", "best_top1_mean", "best_top1_std",
-               "paper_table", "paper_top1", "diff_final_top1", "diff_best_top1",
+               "reported_table", "reported_top1", "diff_final_top1", "diff_best_top1",
                "p_final_top1", "p_best_top1", "we_steps_mean", *[f"evolved_{k}_mean" for k in EVOLVED_NAMES],
                "final_top5_mean", "final_top5_std", "best_top5_mean", "best_top5_std",
-               "paper_top5", "diff_final_top5", "diff_best_top5",
+               "reported_top5", "diff_final_top5", "diff_best_top5",
                "n_failed", "n_diverged", "n_running", "n_unreadable", "n_other", "partial_top1_mean", "partial_epoch",
                "not_counted"]
     df = pd.DataFrame(rows, columns=columns)
     if df.empty:
         return df
-    paper_methods = list(dict.fromkeys(paper["method"])) if len(paper) else []
-    paper_models = list(dict.fromkeys(paper["model"])) if len(paper) else []
+    reported_methods = list(dict.fromkeys(reported["method"])) if len(reported) else []
+    reported_models = list(dict.fromkeys(reported["model"])) if len(reported) else []
     ds_rank = _order(df.dataset, DATASET_ORDER)
-    model_rank = _order(df.model, paper_models)
+    model_rank = _order(df.model, reported_models)
     sort_keys = [(ds_rank[r["dataset"]], model_rank[r["model"]], *[str(r[k]) for k in extra],
-                  method_sort_key(str(r["method"]), paper_methods)) for r in rows]
+                  method_sort_key(str(r["method"]), reported_methods)) for r in rows]
     df = df.iloc[sorted(range(len(rows)), key=sort_keys.__getitem__)].reset_index(drop=True)
     df.attrs["axes"] = keys
     return df
@@ -124,7 +124,7 @@ def _values(runs: Sequence[Run], metric: str) -> list[float]:
 
 
 def _group_row(key: tuple, rs: list[Run], groups: dict[tuple, list[Run]], keys: list[str],
-               paper: pd.DataFrame, table: Optional[int]) -> dict[str, Any]:
+               reported: pd.DataFrame, table: Optional[int]) -> dict[str, Any]:
     """The table row of the group `key` (its values of `keys`): statistics, paper numbers, p-values, the runs
     not counted and an unfinished group's latest epoch."""
     row: dict[str, Any] = dict(zip(keys, key))
@@ -133,9 +133,9 @@ def _group_row(key: tuple, rs: list[Run], groups: dict[tuple, list[Run]], keys: 
         row[f"{metric}_mean"], row[f"{metric}_std"] = mean, std
         if metric == "final_top1":
             row["n"] = n
-    row["few_runs"] = row["n"] < PAPER_RUNS
-    ptable, p1, p5 = _paper_lookup(paper, table, row["dataset"], row["model"], row["method"])
-    row["paper_table"], row["paper_top1"], row["paper_top5"] = ptable, p1, p5
+    row["few_runs"] = row["n"] < REPORTED_RUNS
+    ptable, p1, p5 = _reported_lookup(reported, table, row["dataset"], row["model"], row["method"])
+    row["reported_table"], row["reported_top1"], row["reported_top5"] = ptable, p1, p5
     row["diff_final_top1"] = row["final_top1_mean"] - p1
     row["diff_best_top1"] = row["best_top1_mean"] - p1
     row["diff_final_top5"] = row["final_top5_mean"] - p5
@@ -210,7 +210,7 @@ def _p(x: Any) -> str:
 
 
 def _n(n: int) -> str:
-    return f"{n}*" if n < PAPER_RUNS else str(n)
+    return f"{n}*" if n < REPORTED_RUNS else str(n)
 
 
 def _display_rows(df: pd.DataFrame, pm: str, less: str = "<0.001") -> tuple[list[str], list[list[str]]]:
@@ -230,7 +230,7 @@ def _display_rows(df: pd.DataFrame, pm: str, less: str = "<0.001") -> tuple[list
         if not final and finite(r.partial_top1_mean):  # no complete run yet: the latest epoch, marked
             final = f"{r.partial_top1_mean:.2f} (partial, {r.partial_epoch})"
         cells += [_n(int(r.n)), final,
-                  _pm(r.best_top1_mean, r.best_top1_std, pm), _num(r.paper_top1),
+                  _pm(r.best_top1_mean, r.best_top1_std, pm), _num(r.reported_top1),
                   _num(r.diff_final_top1, sign=True), _num(r.diff_best_top1, sign=True),
                   _p(r.p_final_top1).replace("<0.001", less), _p(r.p_best_top1).replace("<0.001", less)]
         if kinds:
@@ -238,7 +238,7 @@ def _display_rows(df: pd.DataFrame, pm: str, less: str = "<0.001") -> tuple[list
         if top5:
             is_in = str(r.dataset).lower() == "imagenet"
             cells += ([_pm(r.final_top5_mean, r.final_top5_std, pm), _pm(r.best_top5_mean, r.best_top5_std, pm),
-                       _num(r.paper_top5), _num(r.diff_final_top5, sign=True)] if is_in else ["", "", "", ""])
+                       _num(r.reported_top5), _num(r.diff_final_top5, sign=True)] if is_in else ["", "", "", ""])
         body.append(cells)
     return header, body
 
@@ -277,8 +277,8 @@ def format_markdown(grid_name: str, df: pd.DataFrame, runs: list[Run]) -> str:
         out += ["",
                 "final: last epoch; best: best epoch (as the authors' script reports); mean ± sample std over "
                 "complete runs. Δ: mean minus the paper. p: Welch's t-test against the baseline of the same "
-                f"dataset and model (blank when either side has fewer than 2 runs). `*`: n < {PAPER_RUNS}, "
-                f"fewer runs than the paper's {PAPER_RUNS}."
+                f"dataset and model (blank when either side has fewer than 2 runs). `*`: n < {REPORTED_RUNS}, "
+                f"fewer runs than the paper's {REPORTED_RUNS}."
                 + (" partial: no run of the cell is complete yet; the mean test top-1 of its unfinished runs at their "
                    "latest epoch." if df.partial_epoch.astype(bool).any() else "")]
         if shown_kinds(df):
@@ -303,7 +303,7 @@ def format_latex(grid_name: str, df: pd.DataFrame) -> str:
     header, body = _display_rows(df, r"$\pm$", less=r"$<$0.001")
     n_axes = len(df.attrs.get("axes", []))
     spec = "l" * n_axes + "r" * (len(header) - n_axes)
-    lines = [f"% {latex(grid_name)}: mean $\\pm$ std over complete runs; * n < {PAPER_RUNS}; "
+    lines = [f"% {latex(grid_name)}: mean $\\pm$ std over complete runs; * n < {REPORTED_RUNS}; "
              "p: Welch's t-test vs the baseline",
              f"\\begin{{tabular}}{{{spec}}}", r"\toprule",
              " & ".join(latex(h) for h in header) + r" \\", r"\midrule"]
@@ -323,7 +323,7 @@ def format_latex(grid_name: str, df: pd.DataFrame) -> str:
 # collect
 # ---------------------------------------------------------------------------------------------
 def collect(grid_name: str, runs_root: Path = Path("results/runs"), out_dir: Path = Path("results"),
-            paper_csv: Path = PAPER_CSV, *, figures: bool = True, echo: bool = True,
+            reported_csv: Path = REPORTED_CSV, *, figures: bool = True, echo: bool = True,
             states: Optional[dict[Path, JobState]] = None) -> dict[str, Any]:
     """Tabulate one grid into ``out_dir/<grid>.md|.csv|.tex`` (and its convergence figure).
 
@@ -331,7 +331,7 @@ def collect(grid_name: str, runs_root: Path = Path("results/runs"), out_dir: Pat
     paper's layout) and ``figures/<grid>-vs-paper.png|.pdf``.
 
     Returns ``{"markdown", "csv", "tex": Path, ["paper_markdown", "paper_tex": Path,] "figures": [Path],
-    "table": DataFrame, "runs": [Run], "problems": [str], ["paper_layout": PaperLayout]}``. Raises
+    "table": DataFrame, "runs": [Run], "problems": [str], ["reported_table": ReportedTable]}``. Raises
     FileNotFoundError when the grid folder is missing, InputError when the grid's name would put a file
     outside `runs_root` or `out_dir`. `states` (from ``python -m we.grid collect``) is the grid's state of
     its run folders; without it only the folders are read.
@@ -343,8 +343,8 @@ def collect(grid_name: str, runs_root: Path = Path("results/runs"), out_dir: Pat
         raise FileNotFoundError(f"{grid_dir}: no such grid folder")
     dirs, grid_problems = grid_run_folders(grid_dir)
     runs = [read_run(d, (states or {}).get(Path(d))) for d in dirs]
-    paper = load_paper(Path(paper_csv))
-    df = summarize_runs(runs, paper, table_number(grid_name))
+    reported = load_reported(Path(reported_csv))
+    df = summarize_runs(runs, reported, table_number(grid_name))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     md = format_markdown(grid_name, df, runs)
@@ -352,7 +352,7 @@ def collect(grid_name: str, runs_root: Path = Path("results/runs"), out_dir: Pat
     paths["markdown"].write_text(md)
     df.to_csv(paths["csv"], index=False, float_format="%.6g")
     paths["tex"].write_text(format_latex(grid_name, df))
-    layout = paper_layout(df, grid_name) if table_number(grid_name) is not None else None
+    layout = reported_table(df, grid_name) if table_number(grid_name) is not None else None
     if layout is not None:
         paths["paper_markdown"], paths["paper_tex"] = out["paper_markdown"], out["paper_tex"]
         paths["paper_markdown"].write_text(layout_markdown(layout))
@@ -363,11 +363,11 @@ def collect(grid_name: str, runs_root: Path = Path("results/runs"), out_dir: Pat
         written += figure_convergence(grid_name, runs, out_dir / "figures")
         written += figure_alpha(grid_name, runs, out_dir / "figures")
         if layout is not None:
-            written += figure_vs_paper(layout, out_dir / "figures")
+            written += figure_vs_reported(layout, out_dir / "figures")
     unreadable = grid_problems + problems(runs)
     for line in unreadable:
         print(line, file=sys.stderr)
     if echo:
         print(md, end="")
     return {**paths, "figures": written, "table": df, "runs": runs, "problems": unreadable,
-            **({"paper_layout": layout} if layout is not None else {})}
+            **({"reported_table": layout} if layout is not None else {})}

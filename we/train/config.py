@@ -91,8 +91,9 @@ CORE_KEYS: dict[str, ConfigKey] = {
 }
 del K
 
-# Defaults for core keys left at None, by (recipe, dataset family). Paper section 4.1.2; the authors'
-# script (official) for CIFAR: StepLR(60) (decays at 60, 120 AND 180), nesterov off, its constants.
+# Defaults for core keys left at None, by (recipe, dataset family). recipe paper: the paper's section 4.1.2;
+# recipe official (the authors' recipe) for CIFAR: their script's StepLR(60) (decays at 60, 120 AND 180),
+# nesterov off, its normalisation constants.
 # A method's own per-family defaults are its plug-in's `recipe_defaults`.
 RECIPES: dict[tuple[str, str], dict[str, Any]] = {
     ("paper", "cifar"): dict(

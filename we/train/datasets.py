@@ -37,8 +37,8 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 # The authors' public CIFAR script (used there for CIFAR-10 and CIFAR-100 alike).
-OFFICIAL_CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-OFFICIAL_CIFAR_STD = (0.2023, 0.1994, 0.2010)
+AUTHORS_CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+AUTHORS_CIFAR_STD = (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Digits (32x32x3 uint8 version built below), train split, computed once with
@@ -81,7 +81,7 @@ class DatasetSpec:
     test_images: int  # the test set (ImageNet: the validation set)
     image_size: int  # the input size (ImageNet: the default; the 32x32 sets take this one only)
     stats: Stats  # the training set's own channel statistics ("paper" normalisation)
-    official_stats: Stats | None  # the authors' script's constants ("official"), None: it has none of its own
+    authors_stats: Stats | None  # the authors' script's constants ("official"), None: it has none of its own
     device_path: bool  # the on-device data path (data_path=device) supports it
     loader: str  # where its raw data comes from
 
@@ -95,9 +95,9 @@ DATASET_SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec("digits", "cifar", 10, 1437, 360, 32, (DIGITS_MEAN, DIGITS_STD), None, True,
                 "scikit-learn's 8x8 digits, upscaled to 32x32 RGB (load_digits_uint8)"),
     DatasetSpec("cifar10", "cifar", 10, 50_000, 10_000, 32, (CIFAR10_MEAN, CIFAR10_STD),
-                (OFFICIAL_CIFAR_MEAN, OFFICIAL_CIFAR_STD), True, "torchvision CIFAR10 (load_cifar)"),
+                (AUTHORS_CIFAR_MEAN, AUTHORS_CIFAR_STD), True, "torchvision CIFAR10 (load_cifar)"),
     DatasetSpec("cifar100", "cifar", 100, 50_000, 10_000, 32, (CIFAR100_MEAN, CIFAR100_STD),
-                (OFFICIAL_CIFAR_MEAN, OFFICIAL_CIFAR_STD), True, "torchvision CIFAR100 (load_cifar)"),
+                (AUTHORS_CIFAR_MEAN, AUTHORS_CIFAR_STD), True, "torchvision CIFAR100 (load_cifar)"),
     DatasetSpec("imagenet", "imagenet", 1000, 1_281_167, 50_000, IMAGENET_DEFAULT_SIZE, (IMAGENET_MEAN, IMAGENET_STD),
                 None, False, "train/ and val/ class folders (load_imagenet)"),
     DatasetSpec("fashion_mnist", "cifar", 10, 60_000, 10_000, 32, (FASHION_MNIST_MEAN, FASHION_MNIST_STD), None, True,
@@ -138,7 +138,7 @@ def dataset_info(name: str, normalization: str = "paper", image_size: int | None
         if image_size not in (None, spec.image_size):
             raise ValueError(f"image_size for {name} must be {spec.image_size} (or None), got {image_size!r}")
         size = spec.image_size
-    mean, std = spec.official_stats if normalization == "official" and spec.official_stats else spec.stats
+    mean, std = spec.authors_stats if normalization == "official" and spec.authors_stats else spec.stats
     return DatasetInfo(name, spec.num_classes, size, tuple(mean), tuple(std),
                        None if spec.sized_on_disk else spec.train_images)
 

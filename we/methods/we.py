@@ -4,15 +4,15 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from we.core.checks import KINDS, VARIANTS
-from we.core.evolution import SCHEDULE_KEYS, WeightEvolution
+from we.core.hook import SCHEDULE_KEYS, WeightEvolution
 from we.core.hparams import HPARAMS, HParam
-from we.core.official import SWITCHES
+from we.core.authors_step import SWITCHES
 from we.errors import ConfigError
 from we.methods.base import ConfigKey, Method, Preset, TrainContext
 
 # The authors' step (we_variant official) has fixed behaviour; only we_conv / we_bn switch it, and
 # we_interval / we_interval_unit schedule it as they schedule the paper's step.
-OFFICIAL_TAKES = (*SWITCHES, *SCHEDULE_KEYS)
+AUTHORS_STEP_TAKES = (*SWITCHES, *SCHEDULE_KEYS)
 
 
 def filled_at_resolution(h: HParam) -> bool:
@@ -33,8 +33,8 @@ def config_key(h: HParam) -> ConfigKey:
 
 
 # The keys that have no effect with we_variant official (their fixed default is the only value allowed there).
-OFFICIAL_FIXED = tuple(h.config_key for name, h in HPARAMS.items()
-                       if name not in OFFICIAL_TAKES and not filled_at_resolution(h))
+AUTHORS_STEP_FIXED = tuple(h.config_key for name, h in HPARAMS.items()
+                       if name not in AUTHORS_STEP_TAKES and not filled_at_resolution(h))
 # The metrics column of each kind's evolved units in an epoch's row (summed over the epoch's steps).
 COUNT_COLUMNS: dict[str, str] = {kind: f"we_{kind}" for kind in KINDS}
 
@@ -44,7 +44,7 @@ def stage_starts(values: dict[str, Any]) -> list[int]:
     if values["schedule"] == "multistep":
         return list(values["lr_milestones"])
     if values["schedule"] == "step":
-        # Eq. 2 has stages t = 1, 2, 3 in the paper; the official script's third divisor covers the rest.
+        # Eq. 2 has stages t = 1, 2, 3 in the paper; the authors' script's third divisor covers the rest.
         return [m for m in range(values["lr_step"], values["epochs"], values["lr_step"])]
     return []
 
@@ -53,12 +53,12 @@ def we_hparams(cfg: Any) -> dict[str, Any]:
     """WeightEvolution keyword arguments from the run config's `we_*` keys."""
     if cfg.we_variant == "official":
         return {"flavour": "imagenet" if cfg.dataset == "imagenet" else "cifar",
-                **{name: getattr(cfg, HPARAMS[name].config_key) for name in OFFICIAL_TAKES}}
+                **{name: getattr(cfg, HPARAMS[name].config_key) for name in AUTHORS_STEP_TAKES}}
     return {name: getattr(cfg, h.config_key) for name, h in HPARAMS.items()}
 
 
 class WEMethod(Method):
-    """Evolves inferior weights after each epoch (or every N iterations), paper or official variant."""
+    """Evolves inferior weights after each epoch (or every N iterations), we_variant paper or official."""
 
     name = "we"
     keys = {
@@ -94,7 +94,7 @@ class WEMethod(Method):
     @classmethod
     def check(cls, cfg: Any) -> None:
         if cfg.method == cls.name and cfg.we_variant == "official":
-            for key in OFFICIAL_FIXED:
+            for key in AUTHORS_STEP_FIXED:
                 value, default = getattr(cfg, key), cls.keys[key].default
                 if value != default:
                     raise ConfigError(f"config key '{key}': {key}={value!r} has no effect with we_variant official "
@@ -121,8 +121,8 @@ class WEMethod(Method):
         counts = self.evolution.step(epoch, sync=False)
         if counts is None:
             return {}
-        if self.evolution.official is not None:  # the authors' script has one rate per kind
-            rates = {f"we_rate_{k}": r for k, r in self.evolution.official.rates(epoch).items()}
+        if self.evolution.authors_step is not None:  # the authors' script has one rate per kind
+            rates = {f"we_rate_{k}": r for k, r in self.evolution.authors_step.rates(epoch).items()}
         else:
             rates = {"we_rate": self.evolution.rate(epoch)}
         return {**rates, **{COUNT_COLUMNS[k]: v for k, v in counts.items()}}

@@ -1,4 +1,4 @@
-"""Authors'-script semantics (we.core.official): each rule on hand-built tensors, the shared counter,
+"""Authors'-script semantics (we.core.authors_step): each rule on hand-built tensors, the shared counter,
 and equality with a line-by-line loop transcription of the script on random networks."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from we.core.evolution import WeightEvolution
-from we.core.official import (OfficialEvolution, evolve_official, inferior_counts, stage_rate,
+from we.core.hook import WeightEvolution
+from we.core.authors_step import (AuthorsStep, evolve_authors_step, inferior_counts, stage_rate,
                               threshold)
 from we.core.units import pool_layout
 
@@ -55,12 +55,12 @@ def test_stage_divisors_are_1_2_5_5():
     assert stage_rate(60, 0.2) == pytest.approx(0.2 / 2.5 * 0.5)
     # third stage divides by 5 (the paper's beta ** 2 would be 6.25)
     assert stage_rate(120, 0.2) == pytest.approx(0.2 / 5 * 0.5)
-    rates = OfficialEvolution(nn.Sequential(), flavour="cifar").rates(120)
+    rates = AuthorsStep(nn.Sequential(), flavour="cifar").rates(120)
     assert rates == pytest.approx({"conv_weight": 0.02, "bn_weight": 0.005, "bn_bias": 0.005})
 
 
 def test_imagenet_flavour_schedule():
-    evo = OfficialEvolution(nn.Sequential(), flavour="imagenet")
+    evo = AuthorsStep(nn.Sequential(), flavour="imagenet")
     assert evo.hparams["divisors"] == (1.0, 2.0, 4.0) and evo.hparams["milestones"] == (30, 60)
     # epoch 38: stage 2, 0.02 / 2 * sigmoid(8 / 8)
     assert evo.rates(38)["conv_weight"] == pytest.approx(0.01 / (1 + math.exp(-1)))
@@ -84,7 +84,7 @@ def test_signed_crossover_replaces_every_element_equal_to_s():
     inf = [0.05, 0.05, -0.05, 0.06, 0.06, 0.06, 0.06, 0.06, 0.06]
     as_filter = lambda values: [torch.tensor(values).view(3, 3).tolist()]  # 1 slice of 3x3
     net = nn.Sequential(conv([as_filter(dom), as_filter(inf)]))
-    assert evolve_official(net, CONV_ONLY)["conv_weight"] == 1
+    assert evolve_authors_step(net, CONV_ONLY)["conv_weight"] == 1
     new = 2 * -2.0 * 0.05 / (-2.0 + 0.05)  # 2ls / (l + s) = 0.10256 (alpha = s / (s + l) < 0)
     expected = [new, new, -0.05] + [0.06] * 6
     torch.testing.assert_close(net[0].weight.detach()[1].flatten(), torch.tensor(expected))
@@ -98,7 +98,7 @@ def test_signed_crossover_leaves_slice_when_l_plus_s_is_zero():
     dom = [[[10.0] * 3] * 3, [[-0.05, 0, 0], [0, 0, 0], [0, 0, 0]]]
     inf = [[[0.1] * 3] * 3, [[0.05, 0.07, 0.07], [0.07] * 3, [0.07] * 3]]
     net = nn.Sequential(conv([dom, inf]))
-    assert evolve_official(net, CONV_ONLY)["conv_weight"] == 1
+    assert evolve_authors_step(net, CONV_ONLY)["conv_weight"] == 1
     w = net[0].weight.detach()
     assert torch.isfinite(w).all()
     torch.testing.assert_close(w[1, 0], torch.full((3, 3), 2 * 10 * 0.1 / 10.1))
@@ -108,7 +108,7 @@ def test_signed_crossover_leaves_slice_when_l_plus_s_is_zero():
 def test_kernel_height_one_blends_the_whole_filter():
     # 2 -> 2, 1x1: f0 = [4, -2] (L1 6, score 3), f1 = [0.1, 0.2] (L1 0.3, score 0.15 <= 0.3)
     net = nn.Sequential(conv([[[[4.0]], [[-2.0]]], [[[0.1]], [[0.2]]]]))
-    assert evolve_official(net, CONV_ONLY)["conv_weight"] == 1
+    assert evolve_authors_step(net, CONV_ONLY)["conv_weight"] == 1
     a = 0.3 / 6.3
     expected = [a * 0.1 + (1 - a) * 4.0, a * 0.2 + (1 - a) * -2.0]
     torch.testing.assert_close(net[0].weight.detach()[1].flatten(), torch.tensor(expected))
@@ -125,7 +125,7 @@ def test_a_grouped_1x3_conv_blends_whole_filters_across_its_groups():
     weights = [[[[1.0] * 3]] * 2, tiny, [[[2.0] * 3]] * 2, [[[0.8] * 3]] * 2]
     net = nn.Sequential(conv(weights, groups=2))
     assert net[0].groups == 2 and tuple(net[0].weight.shape) == (4, 2, 1, 3)
-    assert evolve_official(net, CONV_ONLY)["conv_weight"] == 1
+    assert evolve_authors_step(net, CONV_ONLY)["conv_weight"] == 1
     a = 0.5 / 12.5
     expected = a * torch.tensor(tiny) + (1 - a) * 2.0
     torch.testing.assert_close(net[0].weight.detach()[1], expected)
@@ -137,7 +137,7 @@ def test_bn_weight_and_bias_blend_with_abs_alpha_and_conv_bias_is_untouched():
     # BN bias [1.0, -0.05]: pool |.| sorted [0.05, 1.0], rate 0.5 -> th = 1.0, high = 1,
     # count = #(|v| <= 0.1) = 1 -> -0.05 <-> 1.0 with alpha = 0.05 / 1.05
     net = nn.Sequential(conv(col([1.0, 1.0]), bias=[1.0, 0.001]), bn([1.0, 1.0], [1.0, -0.05]))
-    counts = evolve_official(net, {"conv_weight": 0.5, "bn_weight": 0.5, "bn_bias": 0.5})
+    counts = evolve_authors_step(net, {"conv_weight": 0.5, "bn_weight": 0.5, "bn_bias": 0.5})
     assert counts == {"conv_weight": 0, "conv_bias": 0, "bn_weight": 0, "bn_bias": 1}
     a = 0.05 / 1.05
     torch.testing.assert_close(net[1].bias.detach(), torch.tensor([1.0, a * -0.05 + (1 - a) * 1.0]))
@@ -149,7 +149,7 @@ def test_pairs_follow_descending_order_with_the_inferior_tail():
     # pool rate 0.75 -> th = 1 -> high 1 -> count = min(2, 3) = 2 ; pairs k < min(2, 2):
     # 1 <-> 0.05 (first of the tail), 0.8 <-> 0.02
     net = nn.Sequential(conv(col([0.05, 1.0, 0.02, 0.8])))
-    assert evolve_official(net, {"conv_weight": 0.75, "bn_weight": 0, "bn_bias": 0})["conv_weight"] == 2
+    assert evolve_authors_step(net, {"conv_weight": 0.75, "bn_weight": 0, "bn_bias": 0})["conv_weight"] == 2
     blend = lambda j, i: abs(j) / (abs(j) + abs(i)) * j + abs(i) / (abs(j) + abs(i)) * i
     assert first(net[0]) == pytest.approx([blend(0.05, 1.0), 1.0, blend(0.02, 0.8), 0.8])
 
@@ -158,7 +158,7 @@ def test_count_is_capped_at_n_minus_high():
     # scores [1, 0.05, 0.04, 0.03]; rate 0.25 -> th = sorted[1] = 0.04 -> high 3, N - high = 1
     # count = #(<= 0.1) = 3 -> 1 ; the single inferior is the last of the descending order
     net = nn.Sequential(conv(col([1.0, 0.05, 0.04, 0.03])))
-    assert evolve_official(net, {"conv_weight": 0.25, "bn_weight": 0, "bn_bias": 0})["conv_weight"] == 1
+    assert evolve_authors_step(net, {"conv_weight": 0.25, "bn_weight": 0, "bn_bias": 0})["conv_weight"] == 1
     assert first(net[0])[:3] == pytest.approx([1.0, 0.05, 0.04])
     assert first(net[0])[3] == pytest.approx((0.03 * 0.03 + 1.0 * 1.0) / 1.03)  # 1x1: L1 blend with 1.0
 
@@ -181,13 +181,13 @@ def test_counter_is_shared_across_layers_and_kept_across_epochs():
     counters: dict = {}
     before = copy.deepcopy(net)
     # epoch 1: counter 1 (L1), 2 -> forced count 1 at L2, reset 0, 1 (L3), unchanged (L4)
-    assert evolve_official(net, CONV_ONLY, counters=counters)["conv_weight"] == 1
+    assert evolve_authors_step(net, CONV_ONLY, counters=counters)["conv_weight"] == 1
     assert changed_layers(net, before) == [1]
     assert int(counters["conv_weight"]) == 1
     assert first(net[1])[1] == pytest.approx(0.5 / 1.5 * 0.5 + 1.0 / 1.5 * 1.0)
     # epoch 2 starts from 1: forced at L1 (reset), 1 (L2), forced at L3 (reset), L4 unchanged
     before = copy.deepcopy(net)
-    assert evolve_official(net, CONV_ONLY, counters=counters)["conv_weight"] == 2
+    assert evolve_authors_step(net, CONV_ONLY, counters=counters)["conv_weight"] == 2
     assert changed_layers(net, before) == [0, 2]
     assert int(counters["conv_weight"]) == 0
 
@@ -198,7 +198,7 @@ def test_counter_resets_when_a_layer_has_inferior_filters():
                         conv(col([1.0, 0.5])))
     counters: dict = {}
     before = copy.deepcopy(net)
-    evolve_official(net, CONV_ONLY, counters=counters)
+    evolve_authors_step(net, CONV_ONLY, counters=counters)
     assert changed_layers(net, before) == [1, 3]
     assert int(counters["conv_weight"]) == 0
 
@@ -254,7 +254,7 @@ def test_counters_are_separate_per_kind():
     net = nn.Sequential(conv(col([1.0, 1.0])), bn([1.0, 0.5], [1.0, 1.0]), conv(col([1.0, 1.0])),
                         conv(col([1.0, 1.0])), conv(col([1.0, 1.0])))
     counters: dict = {}
-    evolve_official(net, {"conv_weight": 0.5, "bn_weight": 0.5, "bn_bias": 0.0}, counters=counters)
+    evolve_authors_step(net, {"conv_weight": 0.5, "bn_weight": 0.5, "bn_bias": 0.0}, counters=counters)
     assert int(counters["bn_weight"]) == 1 and int(counters["conv_weight"]) == 0
 
 
@@ -270,7 +270,7 @@ def test_imagenet_flavour_pools_undivided_conv_scores():
     rates = {"conv_weight": 0.25, "bn_weight": 0, "bn_bias": 0}
     for flavour, a_changes in (("cifar", False), ("imagenet", True)):
         net = make()
-        evolve_official(net, rates, flavour=flavour)
+        evolve_authors_step(net, rates, flavour=flavour)
         a = 0.2 / (0.2 + 4.0)  # A: L1 0.2 against L1 4, the whole 1x1 filter blends
         assert first(net[0])[1] == pytest.approx(a * 0.05 + (1 - a) * 1.0 if a_changes else 0.05)
         assert first(net[1])[0] == pytest.approx((0.01 * 0.01 + 0.4 * 0.4) / 0.41)  # B: 0.01 <-> 0.4 in both
@@ -283,7 +283,7 @@ def test_imagenet_flavour_pools_signed_bn_weight():
     rates = {"conv_weight": 0.0, "bn_weight": 0.5, "bn_bias": 0.0}
     for flavour, expected in (("cifar", 1), ("imagenet", 0)):
         net = nn.Sequential(bn([-1.0, -0.9, 0.5, 0.05], [1.0] * 4))
-        assert evolve_official(net, rates, flavour=flavour)["bn_weight"] == expected
+        assert evolve_authors_step(net, rates, flavour=flavour)["bn_weight"] == expected
 
 
 # ---------------------------------------------------------------- transcription of the script
@@ -373,7 +373,7 @@ def random_net(seed: int) -> nn.Module:
 def test_equals_script_transcription_on_random_nets(seed):
     net = random_net(seed)
     mirror = copy.deepcopy(net)
-    evo = OfficialEvolution(net, radio_conv=0.4, radio_bn=0.3, radio_bias=0.3,
+    evo = AuthorsStep(net, radio_conv=0.4, radio_bn=0.3, radio_bias=0.3,
                             milestones=(2, 4), eta=2.0)
     counters = {"conv": 0, "bn": 0, "bias": 0}
     total, counter_seen = 0, False
@@ -413,7 +413,7 @@ def test_state_dict_round_trip_restores_counters():
     assert WeightEvolution(net_fresh, **hp).step(2)["conv_weight"] == 1
 
 
-def test_official_hook_interval_and_validation():
+def test_authors_step_hook_interval_and_validation():
     evo = WeightEvolution(counter_net(), variant="official", interval=2, eta=1e-3, radio_conv=0.5)
     assert evo.step(0) is None and evo.step(1) is not None
     with pytest.raises(TypeError, match="gamma"):
@@ -427,7 +427,7 @@ def test_official_hook_interval_and_validation():
 
 
 @pytest.mark.parametrize("switch, untouched", [("conv", nn.Conv2d), ("bn", nn.BatchNorm2d)])
-def test_official_switches_leave_their_layers_untouched(switch, untouched):
+def test_authors_step_switches_leave_their_layers_untouched(switch, untouched):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8))
     with torch.no_grad():

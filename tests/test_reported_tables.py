@@ -14,7 +14,7 @@ import yaml
 from we.rundir import write_json
 from we.grid import load_grid, resolve_cells, write_cell, write_grid_file
 from we.report import collect
-from we.report.paper_layout import draw_vs_paper, layout_markdown, paper_layout
+from we.report.reported_tables import draw_vs_reported, layout_markdown, reported_table
 from we.train import main as train
 from we.train.config import make_config, resolve
 
@@ -126,7 +126,7 @@ def test_bold_marks_the_columns_best_only(table1: dict):
     df.attrs = dict(table1["out"]["table"].attrs)
     fg1 = df.index[(df.dataset == "cifar10") & (df.model == "resnet56") & (df.method == "fg1")][0]
     df.loc[fg1, "final_top1_mean"] = df.final_top1_mean.max() + 1.0
-    _, rows = _markdown_rows(layout_markdown(paper_layout(df, "table1")))
+    _, rows = _markdown_rows(layout_markdown(reported_table(df, "table1")))
     best = f"{df.final_top1_mean.max():.2f}"
     assert rows["FG-1"][0] == f"**{best}** (n=1)"
     assert not rows["Baseline"][0].startswith("**") and not rows["WE"][0].startswith("**")
@@ -143,8 +143,8 @@ def test_latex_booktabs(table1: dict):
 
 
 def test_figure_plots_the_tables_numbers(table1: dict):
-    layout = table1["out"]["paper_layout"]
-    fig = draw_vs_paper(layout)
+    layout = table1["out"]["reported_table"]
+    fig = draw_vs_reported(layout)
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in axes] == ["CIFAR-10 ResNet-56", "CIFAR-10 ResNet-110", "CIFAR-100 ResNet-56"]
     expected = table1["expected"]

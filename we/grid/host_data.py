@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from we.grid.identity import Cell
-from we.train.prepare import prepare_dataset
+from we.train.dataset_fetch import prepare_dataset
 
 
 def data_needs(cells: Sequence[Cell]) -> dict[tuple[str, str], bool]:
@@ -23,7 +23,7 @@ def data_needs(cells: Sequence[Cell]) -> dict[tuple[str, str], bool]:
 
 
 def prepare_data(cells: Sequence[Cell], out: Any = None) -> list[str]:
-    """Make every dataset of `cells` ready (see we.train.prepare); one line each is printed to `out`.
+    """Make every dataset of `cells` ready (see we.train.dataset_fetch); one line each is printed to `out`.
 
     Raises DatasetNotFoundError (one line naming the dataset and its folder) when one is missing and
     cannot be fetched."""

@@ -25,7 +25,7 @@ from we.report.stats import finite
 from we.report.text import latex, markdown
 from we.rundir import inside
 
-PAPER_RUNS = 5  # "The experiments are run for 5 times and the mean results are reported" (4.1.2)
+REPORTED_RUNS = 5  # "The experiments are run for 5 times and the mean results are reported" (4.1.2)
 # The rows of Tables 1-8 in the paper's order (every table lists its methods in this order, WE last).
 PAPER_ROWS = ("Baseline", "FG-1", "FG-2", "FG-4", "ONI", "SVB", "RePr", "RL", "WE-G", "WE-L", "WE-RM",
               "Filter-level-GL", "WE without BN", "WE without CONV", "WE")
@@ -67,15 +67,15 @@ class Entry:
     mean: float
     std: float
     n: int
-    paper: float
+    reported: float
 
     @property
     def diff(self) -> float:
-        return self.mean - self.paper
+        return self.mean - self.reported
 
 
 @dataclass
-class PaperLayout:
+class ReportedTable:
     grid: str
     measure: str
     rows: list[str]
@@ -91,9 +91,9 @@ class PaperLayout:
         e, ref = self.entry(row, col), self.entry(self.references.get(row, ""), col)
         return e.mean - ref.mean if e is not None and ref is not None else math.nan
 
-    def best(self, col: int, paper: bool = False) -> set[str]:
+    def best(self, col: int, reported: bool = False) -> set[str]:
         """The rows holding the column's highest mean (or the paper's highest number)."""
-        values = {r: (e.paper if paper else e.mean) for (r, c), e in self.entries.items() if c == col}
+        values = {r: (e.reported if reported else e.mean) for (r, c), e in self.entries.items() if c == col}
         values = {r: v for r, v in values.items() if finite(v)}
         top = max(values.values(), default=math.nan)
         return {r for r, v in values.items() if v == top}
@@ -103,7 +103,7 @@ def _row_rank(name: str, seen: list[str]) -> tuple[int, int]:
     return (ROW_ORDER.index(name), 0) if name in ROW_ORDER else (len(ROW_ORDER), seen.index(name))
 
 
-def paper_layout(df: pd.DataFrame, grid_name: str, measure: str = "final") -> PaperLayout:
+def reported_table(df: pd.DataFrame, grid_name: str, measure: str = "final") -> ReportedTable:
     """The wide table of a long table (``we.report.tables.summarize_runs``'s rows, already in the
     order of datasets and models of the paper)."""
     if measure not in MEASURES:
@@ -112,7 +112,7 @@ def paper_layout(df: pd.DataFrame, grid_name: str, measure: str = "final") -> Pa
     extra_axes = [a for a in axes if a not in ("dataset", "model", "method")]
     names = [paper_name(str(m)) for m in df.method] if len(df) else []
     rows = sorted(dict.fromkeys(names), key=lambda n: _row_rank(n, list(dict.fromkeys(names))))
-    layout = PaperLayout(grid_name, measure, rows, [])
+    layout = ReportedTable(grid_name, measure, rows, [])
     for name, (_, r) in zip(names, df.iterrows()):
         extra = tuple((a, str(r[a])) for a in extra_axes)
         for metric in ("top1", "top5") if str(r.dataset) == "imagenet" else ("top1",):
@@ -121,7 +121,7 @@ def paper_layout(df: pd.DataFrame, grid_name: str, measure: str = "final") -> Pa
                 layout.columns.append(col)
             layout.entries[(name, layout.columns.index(col))] = Entry(
                 float(r[f"{measure}_{metric}_mean"]), float(r[f"{measure}_{metric}_std"]), int(r.n),
-                float(r[f"paper_{metric}"]))
+                float(r[f"reported_{metric}"]))
     reference = PAPER_STEP_WE if PAPER_STEP_WE in rows else "WE"
     layout.references = {row: reference for row in rows if row in ABLATIONS and reference in rows}
     return layout
@@ -140,7 +140,7 @@ def _ours(e: Entry, pm: str) -> str:
     return _fmt(e.mean) + (f"{pm}{e.std:.2f}" if finite(e.std) else "")
 
 
-def _cells(layout: PaperLayout, row: str, col: int, pm: str, bold: Any, n_note: Any) -> list[str]:
+def _cells(layout: ReportedTable, row: str, col: int, pm: str, bold: Any, n_note: Any) -> list[str]:
     """[ours, paper, difference] of one row and column ("–" where there is nothing)."""
     e = layout.entry(row, col)
     if e is None:
@@ -148,25 +148,25 @@ def _cells(layout: PaperLayout, row: str, col: int, pm: str, bold: Any, n_note: 
     ours = "–" if not finite(e.mean) else _ours(e, pm)
     if finite(e.mean) and row in layout.best(col):
         ours = bold(ours)
-    if finite(e.mean) and e.n < PAPER_RUNS:
+    if finite(e.mean) and e.n < REPORTED_RUNS:
         ours += n_note(e.n)
-    paper = _fmt(e.paper)
-    if finite(e.paper) and row in layout.best(col, paper=True):
-        paper = bold(paper)
-    return [ours, paper, _fmt(e.diff, sign=True)] + _ref_cells(layout, row, col)
+    reported = _fmt(e.reported)
+    if finite(e.reported) and row in layout.best(col, reported=True):
+        reported = bold(reported)
+    return [ours, reported, _fmt(e.diff, sign=True)] + _ref_cells(layout, row, col)
 
 
-def _ref_cells(layout: PaperLayout, row: str, col: int) -> list[str]:
+def _ref_cells(layout: ReportedTable, row: str, col: int) -> list[str]:
     return [_fmt(layout.reference_diff(row, col), sign=True)] if layout.references else []
 
 
-def _sub_heads(layout: PaperLayout) -> list[str]:
+def _sub_heads(layout: ReportedTable) -> list[str]:
     return ["paper", "Δ"] + (["Δ ref"] if layout.references else [])
 
 
-def caption(layout: PaperLayout) -> str:
+def caption(layout: ReportedTable) -> str:
     text = (f"{MEASURES[layout.measure].capitalize()} test accuracy (%): ours is the mean ± sample std over "
-            f"complete runs (n given when fewer than the paper's {PAPER_RUNS}), paper: the number the paper "
+            f"complete runs (n given when fewer than the paper's {REPORTED_RUNS}), paper: the number the paper "
             "reports, Δ: ours minus the paper; the best of each column in bold.")
     if layout.references:
         text += (" Δ ref: ours minus ours of the row named under 'against' (the full WE with the same step: "
@@ -174,7 +174,7 @@ def caption(layout: PaperLayout) -> str:
     return text
 
 
-def layout_markdown(layout: PaperLayout) -> str:
+def layout_markdown(layout: ReportedTable) -> str:
     out = [f"# {markdown(layout.grid)} in the paper's layout", "", caption(layout), ""]
     if not layout.columns:
         return "\n".join(out + ["No runs to tabulate.", ""])
@@ -208,7 +208,7 @@ def _spans(labels: list[str], width: int, lead: int = 1) -> list[tuple[str, int,
     return spans
 
 
-def layout_latex(layout: PaperLayout) -> str:
+def layout_latex(layout: ReportedTable) -> str:
     """A booktabs tabular: a header row of datasets, one of models, one of ours / paper / Δ (/ Δ ref)."""
     if not layout.columns:
         return f"% {layout.grid}: no runs to tabulate\n"
@@ -236,7 +236,7 @@ def layout_latex(layout: PaperLayout) -> str:
 # ---------------------------------------------------------------------------------------------
 # The figure: ours against the paper, cell by cell
 # ---------------------------------------------------------------------------------------------
-def draw_vs_paper(layout: PaperLayout) -> Any:
+def draw_vs_reported(layout: ReportedTable) -> Any:
     """One panel per column: our mean ± std (error bars) and the paper's number (crosses) per method.
 
     Each panel's error-bar container is labelled "ours (mean ± std)" and its paper line "paper"."""
@@ -253,12 +253,12 @@ def draw_vs_paper(layout: PaperLayout) -> Any:
         entries = [layout.entry(r, i) for r in methods]
         xs = list(range(len(methods)))
         ours = [(x, e.mean, e.std if finite(e.std) else 0.0) for x, e in zip(xs, entries) if finite(e.mean)]
-        paper = [(x, e.paper) for x, e in zip(xs, entries) if finite(e.paper)]
+        reported = [(x, e.reported) for x, e in zip(xs, entries) if finite(e.reported)]
         if ours:
             ax.errorbar([o[0] for o in ours], [o[1] for o in ours], yerr=[o[2] for o in ours], fmt="o", ms=5,
                         capsize=3, color="C0", label="ours (mean ± std)")
-        if paper:
-            ax.plot([p[0] for p in paper], [p[1] for p in paper], "x", ms=8, mew=2, color="C3", label="paper")
+        if reported:
+            ax.plot([p[0] for p in reported], [p[1] for p in reported], "x", ms=8, mew=2, color="C3", label="paper")
         ax.set_xticks(xs, methods, rotation=30, ha="right", fontsize=8)
         ax.set_xlim(-0.6, len(xs) - 0.4)
         ax.set_title(col.title, fontsize=10)
@@ -269,11 +269,11 @@ def draw_vs_paper(layout: PaperLayout) -> Any:
     return fig
 
 
-def figure_vs_paper(layout: PaperLayout, out_dir: Path) -> list[Path]:
+def figure_vs_reported(layout: ReportedTable, out_dir: Path) -> list[Path]:
     """``out_dir/<grid>-vs-paper.png`` and ``.pdf`` (nothing when the table has no columns)."""
     if not layout.columns:
         return []
-    fig = draw_vs_paper(layout)
+    fig = draw_vs_reported(layout)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [inside(out_dir, f"{layout.grid}-vs-paper{ext}", "grid") for ext in (".png", ".pdf")]
     for p in paths:

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from we.core.checks import KINDS, Alpha, check_number
-from we.core.crossover import cross_pool, paper_rule
-from we.core.hparams import PAPER_DEFAULTS as D, check_hparam
+from we.core.crossover import cross_pool, paper_step_rule
+from we.core.hparams import PAPER_STEP_DEFAULTS as D, check_hparam
 from we.core.matching import match_forward, match_reverse
 from we.core.selection import select_global, select_local
 from we.core.units import gather_units, host_counts, join_pools, kind_counts, segment_order, write_pools
@@ -60,7 +60,7 @@ def evolve(model: nn.Module, rate: float, *, gamma: float = D["gamma"], matching
         inferior = select_local(joint.importance, order, candidates, joint.layout,
                                 None if selection == "global" else gamma)
         partner, evolved = match(order, inferior, joint.layout)
-        cross_pool(joint, partner, evolved, paper_rule(alpha, level))
+        cross_pool(joint, partner, evolved, paper_step_rule(alpha, level))
         write_pools(pools)
         counts.update(kind_counts(pools, evolved))
     return host_counts(counts) if sync else counts

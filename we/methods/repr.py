@@ -176,7 +176,7 @@ class RePrMethod(Method):
     }
     presets = {"repr": Preset(paper="RePr")}
     bench_overrides = {"repr_s1": 1, "repr_s2": 1}
-    sources = "Prakash et al., RePr: Improved Training of Convolutional Filters, CVPR 2019 (no official code)"
+    sources = "Prakash et al., RePr: Improved Training of Convolutional Filters, CVPR 2019 (its authors released no code)"
 
     @classmethod
     def check(cls, cfg: Any) -> None:

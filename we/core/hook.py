@@ -1,6 +1,6 @@
 """The training hook of Weight Evolution: `WeightEvolution` steps a model every `interval`
 epochs or iterations, with the paper's equations (Sec. 3, hparams we.core.hparams) or the
-authors' public script (we.core.official), and saves its state for an exact resume.
+authors' public script (we.core.authors_step), and saves its state for an exact resume.
 """
 
 from __future__ import annotations
@@ -11,19 +11,19 @@ from typing import Any
 from torch import nn
 
 from we.core.checks import KINDS, VARIANTS, check_choice, check_index, check_keys
-from we.core.hparams import PAPER_DEFAULTS, check_hparam, names
+from we.core.hparams import PAPER_STEP_DEFAULTS, check_hparam, names
 from we.core.layers import model_sources
-from we.core.official import OfficialEvolution
-from we.core.paper import evolve
+from we.core.authors_step import AuthorsStep
+from we.core.paper_step import evolve
 from we.core.rate import selection_rate
 
 SCHEDULE_KEYS: tuple[str, ...] = names("schedule")
 
 
-def paper_hparams(given: Mapping[str, Any]) -> dict[str, Any]:
+def paper_step_hparams(given: Mapping[str, Any]) -> dict[str, Any]:
     """Validated paper hparams: defaults updated with `given` (each checked by its row of HPARAMS)."""
-    check_keys(given, PAPER_DEFAULTS, "paper")
-    merged = {**PAPER_DEFAULTS, **given}
+    check_keys(given, PAPER_STEP_DEFAULTS, "paper")
+    merged = {**PAPER_STEP_DEFAULTS, **given}
     return {key: check_hparam(key, value) for key, value in merged.items()}
 
 
@@ -52,7 +52,7 @@ class WeightEvolution:
     """Applies weight evolution to `model` every `interval` epochs or iterations.
 
     variant "paper": the paper's equations (hparams: see we.core.hparams.HPARAMS).
-    variant "official": the authors' public script (see we.core.official.OFFICIAL_DEFAULTS).
+    variant "official": the authors' public script (see we.core.authors_step.AUTHORS_STEP_DEFAULTS).
     A model with no layer to evolve (see we.core.layers) or a weight that cannot be written is a
     ValueError here, not a silent no-op later.
     """
@@ -68,13 +68,13 @@ class WeightEvolution:
     def _configure(self, variant: str, hparams: Mapping[str, Any]) -> None:
         self.variant = variant
         if variant == "paper":
-            self.hparams = paper_hparams(hparams)
-            self.official = None
+            self.hparams = paper_step_hparams(hparams)
+            self.authors_step = None
         else:
-            schedule = {k: check_hparam(k, hparams.get(k, PAPER_DEFAULTS[k])) for k in SCHEDULE_KEYS}
-            self.official = OfficialEvolution(
+            schedule = {k: check_hparam(k, hparams.get(k, PAPER_STEP_DEFAULTS[k])) for k in SCHEDULE_KEYS}
+            self.authors_step = AuthorsStep(
                 self.model, **{k: v for k, v in hparams.items() if k not in SCHEDULE_KEYS})
-            self.hparams = {**self.official.hparams, **schedule}
+            self.hparams = {**self.authors_step.hparams, **schedule}
         model_sources(self.model, conv=self.hparams["conv"], bn=self.hparams["bn"])  # nothing to evolve: ValueError
 
     def rate(self, epoch: int) -> float:
@@ -83,8 +83,8 @@ class WeightEvolution:
 
     def evolve_now(self, epoch: int, sync: bool = True) -> dict[str, int]:
         """One step regardless of the interval, at the rate of `epoch` (sync: see `evolve`)."""
-        if self.official is not None:
-            counts = self.official.step(epoch, sync=sync)
+        if self.authors_step is not None:
+            counts = self.authors_step.step(epoch, sync=sync)
         else:
             step = {k: self.hparams[k] for k in names("step")}
             counts = evolve(self.model, self.rate(epoch), **step, sync=sync)
@@ -112,8 +112,8 @@ class WeightEvolution:
         hparams = {k: list(v) if isinstance(v, tuple) else v for k, v in self.hparams.items()}
         state: dict[str, Any] = {"variant": self.variant, "hparams": hparams,
                                  "steps": self.steps, "evolved": {k: int(v) for k, v in self.evolved.items()}}
-        if self.official is not None:
-            state["official"] = self.official.state_dict()
+        if self.authors_step is not None:
+            state["official"] = self.authors_step.state_dict()
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -123,5 +123,5 @@ class WeightEvolution:
         self._configure(state["variant"], state["hparams"])
         self.steps = int(state["steps"])
         self.evolved = {kind: int(state["evolved"].get(kind, 0)) for kind in KINDS}
-        if self.official is not None:
-            self.official.load_state_dict(state["official"])
+        if self.authors_step is not None:
+            self.authors_step.load_state_dict(state["official"])

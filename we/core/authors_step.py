@@ -1,6 +1,6 @@
 """Weight evolution as the authors' public training scripts perform it.
 
-It differs from the paper (we.core.paper) in these points:
+It differs from the paper (we.core.paper_step) in these points:
 - selection rates per tensor kind with stage divisors (1, 2.5, 5) instead of beta ** (t - 1);
 - a per-kind threshold th = sorted(pool)[int(len(pool) * rate)] instead of a unit count;
 - per layer: high = #(scores >= th); when high < N the inferior count is #(scores <= lab * max),
@@ -38,7 +38,7 @@ from we.core.rate import sigmoid, training_stage
 from we.core.units import (Layout, Pool, filter_importance, gather_units, host_counts, join_pools,
                            kind_counts, segment_order, write_pools)
 
-OFFICIAL_KINDS: tuple[str, ...] = ("conv_weight", "bn_weight", "bn_bias")
+AUTHORS_STEP_KINDS: tuple[str, ...] = ("conv_weight", "bn_weight", "bn_bias")
 RATE_KEYS: dict[str, str] = {"conv_weight": "radio_conv", "bn_weight": "radio_bn",
                              "bn_bias": "radio_bias"}
 
@@ -49,12 +49,12 @@ FLAVOURS: dict[str, dict[str, Any]] = {
                  "eta": 8.0, "milestones": (30, 60), "divisors": (1.0, 2.0, 4.0)},
 }
 SWITCHES: dict[str, bool] = {"conv": True, "bn": True}  # Table 8's ablation switches (the script has none)
-OFFICIAL_DEFAULTS: dict[str, Any] = {"flavour": "cifar", **FLAVOURS["cifar"], **SWITCHES}
+AUTHORS_STEP_DEFAULTS: dict[str, Any] = {"flavour": "cifar", **FLAVOURS["cifar"], **SWITCHES}
 
 
-def official_hparams(given: Mapping[str, Any]) -> dict[str, Any]:
+def authors_step_hparams(given: Mapping[str, Any]) -> dict[str, Any]:
     """Validated hparams: the flavour's defaults updated with `given`."""
-    check_keys(given, OFFICIAL_DEFAULTS, "official")
+    check_keys(given, AUTHORS_STEP_DEFAULTS, "official")
     flavour = check_choice("flavour", given.get("flavour", "cifar"), tuple(FLAVOURS))
     h = {"flavour": flavour, **FLAVOURS[flavour], **SWITCHES, **given}
     for key in SWITCHES:
@@ -148,7 +148,7 @@ def crossover_signed(inf: Tensor, dom: Tensor) -> Tensor:
 _BLEND = functools.partial(crossover, alpha="adaptive", level="filter")
 
 
-def official_rule(shape: torch.Size) -> tuple[Cross, bool]:
+def authors_step_rule(shape: torch.Size) -> tuple[Cross, bool]:
     """The script's crossover of a layer: signed slice by slice for convs of kernel height > 1,
     else a whole-unit blend with L1 alpha."""
     return (crossover_signed, True) if len(shape) == 4 and shape[2] != 1 else (_BLEND, False)
@@ -163,7 +163,7 @@ def pool_scores(pool: Pool, kind: str, flavour: str) -> Tensor:
     return pool.importance
 
 
-def evolve_official(model: nn.Module, rates: Mapping[str, float], *, lab: float = 0.1,
+def evolve_authors_step(model: nn.Module, rates: Mapping[str, float], *, lab: float = 0.1,
                     ln_c: float = 2, flavour: str = "cifar", conv: bool = True, bn: bool = True,
                     counters: dict[str, Tensor] | None = None, sync: bool = True) -> dict[str, int]:
     """One step of the script in place; returns the number of evolved units per kind
@@ -177,7 +177,7 @@ def evolve_official(model: nn.Module, rates: Mapping[str, float], *, lab: float 
     counts: dict[str, Tensor | int] = {kind: 0 for kind in KINDS}
     with torch.no_grad():
         pools = gather_units(model, conv=conv, bn=bn)
-        kinds = [kind for kind in OFFICIAL_KINDS if kind in pools]
+        kinds = [kind for kind in AUTHORS_STEP_KINDS if kind in pools]
         if not kinds:
             return host_counts(counts) if sync else counts
         per_layer = []
@@ -191,18 +191,18 @@ def evolve_official(model: nn.Module, rates: Mapping[str, float], *, lab: float 
             per_layer.append(count)
         joint = join_pools([pools[kind] for kind in kinds])  # pairs and crossovers of all kinds at once
         partner, evolved = pair_descending(joint.importance, torch.cat(per_layer), joint.layout)
-        cross_pool(joint, partner, evolved, official_rule)
+        cross_pool(joint, partner, evolved, authors_step_rule)
         write_pools({kind: pools[kind] for kind in kinds})
         counts.update(kind_counts({kind: pools[kind] for kind in kinds}, evolved))
     return host_counts(counts) if sync else counts
 
 
-class OfficialEvolution:
+class AuthorsStep:
     """The script's per-epoch step with its state (the per-kind counters)."""
 
     def __init__(self, model: nn.Module, **hparams: Any) -> None:
         self.model = model
-        self.hparams = official_hparams(hparams)
+        self.hparams = authors_step_hparams(hparams)
         self.counters: dict[str, Tensor] = {}
 
     def rates(self, epoch: int) -> dict[str, float]:
@@ -214,7 +214,7 @@ class OfficialEvolution:
     def step(self, epoch: int, sync: bool = True) -> dict[str, int]:
         """One step at the rates of `epoch`."""
         h = self.hparams
-        return evolve_official(self.model, self.rates(epoch), lab=h["lab"], ln_c=h["ln_c"], flavour=h["flavour"],
+        return evolve_authors_step(self.model, self.rates(epoch), lab=h["lab"], ln_c=h["ln_c"], flavour=h["flavour"],
                                conv=h["conv"], bn=h["bn"], counters=self.counters, sync=sync)
 
     def state_dict(self) -> dict[str, Any]:
@@ -228,5 +228,5 @@ class OfficialEvolution:
                          for k, v in state["counters"].items()}
 
 
-__all__ = ["OFFICIAL_DEFAULTS", "FLAVOURS", "OfficialEvolution", "evolve_official", "stage_rate",
-           "threshold", "inferior_counts", "pair_descending", "crossover_signed", "official_rule", "pool_scores"]
+__all__ = ["AUTHORS_STEP_DEFAULTS", "FLAVOURS", "AuthorsStep", "evolve_authors_step", "stage_rate",
+           "threshold", "inferior_counts", "pair_descending", "crossover_signed", "authors_step_rule", "pool_scores"]

@@ -17,12 +17,12 @@ from torch import nn
 
 import we
 import we.core.crossover
-from we.core.evolution import WeightEvolution
-from we.core.hparams import HPARAMS, PAPER_DEFAULTS, PAPER_IMAGENET, names
-from we.core.paper import evolve
+from we.core.hook import WeightEvolution
+from we.core.hparams import HPARAMS, PAPER_STEP_DEFAULTS, PAPER_STEP_IMAGENET, names
+from we.core.paper_step import evolve
 from we.core.rate import selection_rate
 from we.core.reference import evolve_reference
-from we.methods.evolution import WEMethod, we_hparams
+from we.methods.we import WEMethod, we_hparams
 from we.train.config import load_config
 
 KINDS = ("conv_weight", "conv_bias", "bn_weight", "bn_bias")
@@ -647,9 +647,9 @@ def test_nothing_to_evolve_reads_correctly_for_every_switch_combination(variant,
 def test_the_table_holds_the_papers_settings():
     """Sec. 4.1.2: r_hat 0.05 and gamma 0.05 everywhere; beta 2.5 and eta 15 for CIFAR, 2 and 8 for ImageNet;
     Sec. 3.1.1: beta is larger than one."""
-    assert {k: PAPER_DEFAULTS[k] for k in ("r_hat", "beta", "eta", "gamma")} == \
+    assert {k: PAPER_STEP_DEFAULTS[k] for k in ("r_hat", "beta", "eta", "gamma")} == \
         {"r_hat": 0.05, "beta": 2.5, "eta": 15.0, "gamma": 0.05}
-    assert {k: PAPER_IMAGENET[k] for k in ("r_hat", "beta", "eta", "gamma")} == \
+    assert {k: PAPER_STEP_IMAGENET[k] for k in ("r_hat", "beta", "eta", "gamma")} == \
         {"r_hat": 0.05, "beta": 2.0, "eta": 8.0, "gamma": 0.05}
     assert (HPARAMS["beta"].minimum, HPARAMS["beta"].strict) == (1, True)
 
@@ -661,10 +661,10 @@ def test_the_core_calls_take_the_tables_names_and_defaults():
     assert set(names("step")) <= set(step)
     assert set(names("rate")) | set(names("step")) | set(names("schedule")) == set(HPARAMS)
     for name in names("rate"):
-        assert rate[name].default == PAPER_DEFAULTS[name], name
+        assert rate[name].default == PAPER_STEP_DEFAULTS[name], name
     for name in names("step"):
-        assert step[name].default == PAPER_DEFAULTS[name], name
-    assert WeightEvolution(bn_ramp(4)).hparams == PAPER_DEFAULTS
+        assert step[name].default == PAPER_STEP_DEFAULTS[name], name
+    assert WeightEvolution(bn_ramp(4)).hparams == PAPER_STEP_DEFAULTS
 
 
 def test_the_methods_keys_defaults_and_bounds_are_the_core_tables():
@@ -693,7 +693,7 @@ def test_a_new_row_of_the_table_is_a_checked_config_key_and_reaches_the_core_cal
 from we.core.hparams import HPARAMS, HParam
 HPARAMS["kappa"] = HParam("kappa", float, 0.25, "a new parameter", "schedule", minimum=0, maximum=1)
 from we.errors import ConfigError
-from we.methods.evolution import WEMethod, we_hparams
+from we.methods.we import WEMethod, we_hparams
 from we.train.config import load_config
 cfg = load_config(None, ["method=we", "we_kappa=0.5"])
 print(WEMethod.keys["we_kappa"].default, cfg.we_kappa, we_hparams(cfg)["kappa"])
