@@ -4,7 +4,10 @@
 #       step without host sync, nccl, a packed task of 2 cells);
 #   (b) `make bench` on CUDA, cut to fit: WE step vs one weights pass and training images/s of
 #       ResNet-20 and ResNet-56, images/s by input path with the fast path's peak memory (on
-#       Fashion-MNIST), method overheads (ResNet-20) -> results/bench/<gpu>.md and .json;
+#       Fashion-MNIST), method overheads (ResNet-20) -> results/bench/<gpu>.md and .json; then its
+#       seed-array table (`--arrays-only`: ResNet-20, ResNet-56, MobileNetV2, K = 1, 2, 5, 10 seeds in one
+#       array vs K solo runs, 10 timed steps each, peak memory), within a quarter of the time left (at most
+#       120 s; the table is rewritten after every row, so a cut run keeps the rows it measured);
 #   (c) the proxy grid (experiments/proxy.yaml), GPU_CHECK_CONCURRENCY cells at once on the GPU,
 #       stopped at the budget's end; within 9 minutes its 30 epochs do not fit, so by default the
 #       check trains 10 (lr / 10 at 5 and 8; its own run folders): GPU_CHECK_EPOCHS=30 for the grid's
@@ -33,10 +36,12 @@ MODEL=${GPU_CHECK_MODEL:-resnet20}
 case "$SCALE" in
   gpu)  EPOCHS=${GPU_CHECK_EPOCHS:-10}; SEEDS=${GPU_CHECK_SEEDS:-5}; CONC=${GPU_CHECK_CONCURRENCY:-8}
         LIMIT=${GPU_CHECK_LIMIT_TRAIN:-0}; DEVICE=cuda; RUNS=${GPU_CHECK_RUNS:-results/runs}
-        BENCH=(--models resnet20 resnet56 --methods-model resnet20 --steps 20 --iters 10) ;;
+        BENCH=(--models resnet20 resnet56 --methods-model resnet20 --steps 20 --iters 10)
+        ARRAYS=(--arrays-models resnet20 resnet56 mobilenetv2 --arrays-k 1 2 5 10 --arrays-steps 10) ;;
   tiny) EPOCHS=${GPU_CHECK_EPOCHS:-1}; SEEDS=${GPU_CHECK_SEEDS:-2}; CONC=${GPU_CHECK_CONCURRENCY:-2}
         LIMIT=${GPU_CHECK_LIMIT_TRAIN:-256}; DEVICE=auto; RUNS=${GPU_CHECK_RUNS:-$(mktemp -d)}
-        BENCH=(--models resnet20 --no-methods --steps 2 --iters 2 --batch 64) ;;
+        BENCH=(--models resnet20 --no-methods --steps 2 --iters 2 --batch 64)
+        ARRAYS=(--arrays-models resnet20 --arrays-k 1 2 --arrays-steps 1 --batch 64) ;;
   *) echo "gpu-check: GPU_CHECK_SCALE must be gpu or tiny, got '$SCALE'" >&2; exit 2 ;;
 esac
 log() { echo "gpu-check [$(( $(date +%s) - start )) s]: $*"; }
@@ -84,11 +89,19 @@ tail -25 "$WORK/tests.txt"
 t=$(date +%s)
 if [ "$SCALE" = gpu ]; then BENCH_OUT=results/bench; else BENCH_OUT="$WORK/bench"; fi
 timeout $(( $(left) / 2 )) "$PYTHON" -m we.bench --device "$DEVICE" --no-loop --paths-dataset fashion_mnist \
-  --data-dir "$DATA_DIR" --out "$BENCH_OUT" "${BENCH[@]}" >"$WORK/bench.txt" 2>&1
+  --data-dir "$DATA_DIR" --out "$BENCH_OUT" --no-arrays "${BENCH[@]}" >"$WORK/bench.txt" 2>&1
 bench_rc=$?
 bench_s=$(( $(date +%s) - t ))
 log "(b) bench: exit $bench_rc, $bench_s s"
 tail -5 "$WORK/bench.txt"
+t=$(date +%s)
+arrays_budget=$(( $(left) / 4 )); [ "$arrays_budget" -gt 120 ] && arrays_budget=120
+timeout "$arrays_budget" "$PYTHON" -m we.bench --device "$DEVICE" --arrays-only --out "$BENCH_OUT" "${ARRAYS[@]}" \
+  >"$WORK/arrays.txt" 2>&1
+arrays_rc=$?
+arrays_s=$(( $(date +%s) - t ))
+log "(b) seed arrays: exit $arrays_rc, $arrays_s s of $arrays_budget"
+tail -8 "$WORK/arrays.txt"
 
 # (c) the proxy grid, packed on the device, until 20 s before the budget's end; (d) its report
 t=$(date +%s)
@@ -109,6 +122,7 @@ phases="## The check
 
 - (a) \`pytest -m cuda tests/test_cuda.py\`: $tests_line (exit $tests_rc, $tests_s s)
 - (b) \`python -m we.bench ${BENCH[*]}\`: exit $bench_rc, $bench_s s
+- (b) \`python -m we.bench --arrays-only ${ARRAYS[*]}\`: exit $arrays_rc, $arrays_s s (at most $arrays_budget s; 124: cut, the rows measured kept)
 - (c) proxy grid, $CONC cells at once, --set ${SETS[*]}, seeds $SEEDS: exit $proxy_rc, $proxy_s s
 - whole check: $total s of a $BUDGET s budget (scale $SCALE)
 "
@@ -127,8 +141,8 @@ if [ "$SCALE" = tiny ]; then
   } >results/proxy/cpu-dryrun.md
   log "wrote results/proxy/cpu-dryrun.md"
 else
-  { echo; echo "$phases"; echo "Input paths, WE step vs weights pass, peak memory, method overheads: results/bench/$GPU.md"; } >>"$PROXY_OUT"
+  { echo; echo "$phases"; echo "Input paths, WE step vs weights pass, peak memory, method overheads, seed arrays: results/bench/$GPU.md"; } >>"$PROXY_OUT"
   log "wrote $PROXY_OUT and results/bench/$GPU.md"
 fi
 log "done in $total s"
-[ $tests_rc -eq 0 ] && [ $bench_rc -eq 0 ] && [ $proxy_rc -eq 0 ]
+[ $tests_rc -eq 0 ] && [ $bench_rc -eq 0 ] && { [ $arrays_rc -eq 0 ] || [ $arrays_rc -eq 124 ]; } && [ $proxy_rc -eq 0 ]

@@ -36,67 +36,79 @@ def _peak_memory_mb(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
+PATHS = {  # the three input paths: where the data comes from, and the speed switches
+    "reference": dict(data=None, channels_last=False, amp=False, compile=False),
+    "default": dict(data="default", channels_last=False, amp=False, compile=False),
+    "fast": dict(data="device", channels_last=True, amp=True, compile=None),  # compile: the --compile option
+}
+
+
+def _pipe(name: str, path: dict[str, Any], device: torch.device, dataset: str, data_dir: str, batch: int,
+          compile_model: bool) -> dict[str, Any]:
+    """One input path's model, optimizer and batches, ready to train."""
+    num_classes = 100 if dataset == "cifar100" else 10
+    torch.manual_seed(0)
+    model = models.create(name, num_classes=num_classes).to(device)
+    if path["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    data = ("device" if device.type == "cuda" else "loader") if path["data"] == "default" else path["data"]
+    if data is None:
+        batches = reference_loader(dataset, data_dir, batch)
+    else:
+        batches = build_data(dataset, data_dir, batch_size=batch, data_path=data, device=device,
+                             workers=2, download=False, drop_last=True).train
+    model.train()
+    compiled = compile_model if path["compile"] is None else path["compile"]
+    return {"model": torch.compile(model) if compiled else model, "batches": batches,
+            "iter": iter(batches), "amp": path["amp"], "channels_last": path["channels_last"],
+            "opt": torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)}
+
+
+def _train_step(pipe: dict[str, Any], device: torch.device) -> None:
+    """One training step of a path on its next batch (its batches start again when they run out)."""
+    try:
+        x, y = next(pipe["iter"])
+    except StopIteration:
+        pipe["iter"] = iter(pipe["batches"])
+        x, y = next(pipe["iter"])
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    if pipe["channels_last"]:
+        x = x.contiguous(memory_format=torch.channels_last)
+    sgd_step(pipe["model"], pipe["opt"], x, y, amp=pipe["amp"])
+
+
+def _rounds(pipes: dict[str, dict[str, Any]], device: torch.device, batch: int, steps: int,
+            rounds: int) -> dict[str, float]:
+    """Median images/s of each path over `rounds` rounds. The paths take turns: each round gives every path two
+    untimed steps (workers start or drain what they prefetched, cuDNN and compile tune), then `steps` timed ones."""
+    rates: dict[str, list[float]] = {label: [] for label in pipes}
+    for _ in range(rounds):
+        for label, pipe in pipes.items():
+            for _ in range(2):
+                _train_step(pipe, device)
+            sync_device(device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                _train_step(pipe, device)
+            sync_device(device)
+            rates[label].append(steps * batch / (time.perf_counter() - t0))
+    return {label: statistics.median(r) for label, r in rates.items()}
+
+
 def bench_paths(name: str, device: torch.device, dataset: str, data_dir: str, batch: int, steps: int,
                 compile_model: bool, rounds: int = 3) -> dict[str, Any]:
     """Training images/s of one CIFAR model through (a) the reference pipeline (torchvision dataset,
     PIL, 2 workers, fp32, NCHW), (b) the suite's default path on this device, (c) the fast path
     (device-resident data, channels_last, bf16 autocast [, torch.compile])."""
-    num_classes = 100 if dataset == "cifar100" else 10
-    default_path = "device" if device.type == "cuda" else "loader"
-    paths = {
-        "reference": dict(data=None, channels_last=False, amp=False, compile=False),
-        "default": dict(data=default_path, channels_last=False, amp=False, compile=False),
-        "fast": dict(data="device", channels_last=True, amp=True, compile=compile_model),
-    }
+    pipes = {label: _pipe(name, path, device, dataset, data_dir, batch, compile_model) for label, path in PATHS.items()}
     row: dict[str, Any] = {"model": name, "dataset": dataset, "batch": batch}
-    pipes: dict[str, dict[str, Any]] = {}
-    for label, p in paths.items():
-        torch.manual_seed(0)
-        model = models.create(name, num_classes=num_classes).to(device)
-        if p["channels_last"]:
-            model = model.to(memory_format=torch.channels_last)
-        if p["data"] is None:
-            batches = reference_loader(dataset, data_dir, batch)
-        else:
-            batches = build_data(dataset, data_dir, batch_size=batch, data_path=p["data"], device=device,
-                                 workers=2, download=False, drop_last=True).train
-        model.train()
-        pipes[label] = {"model": torch.compile(model) if p["compile"] else model, "batches": batches,
-                        "iter": iter(batches), "amp": p["amp"], "channels_last": p["channels_last"],
-                        "opt": torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)}
-
-    def train_step(pipe: dict[str, Any]) -> None:
-        try:
-            x, y = next(pipe["iter"])
-        except StopIteration:
-            pipe["iter"] = iter(pipe["batches"])
-            x, y = next(pipe["iter"])
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if pipe["channels_last"]:
-            x = x.contiguous(memory_format=torch.channels_last)
-        sgd_step(pipe["model"], pipe["opt"], x, y, amp=pipe["amp"])
-
-    # The paths take turns: each round gives every path two untimed steps (workers start or drain
-    # what they prefetched, cuDNN and compile tune), then `steps` timed ones; the median round counts.
-    rates: dict[str, list[float]] = {label: [] for label in pipes}
-    for _ in range(rounds):
-        for label, pipe in pipes.items():
-            for _ in range(2):
-                train_step(pipe)
-            sync_device(device)
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                train_step(pipe)
-            sync_device(device)
-            rates[label].append(steps * batch / (time.perf_counter() - t0))
-    for label in paths:
-        row[f"{label}_img_s"] = statistics.median(rates[label])
+    row.update({f"{label}_img_s": rate for label, rate in _rounds(pipes, device, batch, steps, rounds).items()})
     del pipes["reference"], pipes["default"]  # the fast path's peak memory, alone on the device
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(2):
-        train_step(pipes["fast"])
+        _train_step(pipes["fast"], device)
     row["fast_peak_mb"] = _peak_memory_mb(device)
     del pipes
     row["fast_over_reference"] = row["fast_img_s"] / row["reference_img_s"]

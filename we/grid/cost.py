@@ -22,8 +22,16 @@ from we.methods import METHODS, cost_factor
 from we.train.datasets import DATASET_SPECS
 
 FALLBACK_IMAGES_PER_S = 5_000.0  # a model that neither results/bench/ nor the zoo gives a throughput for
-BENCH_DIR = REPO_ROOT / "results" / "bench"
+BENCH_DIR = REPO_ROOT / "results" / "bench"  # where `make bench` writes <device>.json and the estimate reads it
 CPU_BENCH = "cpu.json"  # `make bench` on a machine without a GPU: its training images/s on that CPU
+ACCURACY_SUFFIX = "-accuracy.json"  # `make bench --accuracy-only`'s report beside it: no throughput in it
+ARRAY_SECTION = "arrays"  # the bench JSON's seed-array table (we/bench/arrays.py): {"rows": [{"model", "k", ...}]}
+ARRAY_RATE_KEY = "array_seed_img_s"  # a row's training images/s per seed in one array of `k` seeds
+SOLO_RATE_KEY = "solo_seed_img_s"  # the same row's images/s per seed of `k` solo runs one after another
+# Where no bench measured a model's seed arrays on a device kind: an array of K seeds is taken to train as
+# fast as its K solo runs one after another (no speed-up: none is claimed without a measurement).
+DEFAULT_ARRAY_SPEEDUP = 1.0
+DEVICE_KINDS = ("cpu", "cuda")
 # A cell's wall time besides its training images at the bench's images/s: the process start, the data
 # set-up, the evaluations and checkpoints, smaller batches than the bench's 128. On the idle 2-core CPU of
 # results/bench/cpu.json a demo cell (ResNet-20, 5 digits epochs of 1437 images, batch 64) takes about 29 s:
@@ -67,16 +75,27 @@ def _bench_entries(obj: Any) -> Iterable[dict[str, Any]]:
             yield from _bench_entries(value)
 
 
+def bench_file(device_kind: str, bench_dir: Path | None = None) -> Path | None:
+    """The bench JSON the estimates read for a device kind (None: there is none): 'cpu': results/bench/cpu.json;
+    'cuda': the newest other results/bench/*.json (`make bench` names it after the GPU; accuracy reports left out)."""
+    if device_kind not in DEVICE_KINDS:
+        raise ValueError(f"device kind must be one of {', '.join(DEVICE_KINDS)}, got {device_kind!r}")
+    bench_dir = Path(BENCH_DIR if bench_dir is None else bench_dir)
+    if device_kind == "cpu":
+        return bench_dir / CPU_BENCH if (bench_dir / CPU_BENCH).is_file() else None
+    files = sorted((p for p in bench_dir.glob("*.json") if p.name != CPU_BENCH and not p.name.endswith(ACCURACY_SUFFIX)),
+                   key=lambda p: p.stat().st_mtime)
+    return files[-1] if files else None
+
+
 def load_throughput(bench_dir: Path | None = None) -> Throughput:
     """Training images/s per model from the newest GPU results/bench/*.json (`make bench`: entries with
     `model` and `train_img_s` or `images_per_s`, optionally `dataset`; baseline entries win over
     others); models it lacks fall back to `default_images_per_s`."""
     # GPU-hours: a CPU measurement (results/bench/cpu.json) says nothing about a GPU's throughput
-    bench_dir = BENCH_DIR if bench_dir is None else bench_dir
-    files = sorted((p for p in Path(bench_dir).glob("*.json") if p.name != CPU_BENCH), key=lambda p: p.stat().st_mtime)
-    if not files:
+    newest = bench_file("cuda", bench_dir)
+    if newest is None:
         return Throughput({}, DEFAULT_SOURCE)
-    newest = files[-1]
     try:
         data = json.loads(newest.read_text())
     except (OSError, json.JSONDecodeError):
@@ -160,3 +179,78 @@ def array_cost(cells: list[Cell], throughput: Throughput) -> tuple[float, float,
     per seed but the first, and its GPU-hours are the device's time, shared by its seeds."""
     training = sum(wall_seconds(c, throughput) - CELL_OVERHEAD_S for c in cells)
     return training + CELL_OVERHEAD_S, training / 3600.0, "each seed at its solo images/s: no bench measures arrays yet"
+
+
+# ---- seed arrays: a cell's time when K seeds of it train as one array (we.train.array_run) ----------------
+
+def measured_array_rates(model: str, path: Path) -> tuple[dict[int, float], str | None]:
+    """{K: training images/s per seed} of `model` in the seed-array table of the bench JSON at `path` (K = 1:
+    one solo run's images/s, as the trainer trains a lone seed solo; K >= 2: the array's), and why the table
+    could not be read (None: it could, or the file has none). Rows the bench skipped (memory) are left out."""
+    try:
+        data = json.loads(path.read_text())
+        rows = data.get(ARRAY_SECTION, {}).get("rows", []) if isinstance(data, dict) else None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ValueError(f"'{ARRAY_SECTION}.rows' is not a list of rows")
+        rates, solo = {}, []
+        for i, row in enumerate(r for r in rows if r.get("model") == model and not r.get("skipped")):
+            k, array_rate, solo_rate = row.get("k"), row.get(ARRAY_RATE_KEY), row.get(SOLO_RATE_KEY)
+            if not (isinstance(k, int) and k >= 1 and all(isinstance(v, (int, float)) and 0 < v < float("inf")
+                                                           for v in (array_rate, solo_rate))):
+                raise ValueError(f"{model} row {i + 1}: needs k >= 1, {ARRAY_RATE_KEY} and {SOLO_RATE_KEY} > 0")
+            rates[k] = float(array_rate)
+            solo.append(k * float(solo_rate))  # one solo run's images/s
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as err:  # JSONDecodeError is a ValueError
+        return {}, f"{display_path(path)} unreadable ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+    if solo:
+        rates[1] = sum(solo) / len(solo)
+    return rates, None
+
+
+def seed_seconds_per_image(rates: dict[int, float], k: int) -> float:
+    """Seconds per image of each seed in an array of `k`, from measured per-seed images/s {K: rate}: linear in K
+    between the measured K on either side (an array's step time grows about linearly with K); beyond them, the
+    nearest measured K's images/s over all its seeds held (k seeds share it)."""
+    seconds = {n: 1.0 / r for n, r in rates.items()}
+    below, above = [n for n in seconds if n <= k], [n for n in seconds if n >= k]
+    if below and above:
+        lo, hi = max(below), min(above)
+        if lo == hi:
+            return seconds[lo]
+        return seconds[lo] + (seconds[hi] - seconds[lo]) * (k - lo) / (hi - lo)
+    nearest = max(below) if below else min(above)
+    return seconds[nearest] * k / nearest
+
+
+def array_images_per_s(model: str, k: int, device_kind: str, bench_dir: Path | None = None) -> tuple[float, str]:
+    """Training images/s of each seed of `model` in an array of `k` seeds on one device of `device_kind`
+    ('cpu' or 'cuda'), and where it came from: the seed-array table of that kind's bench JSON (`bench_file`),
+    else one solo run's images/s (that bench's, else the zoo's default) x DEFAULT_ARRAY_SPEEDUP / k.
+    A bench JSON that cannot be read is named in the source, and the fallback used."""
+    path = bench_file(device_kind, bench_dir)
+    rates, why = measured_array_rates(model, path) if path is not None else ({}, None)
+    if rates:
+        measured = ", ".join(str(n) for n in sorted(rates))
+        return 1.0 / seed_seconds_per_image(rates, k), f"{display_path(path)} seed-array table (K = {measured})"
+    solo = load_cpu_throughput(bench_dir) if device_kind == "cpu" else load_throughput(bench_dir)
+    solo_ips, source = (solo or Throughput({}, DEFAULT_SOURCE)).lookup(model, "")
+    assumed = "" if k == 1 else f"; no seed array measured: x{DEFAULT_ARRAY_SPEEDUP:g} / {k} (DEFAULT_ARRAY_SPEEDUP)"
+    return solo_ips * (1.0 if k == 1 else DEFAULT_ARRAY_SPEEDUP) / k, source + assumed + (f"; {why}" if why else "")
+
+
+def array_seconds(model: str, k: int, device_kind: str, images: float,
+                  bench_dir: Path | None = None) -> tuple[float, str]:
+    """Estimated wall seconds of an array of `k` seeds of `model` on one device of `device_kind`, each seed
+    training `images` images (epochs x training images x cost factor): images / each seed's images/s in the
+    array (`array_images_per_s`) + CELL_OVERHEAD_S once (one process); and the images/s source. The k cells
+    share that time: each holds the device for seconds / k."""
+    rate, source = array_images_per_s(model, k, device_kind, bench_dir)
+    return images / rate + CELL_OVERHEAD_S, source
+
+
+def cell_array_seconds(cell: Cell, k: int, device_kind: str, bench_dir: Path | None = None) -> tuple[float, str]:
+    """`array_seconds` of an array of `k` seeds of `cell` (its config's model, epochs, training images and
+    method cost factor)."""
+    cfg = cell.config
+    return array_seconds(cfg["model"], k, device_kind, cfg["epochs"] * train_images(cell) * cost_factor(cfg),
+                         bench_dir)

@@ -188,8 +188,7 @@ def _run_array(cfgs: list[Config], resumes: list[dict[str, Any] | None], device:
 
 def _train_members(members: list[Member], device: torch.device) -> None:
     cfg = members[0].cfg
-    array = SeedArray([m.model for m in members])
-    fused = array.build_optimizer(lambda net: build_optimizer(cfg, net))
+    array, fused = fused_training(cfg, [m.model for m in members])
     array.load_member_optimizer_states(fused, [m.optimizer for m in members])
     iteration = members[0].iteration
     for epoch in range(members[0].start_epoch, cfg.epochs):
@@ -211,6 +210,13 @@ def _train_members(members: list[Member], device: torch.device) -> None:
         for k in active:
             if members[k].status == "running":
                 _log_epoch(members[k], epoch)
+
+
+def fused_training(cfg: Config, models: list[torch.nn.Module]) -> tuple[SeedArray, torch.optim.Optimizer]:
+    """`models` (one per seed) as one SeedArray and its fused optimizer, built by the run's own builder: what an
+    array trains with (`SeedArray.train_step(optimizer, x, y)` is its step; `make bench` times the same)."""
+    array = SeedArray(models)
+    return array, array.build_optimizer(lambda net: build_optimizer(cfg, net))
 
 
 def stack_batches(batches: list[tuple[torch.Tensor, torch.Tensor]], epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
