@@ -18,7 +18,7 @@ from pathlib import Path
 from mutmut.mutation.diff_apply import get_diff_for_mutant
 from mutmut.stats import status_by_exit_code
 
-COLUMNS = ("killed", "survived", "equivalent", "timeout", "no tests", "other")
+COLUMNS = ("killed", "survived", "equivalent", "timeout", "no tests", "not checked", "other")
 JUSTIFIED = re.compile(r"^[-*] `([\w.]+__mutmut_\d+)`", re.M)  # "- `we.core.x.x_f__mutmut_3`: reason"
 
 
