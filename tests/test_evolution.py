@@ -830,3 +830,50 @@ def test_the_loop_oracle_leaves_an_all_zero_group_alone():
     model = nn.Sequential(conv1x1([0.0, 0.0, 0.0, 0.0]))
     assert evolve_reference(model, 0.5, bn=False) == {k: 0 for k in KINDS}
     assert filters(model[0]) == [0.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("value, ok", [
+    ([0, 5], True), ((1, 2, 90), True), ([], True), ([7], True),
+    ([3, 3], False), ([1, 5, 2], False), ([5, 1], False), ([-1, 3], False), ([1.5, 3], False), ([True, 3], False),
+    (5, False), ("60,120", False)])
+def test_milestones_are_strictly_increasing_non_negative_ints(value, ok):
+    from we.core.checks import check_milestones
+
+    if ok:
+        assert check_milestones("milestones", value) == tuple(value)
+    else:
+        with pytest.raises(ValueError) as caught:
+            check_milestones("milestones", value)
+        assert str(caught.value) == f"milestones must be a list of increasing epochs, got {value!r}"
+
+
+@pytest.mark.parametrize("value, kind", [(1.5, "float"), ("3", "str"), (None, "NoneType"), (True, "bool")])
+def test_a_hook_index_of_the_wrong_type_names_its_type(value, kind):
+    with pytest.raises(TypeError) as caught:
+        WeightEvolution(bn_ramp(4)).step(value)
+    assert str(caught.value) == f"epoch must be a non-negative integer (0-based), got {kind} {value!r}"
+
+
+@pytest.mark.parametrize("importance, rate, expected", [
+    ([1.0, 2.0, 2.0, 2.0, 3.0], 0.4, [True, True, False, False, False]),  # W_tbd of 2: the 1, then the first 2
+    ([2.0, 1.0, 2.0, 0.5, 2.0], 0.6, [True, True, False, True, False]),   # of 3: 0.5, 1, then the first 2
+    ([3.0, 1.0, 2.0, 4.0, 5.0], 0.19, [False] * 5),                       # floor(0.95) = 0: none
+])
+def test_w_tbd_is_the_floor_rate_times_n_weakest_ties_first_in_the_pool(importance, rate, expected):
+    from we.core.selection import select_global
+
+    mask = select_global(torch.tensor(importance), rate)
+    assert mask.dtype == torch.bool and mask.tolist() == expected
+
+
+@pytest.mark.parametrize("rate, message", [(1.5, "rate must be <= 1.0, got 1.5"), (-0.1, "rate must be >= 0.0, got -0.1"),
+                                           ("0.1", "rate must be a finite number, got '0.1'")])
+def test_a_step_rate_outside_zero_to_one_is_refused_by_name(rate, message):
+    with pytest.raises(ValueError) as caught:
+        evolve(bn_ramp(4), rate)
+    assert str(caught.value) == message
+
+
+def test_a_step_returns_ints_unless_told_not_to_synchronise():
+    counts = evolve(bn_ramp(), 0.1, selection="global", conv=False)
+    assert counts["bn_weight"] == 10 and all(type(v) is int for v in counts.values())  # floor(100 * 0.1)

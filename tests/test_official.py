@@ -4,6 +4,7 @@ and equality with a line-by-line loop transcription of the script on random netw
 from __future__ import annotations
 
 import copy
+import inspect
 import io
 import math
 
@@ -501,3 +502,34 @@ def test_official_hparams_take_the_edges_of_their_ranges():
     """lab 0 and radio 0 are allowed (closed at 0); ln_c and eta only above 0, however small."""
     h = OfficialEvolution(nn.Sequential(), lab=0, radio_conv=0.0, ln_c=0.5, eta=1e-3, milestones=[1, 2]).hparams
     assert (h["lab"], h["radio_conv"], h["ln_c"], h["eta"], h["milestones"]) == (0.0, 0.0, 0.5, 1e-3, (1, 2))
+
+
+def test_the_script_step_defaults_are_the_scripts():
+    """official-code-notes: lab 0.1 (a filter under 10% of the layer's largest), ln_c 2 (limit = convs / 2),
+    the CIFAR script, both kinds evolved, counts as ints."""
+    defaults = {k: p.default for k, p in inspect.signature(evolve_official).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    assert defaults == {"lab": 0.1, "ln_c": 2, "flavour": "cifar", "conv": True, "bn": True, "counters": None,
+                        "sync": True}
+
+
+def test_fresh_counters_are_long_tensors_on_the_models_device():
+    model = nn.Sequential(conv(col([1.0, 2.0, 0.01])), bn([1.0, 2.0, 0.01], [0.5, 0.5, 0.5])).to("meta")
+    counters: dict = {}
+    evolve_official(model, {"conv_weight": 0.5, "bn_weight": 0.5, "bn_bias": 0.5}, counters=counters, sync=False)
+    assert {k: (v.device.type, v.dtype) for k, v in counters.items()} == \
+        {k: ("meta", torch.long) for k in ("conv_weight", "bn_weight", "bn_bias")}
+
+
+def test_threshold_takes_the_sorted_pools_element_at_the_rate_clamped_to_the_last():
+    pool = torch.tensor([0.5, 0.1, 0.4, 0.2, 0.3])  # sorted: 0.1 0.2 0.3 0.4 0.5
+    assert [float(threshold(pool, r)) for r in (0.0, 0.19, 0.2, 0.5, 0.99, 1.0)] == \
+        pytest.approx([0.1, 0.1, 0.2, 0.3, 0.5, 0.5])
+
+
+def test_a_score_of_exactly_lab_times_the_largest_is_inferior():
+    """The script's `<=`: 0.25 <= 0.25 * 1.0 (exact in float32) counts, and resets the counter."""
+    scores = torch.tensor([1.0, 0.5, 0.25])
+    count, counter = inferior_counts(scores, pool_layout([scores], [1]), torch.tensor(0.5), 0.25,
+                                     torch.tensor(3), limit=9.0)
+    assert (count.tolist(), int(counter)) == ([1], 0)
