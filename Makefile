@@ -21,14 +21,15 @@ endef
 TABLES := 1 2 3 4 5 6 7 8
 FIGURES := 2 3 5 6
 
-.PHONY: help install test test-slow demo bench figures reproduce-figures reproduce-all cluster-up cluster-down \
+.PHONY: help install test test-slow mutation demo bench figures reproduce-figures reproduce-all cluster-up cluster-down \
 	$(addprefix reproduce-table,$(TABLES)) $(addprefix table,$(TABLES))
 
 help:
-	@echo "make install | test | test-slow | demo | bench | reproduce-table1..8 | table1..8 | reproduce-figures | figures | reproduce-all | cluster-up | cluster-down"
+	@echo "make install | test | test-slow | mutation | demo | bench | reproduce-table1..8 | table1..8 | reproduce-figures | figures | reproduce-all | cluster-up | cluster-down"
 	@echo "variables: EXECUTOR=local|slurm (reproduce-*: required; without it they print the plan and stop),"
 	@echo "  PROFILE=slurm/NAME.yaml (default slurm/default.yaml), WAIT=1 (block until done),"
 	@echo "  ALLOW_CPU_MARATHON=1 (EXECUTOR=local without a GPU: start long grids anyway)"
+	@echo "make mutation: mutation testing of we/core and we/methods (mutmut, about an hour on 2 cores; docs/testing.md)"
 	@echo "watch and stop a grid: .venv/bin/we-grid status GRID (epoch, top-1, ETA per running cell); .venv/bin/we-grid cancel GRID"
 
 install: $(VENV)/.install.stamp
@@ -46,6 +47,12 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -q -ra -m slow tests
+
+# not part of `make test`: mutmut ([tool.mutmut] in pyproject.toml) mutates we/core and we/methods in
+# mutants/ (kept: a second run tests only what changed), then results/mutation/summary.md
+mutation: install
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 10 $(VENV)/bin/mutmut run --max-children 2
+	$(PY) tests/mutation_report.py results/mutation
 
 demo: install
 	$(PY) -m we.grid plan demo

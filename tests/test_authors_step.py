@@ -4,6 +4,7 @@ and equality with a line-by-line loop transcription of the script on random netw
 from __future__ import annotations
 
 import copy
+import inspect
 import io
 import math
 
@@ -369,12 +370,14 @@ def random_net(seed: int) -> nn.Module:
     return net
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_equals_script_transcription_on_random_nets(seed):
+@pytest.mark.parametrize("seed, extra", [(0, {}), (1, {}), (2, {}), (0, {"lab": 0.3, "ln_c": 1.0}),
+                                         (1, {"lab": 0.03, "ln_c": 4.0})])
+def test_equals_script_transcription_on_random_nets(seed, extra):
     net = random_net(seed)
     mirror = copy.deepcopy(net)
     evo = AuthorsStep(net, radio_conv=0.4, radio_bn=0.3, radio_bias=0.3,
-                            milestones=(2, 4), eta=2.0)
+                     milestones=(2, 4), eta=2.0, **extra)
+    assert all(evo.hparams[k] == v for k, v in extra.items())
     counters = {"conv": 0, "bn": 0, "bias": 0}
     total, counter_seen = 0, False
     for epoch in range(6):
@@ -448,3 +451,85 @@ def test_authors_step_switches_leave_their_layers_untouched(switch, untouched):
     names = {n for n, m in model.named_modules() if isinstance(m, untouched)}
     assert not any(c.rsplit(".", 1)[0] in names for c in changed)
     assert changed, "the other kind should still evolve"
+
+
+def test_counters_are_restored_on_the_models_device_and_on_the_cpu_without_parameters():
+    model = nn.Sequential(conv(col([1.0, 2.0])), bn([1.0, 2.0], [0.5, 0.5])).to("meta")
+    evolution = AuthorsStep(model)
+    evolution.load_state_dict({"counters": {"conv_weight": 3, "bn_weight": 1}})
+    assert {k: (v.device.type, v.dtype) for k, v in evolution.counters.items()} == \
+        {"conv_weight": ("meta", torch.long), "bn_weight": ("meta", torch.long)}
+    without = AuthorsStep(nn.ReLU())
+    with torch.device("meta"):  # the default device does not decide: no parameter, the CPU
+        without.load_state_dict({"counters": {"conv_weight": 2}})
+    assert without.counters["conv_weight"].device.type == "cpu" and int(without.counters["conv_weight"]) == 2
+
+
+@pytest.mark.parametrize("flavour, expected", [("cifar", 1), ("imagenet", 0)])
+def test_the_hook_steps_with_its_flavour_and_returns_ints(flavour, expected):
+    """The signed-BN case above through AuthorsStep.step: its flavour reaches the step."""
+    evolution = AuthorsStep(nn.Sequential(bn([-1.0, -0.9, 0.5, 0.05], [1.0] * 4)), flavour=flavour)
+    evolution.rates = lambda epoch: {"conv_weight": 0.0, "bn_weight": 0.5, "bn_bias": 0.0}
+    counts = evolution.step(0)
+    assert counts["bn_weight"] == expected and all(type(v) is int for v in counts.values())
+    assert isinstance(evolution.step(0, sync=False)["bn_weight"], torch.Tensor)
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"radio_cnv": 0.2}, "unknown official hparam 'radio_cnv'; known: ['bn', 'conv', 'divisors', 'eta', 'flavour', "
+                         "'lab', 'ln_c', 'milestones', 'radio_bias', 'radio_bn', 'radio_conv']"),
+    ({"flavour": "svhn"}, "flavour must be one of ['cifar', 'imagenet'], got 'svhn'"),
+    ({"conv": "yes"}, "conv must be true or false, got 'yes'"),
+    ({"bn": 1}, "bn must be true or false, got 1"),
+    ({"radio_conv": -0.1}, "radio_conv must be >= 0.0, got -0.1"),
+    ({"radio_bn": 1.5}, "radio_bn must be <= 1.0, got 1.5"),
+    ({"radio_bias": 1.0}, "radio_bias must be < 1, got 1.0"),
+    ({"lab": -0.1}, "lab must be >= 0.0, got -0.1"), ({"lab": "0.1"}, "lab must be a finite number, got '0.1'"),
+    ({"ln_c": 0}, "ln_c must be > 0.0, got 0"), ({"ln_c": -2}, "ln_c must be > 0.0, got -2"),
+    ({"eta": 0.0}, "eta must be > 0.0, got 0.0"), ({"eta": -1}, "eta must be > 0.0, got -1"),
+    ({"milestones": (5, 2)}, "milestones must be a list of increasing epochs, got (5, 2)"),
+    ({"divisors": (1.0, 2.0)}, "divisors must list one divisor per stage (3), got (1.0, 2.0)"),
+    ({"divisors": 2.0}, "divisors must list one divisor per stage (3), got 2.0"),
+    ({"divisors": [1.0, 0.0, 2.0]}, "divisors must be > 0.0, got 0.0"),
+])
+def test_a_bad_official_hparam_is_named_in_the_whole_message(given, message):
+    with pytest.raises((TypeError, ValueError)) as caught:
+        AuthorsStep(nn.Sequential(), **given)
+    assert str(caught.value) == message
+
+
+def test_official_hparams_take_the_edges_of_their_ranges():
+    """lab 0 and radio 0 are allowed (closed at 0); ln_c and eta only above 0, however small."""
+    h = AuthorsStep(nn.Sequential(), lab=0, radio_conv=0.0, ln_c=0.5, eta=1e-3, milestones=[1, 2]).hparams
+    assert (h["lab"], h["radio_conv"], h["ln_c"], h["eta"], h["milestones"]) == (0.0, 0.0, 0.5, 1e-3, (1, 2))
+
+
+def test_the_script_step_defaults_are_the_scripts():
+    """official-code-notes: lab 0.1 (a filter under 10% of the layer's largest), ln_c 2 (limit = convs / 2),
+    the CIFAR script, both kinds evolved, counts as ints."""
+    defaults = {k: p.default for k, p in inspect.signature(evolve_authors_step).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    assert defaults == {"lab": 0.1, "ln_c": 2, "flavour": "cifar", "conv": True, "bn": True, "counters": None,
+                        "sync": True}
+
+
+def test_fresh_counters_are_long_tensors_on_the_models_device():
+    model = nn.Sequential(conv(col([1.0, 2.0, 0.01])), bn([1.0, 2.0, 0.01], [0.5, 0.5, 0.5])).to("meta")
+    counters: dict = {}
+    evolve_authors_step(model, {"conv_weight": 0.5, "bn_weight": 0.5, "bn_bias": 0.5}, counters=counters, sync=False)
+    assert {k: (v.device.type, v.dtype) for k, v in counters.items()} == \
+        {k: ("meta", torch.long) for k in ("conv_weight", "bn_weight", "bn_bias")}
+
+
+def test_threshold_takes_the_sorted_pools_element_at_the_rate_clamped_to_the_last():
+    pool = torch.tensor([0.5, 0.1, 0.4, 0.2, 0.3])  # sorted: 0.1 0.2 0.3 0.4 0.5
+    assert [float(threshold(pool, r)) for r in (0.0, 0.19, 0.2, 0.5, 0.99, 1.0)] == \
+        pytest.approx([0.1, 0.1, 0.2, 0.3, 0.5, 0.5])
+
+
+def test_a_score_of_exactly_lab_times_the_largest_is_inferior():
+    """The script's `<=`: 0.25 <= 0.25 * 1.0 (exact in float32) counts, and resets the counter."""
+    scores = torch.tensor([1.0, 0.5, 0.25])
+    count, counter = inferior_counts(scores, pool_layout([scores], [1]), torch.tensor(0.5), 0.25,
+                                     torch.tensor(3), limit=9.0)
+    assert (count.tolist(), int(counter)) == ([1], 0)

@@ -37,6 +37,16 @@ RUN = ["dataset=digits", "model=resnet20", "workers=0", "progress=plain", "metho
 # itself; here: first-epoch loss within 8%, and the DDP run learns (at least twice chance).
 LOSS_RTOL = 0.08
 MIN_TOP1 = 20.0
+# The same run with a model without BatchNorm (tests/plain_models.py): there the mean of the two
+# ranks' half-batch gradients is the single process's gradient, so the runs differ only in the order
+# of float32 sums. Measured after the 48 steps: weights (|w| <= 0.27) apart by at most 8.3e-7, SGD
+# momentum (the last gradients, |m| <= 0.5) by 3.6e-5, the losses of the rows by 1e-7 relative; the
+# same top-1 and WE counts. Tolerances: ten times that drift; a top-1 within one test image of the 360.
+PLAIN_RUN = [o for o in RUN if not o.startswith("model=")] + ["model=plain_models:plain_cnn"]
+PLAIN_ATOL = 1e-5
+PLAIN_MOMENTUM_ATOL = 4e-4
+PLAIN_LOSS_RTOL = 1e-6
+ONE_TEST_IMAGE = 100 / 360
 TIMEOUT = 300
 
 
@@ -138,6 +148,50 @@ def test_shard_positions_are_disjoint_and_cover_the_epoch():
         assert sorted(torch.cat(kept).tolist()) == list(range(n // batch * batch))
 
 
+class _WithIds(torch.utils.data.Dataset):
+    """`base` with every label replaced by the sample's index: a batch's labels say which samples it holds."""
+
+    def __init__(self, base) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        return self.base[index][0], index
+
+
+def _train_ids(data) -> torch.Tensor:
+    """The sample ids of one epoch (epoch 1) of `data.train`, batch after batch, labels made ids first."""
+    if hasattr(data.train, "dataset"):  # loader path: the SeededTransform's source
+        data.train.dataset.base = _WithIds(data.train.dataset.base)
+    else:  # device path: the whole labels tensor
+        data.train.y = torch.arange(len(data.train.y))
+    data.train.set_epoch(1)
+    return torch.cat([y for _, y in data.train])
+
+
+@pytest.mark.parametrize("data_path", ["loader", "device"])
+@pytest.mark.parametrize("n, batch, world", [(99, 32, 2), (67, 30, 3), (10, 6, 3), (64, 32, 2)])
+def test_last_batch_is_padded_with_the_permutations_first_samples(data_path: str, n: int, batch: int, world: int):
+    """docs/trainer.md: "The last batch of an epoch is padded with the permutation's first samples to a
+    multiple of N", and every rank evaluates the whole test set (nothing padded, nothing left out)."""
+    kwargs = dict(batch_size=batch, data_path=data_path, workers=0, seed=5, limit_train=n)
+    single = build_data("digits", "data", **kwargs)
+    shards = [build_data("digits", "data", rank=r, world_size=world, **kwargs) for r in range(world)]
+    order = _train_ids(single)  # the single process's permutation of the n samples
+    assert sorted(order.tolist()) == list(range(n))
+    per_rank = [_train_ids(s) for s in shards]
+    assert len({len(ids) for ids in per_rank}) == 1
+    dealt = torch.stack(per_rank, dim=1).flatten().tolist()  # rank r's j-th sample: position r + world * j
+    pad = (-n) % world
+    assert dealt == order.tolist() + order[:pad].tolist()  # the padding: the permutation's first `pad` samples
+    test_labels = torch.cat([y for _, y in single.test])
+    assert len(test_labels) == single.num_test
+    for shard in shards:
+        assert shard.num_test == single.num_test and torch.equal(torch.cat([y for _, y in shard.test]), test_labels)
+
+
 def test_batch_not_divisible_by_world_is_refused():
     with pytest.raises(ValueError, match="multiple of world_size"):
         build_data("digits", "data", batch_size=33, workers=0, rank=0, world_size=2)
@@ -208,6 +262,30 @@ def test_ddp_we_run_ranks_agree_and_match_single_process(runs):
     assert result["final_top1"] == ddp[-1]["test_top1"]
     ckpt = torch.load(runs["ddp"] / "last.pt", weights_only=True)
     assert_same_state({"model": ckpt["model"], "optimizer": ckpt["optimizer"]}, r0)  # rank 0 wrote it
+
+
+@pytest.mark.slow
+def test_ddp_without_batchnorm_is_the_single_process_run(tmp_path: Path):
+    """Apart from BatchNorm's per-rank statistics, a DDP run is the single-process run: same samples,
+    mean gradient, evolution steps, evaluation (docs/trainer.md, "Batch and learning rate", "Data")."""
+    launch(tmp_path / "probe1", PLAIN_RUN + [f"out={tmp_path / 'single'}"], nproc=1)
+    launch(tmp_path / "probe2", PLAIN_RUN + [f"out={tmp_path / 'ddp'}"], nproc=2)
+    single, ddp = rows(tmp_path / "single"), rows(tmp_path / "ddp")
+    assert [r["epoch"] for r in ddp] == [r["epoch"] for r in single] == [1, 2, 3]
+    assert single[-1]["test_top1"] > 50  # it learns (chance: 10%), so agreeing is not agreeing on noise
+    for a, b in zip(single, ddp):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=PLAIN_LOSS_RTOL), b["epoch"]
+        assert b["test_loss"] == pytest.approx(a["test_loss"], rel=PLAIN_LOSS_RTOL), b["epoch"]
+        assert abs(b["test_top1"] - a["test_top1"]) <= ONE_TEST_IMAGE, b["epoch"]
+        assert {k: v for k, v in b.items() if k.startswith("we_")} == {k: v for k, v in a.items() if k.startswith("we_")}
+    one, two = load_probe(tmp_path / "probe1", 0), load_probe(tmp_path / "probe2", 0)
+    assert one["model"].keys() == two["model"].keys()
+    for name, tensor in one["model"].items():
+        assert torch.allclose(two["model"][name], tensor, rtol=0, atol=PLAIN_ATOL), name
+    for key, state in one["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.allclose(two["optimizer"]["state"][key][name], value, rtol=0, atol=PLAIN_MOMENTUM_ATOL), (key, name)
+    assert two["method"]["steps"] == one["method"]["steps"] and two["method"]["evolved"] == one["method"]["evolved"]
 
 
 @pytest.mark.slow

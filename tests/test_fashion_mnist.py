@@ -108,12 +108,19 @@ def test_config_resolves_as_cifar_family():
     assert cfg.image_size == 32 and cfg.epochs == 200 and cfg.normalization == "paper"
 
 
+# 4096 images, one epoch of 128 steps of a small conv net (tests/plain_models.py): 63.3% top-1 on the
+# 10,000 test images (seed 0, torch 2.14 CPU; 59% with batch 64). Chance is 10%; a run that does not
+# learn (a wrong label, an unnormalised image, a dead optimiser) stays near it.
+LEARNS_TOP1 = 50.0
+
+
 @pytest.mark.slow
-def test_one_epoch_tiny_training_run(fm_dir, tmp_path):
-    cfg = load_config(None, ["dataset=fashion_mnist", f"data_dir={fm_dir}", "download=false", "model=resnet20",
-                             "method=we", "epochs=1", "limit_train=512", "batch_size=64", "workers=0",
-                             "progress=plain", f"out={tmp_path}"])
+def test_a_short_training_run_learns(fm_dir, tmp_path):
+    cfg = load_config(None, ["dataset=fashion_mnist", f"data_dir={fm_dir}", "download=false",
+                             "model=plain_models:plain_cnn", "method=we", "epochs=1", "limit_train=4096",
+                             "batch_size=32", "lr=0.05", "workers=0", "progress=plain", f"out={tmp_path}"])
     result = main(cfg)
     assert result["status"] == "complete" and result["epochs_done"] == 1
     saved = json.loads((tmp_path / "result.json").read_text())
-    assert saved["config"]["dataset"] == "fashion_mnist" and 0 <= saved["final_top1"] <= 100
+    assert saved["config"]["dataset"] == "fashion_mnist" and saved["config"]["limit_train"] == 4096
+    assert saved["final_top1"] > LEARNS_TOP1, saved["final_top1"]

@@ -709,3 +709,171 @@ except ConfigError as err:
     lines = done.stdout.splitlines()
     assert lines[0] == "0.25 0.5 0.5"
     assert "config key 'we_kappa'" in lines[1] and ">= 0 and <= 1" in lines[1]
+
+
+# ------------------------------------------------------- the hook's contract, value by value
+
+def test_a_state_that_is_no_mapping_is_refused_with_the_whole_message():
+    with pytest.raises(ValueError) as caught:
+        WeightEvolution(bn_ramp(4)).load_state_dict([1, 2])
+    assert str(caught.value) == \
+        "WeightEvolution.load_state_dict: a state must be a mapping from state_dict(), got list"
+
+
+def test_a_state_without_some_evolved_kinds_counts_them_as_zero():
+    evolution = WeightEvolution(bn_ramp(4))
+    state = evolution.state_dict()
+    evolution.load_state_dict({**state, "steps": 3, "evolved": {"bn_weight": 5}})
+    assert evolution.steps == 3
+    assert evolution.evolved == {"conv_weight": 0, "conv_bias": 0, "bn_weight": 5, "bn_bias": 0}
+
+
+@pytest.mark.parametrize("variant", ["paper", "official"])
+def test_the_state_is_plain_data_that_a_json_round_trip_keeps(variant):
+    import json
+
+    evolution = WeightEvolution(bn_ramp(8), variant=variant, milestones=[3, 6])
+    evolution.step(0)
+    state = evolution.state_dict()
+    assert state["hparams"]["milestones"] == [3, 6]
+    assert json.loads(json.dumps(state)) == state  # a tuple would come back as a list
+
+
+def test_the_iteration_hook_acts_after_every_interval_th_iteration_and_says_which_index_is_wrong():
+    evo = WeightEvolution(bn_ramp(), selection="global", conv=False, interval=3, interval_unit="iter")
+    acted = [evo.step_iteration(i, 0) is not None for i in range(9)]
+    assert acted == [False, False, True, False, False, True, False, False, True]  # iterations 3, 6, 9 (1-based)
+    counts = evo.step_iteration(11, 0)
+    assert all(type(v) is int for v in counts.values()) and counts["bn_weight"] == 2  # floor(100 * 0.025)
+    lazy = evo.step_iteration(14, 0, sync=False)
+    assert isinstance(lazy["bn_weight"], torch.Tensor) and int(lazy["bn_weight"]) == 2
+    with pytest.raises(ValueError, match=r"^iteration must be a non-negative integer \(0-based\), got -1$"):
+        evo.step_iteration(-1, 0)
+    with pytest.raises(ValueError, match=r"^epoch must be a non-negative integer \(0-based\), got -2$"):
+        evo.step_iteration(2, -2)
+
+
+def test_the_loop_oracle_defaults_are_the_papers():
+    """Sec. 4.1.2 and Sec. 3: gamma 0.05, forward matching, global+local selection, adaptive alpha,
+    element-level crossover, conv and BN both evolved."""
+    defaults = {k: p.default for k, p in inspect.signature(evolve_reference).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    assert defaults == {"gamma": 0.05, "matching": "forward", "conv": True, "bn": True,
+                        "selection": "global+local", "alpha": "adaptive", "level": "element"}
+
+
+@pytest.mark.parametrize("alpha, inf, dom, expected", [
+    ("adaptive", 0.25, 0.75, 0.25),  # |inf| / (|inf| + |dom|), here with a sum of exactly 1
+    ("adaptive", 0.5, 0.5, 0.5), ("adaptive", 3.0, 1.0, 0.75),
+    ("adaptive", 0.0, 0.0, 1.0),  # both zero: alpha 1, the inferior unit kept
+    (0.3, 5.0, 7.0, 0.3)])
+def test_the_loop_oracle_alpha_is_eq6(alpha, inf, dom, expected):
+    from we.core.reference import _alpha
+
+    assert _alpha(alpha, inf, dom) == pytest.approx(expected, abs=1e-12)
+
+
+def test_a_weight_norm_conv_is_written_back_only_in_its_evolved_filters():
+    """we.core.layers: an evolved filter i gets v_i = w'_i and g_i = ||w'_i||; the others keep their v and g
+    (here v = 2 w: the same effective weight, another v). A second step writes only what it changed."""
+    from torch.nn.utils import parametrizations
+
+    values = [[0.1, -0.2], [3.0, 1.0], [0.3, 0.1], [2.0, -4.0]]  # filter j: its two 1x1 slices
+    def net() -> nn.Sequential:
+        layer = nn.Conv2d(2, 4, 1, bias=False)
+        with torch.no_grad():
+            layer.weight.copy_(torch.tensor(values).view(4, 2, 1, 1))
+        return nn.Sequential(layer)
+
+    def step() -> torch.Tensor:
+        """One WE-G step on both twins; which filters it changed."""
+        before = plain[0].weight.detach().clone()
+        hp = dict(gamma=0.5, selection="global", bn=False)
+        assert evolve(normed, 0.5, **hp) == evolve_reference(plain, 0.5, **hp)
+        torch.testing.assert_close(normed[0].weight, plain[0].weight)
+        return (plain[0].weight != before).flatten(1).any(1)
+
+    plain, normed = net(), net()
+    parametrizations.weight_norm(normed[0])
+    wn = normed[0].parametrizations.weight
+    with torch.no_grad():
+        wn.original1.mul_(2.0)  # v = 2 w: w = g v / ||v|| unchanged
+    torch.testing.assert_close(normed[0].weight, plain[0].weight)
+    v_before, g_before = wn.original1.detach().clone(), wn.original0.detach().clone()
+    changed = step()
+    assert changed.tolist() == [True, False, True, False]  # importance 0.15 and 0.2: the two weakest
+    w = plain[0].weight.detach()
+    torch.testing.assert_close(wn.original1[changed], w[changed])
+    torch.testing.assert_close(wn.original0[changed].flatten(), w[changed].flatten(1).norm(dim=1))
+    assert torch.equal(wn.original1[~changed], v_before[~changed])
+    assert torch.equal(wn.original0[~changed], g_before[~changed])
+    with torch.no_grad():
+        wn.original1.mul_(3.0)  # as training might: another v, the same effective weight
+    v_between = wn.original1.detach().clone()
+    again = step()
+    assert again.any() and (changed & ~again).any()  # a filter the first step wrote, the second did not
+    assert torch.equal(wn.original1[~again], v_between[~again])
+
+
+@pytest.mark.parametrize("value", [0, -3, 1.0, True, "2", None])
+def test_a_positive_int_check_names_the_key_and_the_value(value):
+    from we.core.checks import check_positive_int
+
+    assert check_positive_int("every_n_steps", 1) == 1 and check_positive_int("every_n_steps", 7) == 7
+    with pytest.raises(ValueError) as caught:
+        check_positive_int("every_n_steps", value)
+    assert str(caught.value) == f"every_n_steps must be an integer >= 1, got {value!r}"
+
+
+def test_the_loop_oracle_leaves_an_all_zero_group_alone():
+    """No unit of an all-zero layer is relatively weak (0 / 0 is no ratio below gamma): nothing evolves."""
+    model = nn.Sequential(conv1x1([0.0, 0.0, 0.0, 0.0]))
+    assert evolve_reference(model, 0.5, bn=False) == {k: 0 for k in KINDS}
+    assert filters(model[0]) == [0.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("value, ok", [
+    ([0, 5], True), ((1, 2, 90), True), ([], True), ([7], True),
+    ([3, 3], False), ([1, 5, 2], False), ([5, 1], False), ([-1, 3], False), ([1.5, 3], False), ([True, 3], False),
+    (5, False), ("60,120", False)])
+def test_milestones_are_strictly_increasing_non_negative_ints(value, ok):
+    from we.core.checks import check_milestones
+
+    if ok:
+        assert check_milestones("milestones", value) == tuple(value)
+    else:
+        with pytest.raises(ValueError) as caught:
+            check_milestones("milestones", value)
+        assert str(caught.value) == f"milestones must be a list of increasing epochs, got {value!r}"
+
+
+@pytest.mark.parametrize("value, kind", [(1.5, "float"), ("3", "str"), (None, "NoneType"), (True, "bool")])
+def test_a_hook_index_of_the_wrong_type_names_its_type(value, kind):
+    with pytest.raises(TypeError) as caught:
+        WeightEvolution(bn_ramp(4)).step(value)
+    assert str(caught.value) == f"epoch must be a non-negative integer (0-based), got {kind} {value!r}"
+
+
+@pytest.mark.parametrize("importance, rate, expected", [
+    ([1.0, 2.0, 2.0, 2.0, 3.0], 0.4, [True, True, False, False, False]),  # W_tbd of 2: the 1, then the first 2
+    ([2.0, 1.0, 2.0, 0.5, 2.0], 0.6, [True, True, False, True, False]),   # of 3: 0.5, 1, then the first 2
+    ([3.0, 1.0, 2.0, 4.0, 5.0], 0.19, [False] * 5),                       # floor(0.95) = 0: none
+])
+def test_w_tbd_is_the_floor_rate_times_n_weakest_ties_first_in_the_pool(importance, rate, expected):
+    from we.core.selection import select_global
+
+    mask = select_global(torch.tensor(importance), rate)
+    assert mask.dtype == torch.bool and mask.tolist() == expected
+
+
+@pytest.mark.parametrize("rate, message", [(1.5, "rate must be <= 1.0, got 1.5"), (-0.1, "rate must be >= 0.0, got -0.1"),
+                                           ("0.1", "rate must be a finite number, got '0.1'")])
+def test_a_step_rate_outside_zero_to_one_is_refused_by_name(rate, message):
+    with pytest.raises(ValueError) as caught:
+        evolve(bn_ramp(4), rate)
+    assert str(caught.value) == message
+
+
+def test_a_step_returns_ints_unless_told_not_to_synchronise():
+    counts = evolve(bn_ramp(), 0.1, selection="global", conv=False)
+    assert counts["bn_weight"] == 10 and all(type(v) is int for v in counts.values())  # floor(100 * 0.1)
