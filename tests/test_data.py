@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
+import subprocess
+import sys
 import urllib.error
 
 import numpy as np
@@ -15,6 +18,8 @@ from scipy import stats
 from we.train import datasets as D
 from we.train.datasets import DATASETS, DatasetInfo, dataset_info
 from we.train.pipeline import augment_batch, build_data
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # --------------------------------------------------------------------------------------------
 # helpers
@@ -494,3 +499,13 @@ def test_drop_last_and_lengths():
         assert keep.num_train == 100 and keep.info.num_train == 1437
         assert len(keep.train) == 4 and [x.shape[0] for x in _collect(keep.train)[0]] == [32, 32, 32, 4]
         assert len(drop.train) == 3 and [x.shape[0] for x in _collect(drop.train)[0]] == [32, 32, 32]
+
+
+def test_loading_digits_leaves_the_python_rng_as_seeded():
+    """A run's Python RNG stream must not depend on whether scikit-learn was imported before (its first import
+    draws from the global RNG in some versions): in a fresh process, loading digits after seeding keeps the state."""
+    code = ("import random, sys\nrandom.seed(3)\nfresh = random.getstate()\n"
+            "from we.train import datasets\nrandom.seed(3)\ndatasets._digits_arrays()\n"
+            "assert 'sklearn' in sys.modules\nsys.exit(0 if random.getstate() == fresh else 1)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
@@ -173,9 +174,13 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    # scikit-learn's first import (>= 1.9: rich) draws from the global Python RNG; a run's RNG streams
+    # must not depend on whether the process imported it before, so the draw is undone
+    python_rng = random.getstate()
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
+    random.setstate(python_rng)
     d = load_digits()
     imgs = torch.from_numpy(d.images.astype(np.float64)).unsqueeze(1) * (255.0 / 16.0)  # 0..16 -> 0..255
     # float64 keeps the rounding exact and platform independent (weights are dyadic rationals)
