@@ -123,11 +123,11 @@ def test_plan_gives_the_wall_time_on_the_local_cpu_and_on_slurm(tmp_path: Path, 
     plan(grid, cells, tmp_path / "runs", out=local)
     plan(grid, cells, tmp_path / "runs", out=slurm, executor="slurm")
     line = local.getvalue().splitlines()[-1]
-    assert line.startswith("wall time on the local executor (this machine's CPU, one cell at a time): about ")
+    assert line.startswith("wall time on the local executor (this machine's CPU, one job at a time): about ")
     assert "results/bench/cpu.json (2 cores" in line
     minutes = float(re.search(r"about ([0-9.]+) min", line).group(1))
     assert 1 < minutes <= 5  # `make demo` fits in 5 minutes of an idle 2-core CPU
-    assert slurm.getvalue().splitlines()[-1].startswith("wall time on SLURM: the longest cell about ")
+    assert slurm.getvalue().splitlines()[-1].startswith("wall time on SLURM: the longest job about ")
 
 
 def test_demo_grid_we_evolves_conv_filters_and_bn_units_after_every_epoch(tmp_path: Path) -> None:

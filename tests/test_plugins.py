@@ -198,7 +198,7 @@ def test_a_new_method_is_one_module_and_one_registration(tmp_path, toy_method):
     class InProcess:
         name = "local"
 
-        def submit(self, chosen, grid_dir):
+        def submit(self, chosen, grid_dir, jobs=None):
             for cell in chosen:
                 train_main(resolve(make_config(cell.config)))
             return [{"job_id": f"inproc-{i}", "executor": "inproc", "time": "2026-01-01T00:00:00+00:00"}

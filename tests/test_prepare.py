@@ -214,7 +214,7 @@ class Recorder:
     def __init__(self):
         self.cells = []
 
-    def submit(self, cells, grid_dir):
+    def submit(self, cells, grid_dir, jobs=None):
         self.cells += list(cells)
         return [{"job_id": f"rec-{i}", "executor": "recorder", "time": "2026-01-01T00:00:00+00:00"}
                 for i, _ in enumerate(cells)]
