@@ -22,6 +22,7 @@ from we.core.hparams import HPARAMS, PAPER_STEP_DEFAULTS, PAPER_STEP_IMAGENET, n
 from we.core.paper_step import evolve
 from we.core.rate import selection_rate
 from we.core.reference import evolve_reference
+from we.core.units import LAYOUT_CACHE_SIZE, pool_layout
 from we.methods.we import WEMethod, we_hparams
 from we.train.config import load_config
 
@@ -557,6 +558,8 @@ def test_step_off_the_cpu_never_reads_device_data_nor_copies_to_it(variant, kwar
                 self.ops.append(str(func))
             return out
 
+    for rows in range(1, LAYOUT_CACHE_SIZE):  # a full cache (other models' layouts) must not evict this step's
+        pool_layout([torch.empty(rows, 1, 3, 3)], [1])
     model = models.create("resnet20", num_classes=10).to("meta")
     evolution = WeightEvolution(model, variant=variant, **kwargs)
     evolution.step(30, sync=False)

@@ -9,6 +9,7 @@ matching share, and the per-kind counts of evolved units.
 from __future__ import annotations
 
 import itertools
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -78,7 +79,8 @@ def filter_importance(weight: Tensor, average: bool = True) -> Tensor:
     return l1 / weight.shape[1] if average else l1
 
 
-_LAYOUTS: dict[tuple[Any, ...], Layout] = {}
+_LAYOUTS: OrderedDict[tuple[Any, ...], Layout] = OrderedDict()
+LAYOUT_CACHE_SIZE = 64  # layouts kept, least recently used dropped first: a step's own layouts stay
 
 
 def pool_layout(tensors: Sequence[Tensor], groups: Sequence[int]) -> Layout:
@@ -86,6 +88,7 @@ def pool_layout(tensors: Sequence[Tensor], groups: Sequence[int]) -> Layout:
     device, dtype = tensors[0].device, tensors[0].dtype
     key = (device, dtype, tuple(tuple(t.shape) for t in tensors), tuple(groups))
     if key in _LAYOUTS:
+        _LAYOUTS.move_to_end(key)
         return _LAYOUTS[key]
 
     def repeat(values: Iterable[int], counts: Sequence[int]) -> Tensor:
@@ -113,9 +116,9 @@ def pool_layout(tensors: Sequence[Tensor], groups: Sequence[int]) -> Layout:
         divisor=repeat((t.shape[1] if t.dim() > 1 else 1 for t in tensors), sizes).to(dtype),
         classes=classes, class_units=tuple(u.to(device) for u in class_units),
         class_row=class_row.to(device))
-    if len(_LAYOUTS) >= 64:
-        _LAYOUTS.clear()
     _LAYOUTS[key] = layout
+    while len(_LAYOUTS) > LAYOUT_CACHE_SIZE:
+        _LAYOUTS.popitem(last=False)
     return layout
 
 
