@@ -214,6 +214,36 @@ def test_planner_uses_the_measured_seed_array_rates(tmp_path):
     assert rate == pytest.approx(models.model_info("resnet20").images_per_s / 2) and "DEFAULT_ARRAY_SPEEDUP" in source
 
 
+def test_plan_costs_an_array_job_at_the_measured_rates_of_its_device_kind(tmp_path):
+    """Three ResNet-20 digits seeds, 2 epochs of 1437 images (2874 per seed): as one array on the CPU whose
+    table measured 45 images/s per seed at K = 3 (see above), 2874 / 45 s + one CELL_OVERHEAD_S, and
+    2874 / 45 / 3600 device-hours; on a GPU no bench measured: three solo runs' training at the zoo's
+    default images/s, plus one overhead. A solo job is its solo run either way."""
+    import yaml
+
+    from we.grid.cost import CELL_OVERHEAD_S, array_cost, load_cpu_throughput, load_throughput, wall_seconds
+    from we.grid.identity import resolve_cells
+    from we.grid.plan import jobs_cost
+    from we.grid.schema import load_grid
+
+    (tmp_path / "cpu.json").write_text(json.dumps({"rows": [{"model": "resnet20", "train_img_s": 7.0}],
+                                                   "arrays": {"rows": ARRAY_ROWS}}))
+    grid_path = tmp_path / "g.yaml"
+    grid_path.write_text(yaml.safe_dump({"name": "g", "seeds": [0, 1, 2], "axes": {"method": ["baseline"]},
+                                         "base": {"dataset": "digits", "model": "resnet20", "epochs": 2}}))
+    cells = resolve_cells(load_grid(grid_path), tmp_path / "runs")
+    cpu, gpu = load_cpu_throughput(tmp_path), load_throughput(tmp_path)
+    seconds, hours, source = array_cost(cells, cpu)
+    assert seconds == pytest.approx(2874 / 45 + CELL_OVERHEAD_S) and hours == pytest.approx(2874 / 45 / 3600)
+    assert "cpu.json seed-array table (K = 1, 2, 5)" in source
+    assert jobs_cost([cells], cpu) == ((seconds, hours), source)
+    default = models.model_info("resnet20").images_per_s
+    seconds, hours, source = array_cost(cells, gpu)
+    assert seconds == pytest.approx(3 * 2874 / default + CELL_OVERHEAD_S) and hours == pytest.approx(3 * 2874 / default / 3600)
+    assert "no cuda bench measured resnet20's seed arrays" in source
+    assert array_cost(cells[:1], cpu)[0] == pytest.approx(wall_seconds(cells[0], cpu)) == 2874 / 7.0 + CELL_OVERHEAD_S
+
+
 def test_planner_reads_the_newest_gpu_bench_but_not_an_accuracy_report(tmp_path):
     import os
 

@@ -59,8 +59,8 @@ def parse_array_option(raw: str | None) -> int | None:
         raise InputError("--array", "array", str(err)) from None
 
 
-NO_GPU = ("no GPU for the job: on a small CPU a seed array is not faster than its solo runs (the same arithmetic, "
-          "plus stacking)")
+NO_GPU = ("no GPU for the job: on a CPU a seed array is slower than its solo runs (the same arithmetic, plus "
+          "stacking; results/bench/cpu.md's seed-array table)")
 
 
 def array_size(option: int | None, profile_value: int | None, gpus: int) -> tuple[int | None, str]:

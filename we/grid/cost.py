@@ -54,8 +54,12 @@ def default_images_per_s(model: str) -> float:
 
 @dataclass
 class Throughput:
+    """One device kind's training images/s per (model, dataset), where they come from, and the bench folder
+    whose seed-array table (if any) gives that kind's array rates (`array_cost`)."""
     images_per_s: dict[tuple[str, str], float]
     source: str
+    device_kind: str = "cuda"
+    bench_dir: Path | None = None
 
     def lookup(self, model: str, dataset: str) -> tuple[float, str]:
         for key in ((model, dataset), (model, "")):
@@ -95,11 +99,11 @@ def load_throughput(bench_dir: Path | None = None) -> Throughput:
     # GPU-hours: a CPU measurement (results/bench/cpu.json) says nothing about a GPU's throughput
     newest = bench_file("cuda", bench_dir)
     if newest is None:
-        return Throughput({}, DEFAULT_SOURCE)
+        return Throughput({}, DEFAULT_SOURCE, "cuda", bench_dir)
     try:
         data = json.loads(newest.read_text())
     except (OSError, json.JSONDecodeError):
-        return Throughput({}, f"{DEFAULT_SOURCE}; {display_path(newest)} unreadable")
+        return Throughput({}, f"{DEFAULT_SOURCE}; {display_path(newest)} unreadable", "cuda", bench_dir)
     table: dict[tuple[str, str], float] = {}
     ranked = sorted(_bench_entries(data), key=lambda e: e.get("method", "baseline") == "baseline")
     for entry in ranked:  # baseline entries come last and win
@@ -110,7 +114,7 @@ def load_throughput(bench_dir: Path | None = None) -> Throughput:
         table[(entry["model"], str(entry.get("dataset", "")))] = float(ips)
         table.setdefault((entry["model"], ""), float(ips))
     device = data.get("header", {}).get("device") if isinstance(data, dict) else None
-    return Throughput(table, display_path(newest) + (f" ({device})" if device else ""))
+    return Throughput(table, display_path(newest) + (f" ({device})" if device else ""), "cuda", bench_dir)
 
 
 def load_cpu_throughput(bench_dir: Path | None = None) -> Throughput | None:
@@ -126,7 +130,8 @@ def load_cpu_throughput(bench_dir: Path | None = None) -> Throughput | None:
     header = data.get("header", {}) if isinstance(data, dict) else {}
     cores = (header.get("hardware") or {}).get("cpu_count")
     where = ", ".join(str(v) for v in (f"{cores} cores" if cores else None, header.get("date")) if v)
-    return Throughput(table, display_path(path) + (f" ({where})" if where else "")) if table else None
+    source = display_path(path) + (f" ({where})" if where else "")
+    return Throughput(table, source, "cpu", bench_dir) if table else None
 
 
 def wall_seconds(cell: Cell, throughput: Throughput) -> float:
@@ -174,11 +179,18 @@ def cost_source(method: str) -> str:
 
 def array_cost(cells: list[Cell], throughput: Throughput) -> tuple[float, float, str]:
     """(wall seconds, GPU-hours, where its per-seed images/s come from) of one job training `cells` (one
-    config's seeds) as one seed array on one device of `throughput`; one cell: its solo run. Each seed is
-    taken to train at its solo images/s (no bench measures arrays yet), so an array saves CELL_OVERHEAD_S
-    per seed but the first, and its GPU-hours are the device's time, shared by its seeds."""
-    training = sum(wall_seconds(c, throughput) - CELL_OVERHEAD_S for c in cells)
-    return training + CELL_OVERHEAD_S, training / 3600.0, "each seed at its solo images/s: no bench measures arrays yet"
+    config's seeds) as one seed array on one device of `throughput`; one cell: its solo run. Where that device
+    kind's bench measured the model's seed arrays, `cell_array_seconds` (the measured per-seed images/s at
+    K = len(cells)); else each seed at its solo images/s (DEFAULT_ARRAY_SPEEDUP), so an array saves only
+    CELL_OVERHEAD_S per seed but the first. The GPU-hours are the device's time, shared by the seeds."""
+    model, k = cells[0].config["model"], len(cells)
+    path = bench_file(throughput.device_kind, throughput.bench_dir) if k > 1 else None
+    if path is not None and measured_array_rates(model, path)[0]:
+        seconds, source = cell_array_seconds(cells[0], k, throughput.device_kind, throughput.bench_dir)
+        return seconds, (seconds - CELL_OVERHEAD_S) / 3600.0, source
+    training = sum(wall_seconds(c, throughput) - CELL_OVERHEAD_S for c in cells) / DEFAULT_ARRAY_SPEEDUP
+    return (training + CELL_OVERHEAD_S, training / 3600.0,
+            f"each seed at its solo images/s: no {throughput.device_kind} bench measured {model}'s seed arrays")
 
 
 # ---- seed arrays: a cell's time when K seeds of it train as one array (we.train.array_run) ----------------
