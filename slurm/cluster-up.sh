@@ -36,7 +36,7 @@ probe_munge() { timeout 5 munge -n 2>/dev/null | timeout 5 unmunge >/dev/null 2>
 probe_mysql() { timeout 5 mysqladmin --socket="$MYSOCK" ping >/dev/null 2>&1; }
 probe_dbd()   { timeout 5 sacctmgr -n -P show cluster format=cluster >/dev/null 2>&1; }
 probe_ctld()  { [[ "$(timeout 5 scontrol ping 2>/dev/null)" == *"is UP"* ]]; }
-probe_node()  { [[ "$(timeout 5 sinfo -h -o %T 2>/dev/null)" =~ ^(idle|mixed|allocated|completing)$ ]]; }
+probe_node()  { [[ "$(timeout 5 sinfo -h -o %T 2>/dev/null)" =~ ^(idle|mixed|allocated|completing|planned)$ ]]; }
 
 wait_for() { # wait_for WHAT LOG PROBE [PIDFILE NAME]: retry PROBE until it passes or the
   # deadline hits; give up at once if the daemon wrote its pid file and then died

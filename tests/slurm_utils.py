@@ -19,10 +19,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 DEFAULT_STATE = "/tmp/we-repro-slurm"
+CI_PROFILE = Path(__file__).resolve().parents[1] / "slurm" / "ci.yaml"
 PROBE_TIMEOUT_S = 5
-_READY = re.compile(r"^(idle|mixed|allocated|completing)$", re.M)
+_READY = re.compile(r"^(idle|mixed|allocated|completing|planned)$", re.M)  # planned: held for a pending job
 _last_reason = "not checked yet"
 
 
@@ -72,7 +74,7 @@ def cluster_available() -> bool:
     states = _run("sinfo", "-h", "-o", "%T")
     if not states or not _READY.search(states):
         shown = (states or "").strip()
-        _last_reason = f"no usable (idle/mixed/allocated/completing) node in sinfo: {shown!r}"
+        _last_reason = f"no usable (idle/mixed/allocated/completing/planned) node in sinfo: {shown!r}"
         return False
     _last_reason = "ok"
     return True
@@ -95,3 +97,15 @@ def slurm_cluster() -> Path:
     conf = slurm_conf_path()
     assert conf is not None
     return conf
+
+
+def cancel_test_jobs() -> list[str]:
+    """scancel the jobs still queued or running whose name starts with the test profile's job name (a test
+    that failed midway leaves its grid's jobs behind, and they would slow every later test); the ids."""
+    prefix = yaml.safe_load(CI_PROFILE.read_text())["job_name"] + "-"  # a grid's jobs: <job_name>-<grid>
+    out = _run("squeue", "--noheader", "--format", "%A %j") if cluster_available() else None
+    ids = [line.split()[0] for line in (out or "").splitlines() if line.split()[1:2] and
+           line.split()[1].startswith(prefix)]
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
+    return ids

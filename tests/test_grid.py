@@ -233,22 +233,38 @@ def test_state_detection(tmp_path: Path):
     assert assess([live_job], tmp_path / "runs")[0].state == "failed"
 
 
-@pytest.mark.parametrize("sacct, state, note", [
-    ("echo 'sacct: error: Problem talking to the database' >&2; exit 1", "unknown", "cannot query slurm 4242_0"),
-    ("printf 'JobID|State\\n4242_0|RUNNING\\n'", "running", "slurm 4242_0"),
-    ("printf 'JobID|State\\n4242_0|PENDING\\n'", "queued", "slurm 4242_0 (PENDING)"),
-    ("printf 'JobID|State|Reason\\n4242_0|PENDING|Priority\\n'", "queued", "slurm 4242_0 (PENDING: Priority)"),
-    ("printf 'JobID|State\\n4242_0|TIMEOUT\\n'", "failed", "slurm 4242_0 ended"),
-    ("printf 'JobID|State\\n4242_0|CANCELLED by 1000\\n'", "todo",
+NO_CONTROLLER = "echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1"
+
+
+@pytest.mark.parametrize("sacct, squeue, state, note", [
+    ("echo 'sacct: error: Problem talking to the database' >&2; exit 1", NO_CONTROLLER, "unknown",
+     "cannot query slurm 4242_0"),
+    ("printf 'JobID|State\\n4242_0|RUNNING\\n'", NO_CONTROLLER, "running", "slurm 4242_0"),
+    ("printf 'JobID|State\\n4242_0|PENDING\\n'", NO_CONTROLLER, "queued", "slurm 4242_0 (PENDING)"),
+    ("printf 'JobID|State|Reason\\n4242_0|PENDING|Priority\\n'", NO_CONTROLLER, "queued",
+     "slurm 4242_0 (PENDING: Priority)"),
+    ("printf 'JobID|State\\n4242_0|TIMEOUT\\n'", NO_CONTROLLER, "failed", "slurm 4242_0 ended"),
+    ("printf 'JobID|State\\n4242_0|CANCELLED by 1000\\n'", NO_CONTROLLER, "todo",
+     "slurm 4242_0 cancelled (CANCELLED by 1000) before it started; submit starts it"),
+    # accounting lags the controller: a task that started is still PENDING (or absent) in sacct
+    ("printf 'JobID|State|Reason\\n4242_0|PENDING|None\\n'", "echo '4242_0|RUNNING|None'", "running",
+     "slurm 4242_0"),
+    ("printf 'JobID|State\\n'", "echo '4242_1|RUNNING|None'; echo '4242_0|PENDING|JobArrayTaskLimit'", "queued",
+     "slurm 4242_0 (PENDING: JobArrayTaskLimit)"),
+    # once accounting says a job ended, it is first (the controller says COMPLETING while its processes exit)
+    ("printf 'JobID|State\\n4242_0|CANCELLED by 1000\\n'", "echo '4242_0|COMPLETING|None'", "todo",
      "slurm 4242_0 cancelled (CANCELLED by 1000) before it started; submit starts it"),
 ])
-def test_slurm_job_state_from_accounting(tmp_path: Path, monkeypatch, sacct: str, state: str, note: str):
-    """A submitted cell without a result: its state is whatever sacct (a stand-in on PATH) says,
-    and unknown when accounting does not answer; a cancelled job that never trained stays todo."""
+def test_slurm_job_state_from_accounting(tmp_path: Path, monkeypatch, sacct: str, squeue: str, state: str,
+                                         note: str):
+    """A submitted cell without a result: its state is whatever sacct (a stand-in on PATH) says, unless
+    sacct still has it queued while the controller (a squeue stand-in) says otherwise; unknown when
+    accounting does not answer; a cancelled job that never trained stays todo."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "sacct").write_text(f"#!/bin/sh\n{sacct}\n")
-    (bin_dir / "sacct").chmod(0o755)
+    for name, script in (("sacct", sacct), ("squeue", squeue)):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{script}\n")
+        (bin_dir / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     grid = load_grid(write_grid(tmp_path, axes={"method": ["baseline"]}, seeds=[0]))
     (cell,) = resolve_cells(grid, tmp_path / "runs")

@@ -1,6 +1,6 @@
 """Whether a grid's jobs are still live, and queued or running: local runner processes (pid and start time
-on this host) and SLURM jobs (sacct). The grid's state reads it; the report, which reads run folders only,
-never does.
+on this host) and SLURM jobs (sacct, and squeue where accounting lags). The grid's state reads it; the
+report, which reads run folders only, never does.
 """
 from __future__ import annotations
 
@@ -60,23 +60,48 @@ def local_active(record: dict[str, Any]) -> bool | None:
     return False
 
 
-def _sacct_states(job_ids: Sequence[str]) -> dict[str, tuple[str, str]] | None:
+def _sacct_states(bases: Sequence[str]) -> dict[str, tuple[str, str]] | None:
     """sacct's (State, Reason) per job id (array tasks as `A_i`), e.g. ("CANCELLED by 1000", "None"); None when
     sacct cannot be asked."""
     from submitit.slurm.slurm import SlurmInfoWatcher
 
-    bases = sorted({j.split("_")[0] for j in job_ids})
     cmd = ["sacct", "-o", "JobID,State,Reason", "--parsable2"]
     for base in bases:
         cmd += ["-j", base]
+    out = _ask(cmd)
+    return None if out is None else {job: (stats.get("State", ""), stats.get("Reason", ""))
+                                     for job, stats in SlurmInfoWatcher().read_info(out).items()}
+
+
+def _squeue_states(bases: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """The controller's (State, Reason) of each job it still holds, one line per array task; empty when
+    squeue cannot be asked. Accounting can lag the controller: on a new cluster sacct was seen to say
+    PENDING for a task that had trained an epoch."""
+    out = _ask(["squeue", "--noheader", "--array", "--format", "%i|%T|%r", "--jobs", ",".join(bases)])
+    lines = [line.split("|") for line in (out or "").splitlines()]
+    return {f[0].strip(): (f[1].strip(), f[2].strip()) for f in lines if len(f) == 3}
+
+
+def _ask(cmd: list[str]) -> str | None:
+    """A SLURM command's stdout; None when it cannot be run or fails."""
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    if res.returncode != 0:
+    return res.stdout if res.returncode == 0 else None
+
+
+def _slurm_states(job_ids: Sequence[str]) -> dict[str, tuple[str, str]] | None:
+    """(State, Reason) per job id: accounting's, except where it still has a job queued (or not yet) that the
+    controller holds: the controller's. (Once a job ends, accounting is first: a cancelled job is CANCELLED
+    there while the controller still says COMPLETING.) None when sacct cannot be asked."""
+    bases = sorted({j.split("_")[0] for j in job_ids})
+    states = _sacct_states(bases)
+    if states is None:
         return None
-    info = SlurmInfoWatcher().read_info(res.stdout)
-    return {job: (stats.get("State", ""), stats.get("Reason", "")) for job, stats in info.items()}
+    lagging = {job: state for job, state in _squeue_states(bases).items()
+               if job not in states or states[job][0].split(" ")[0] in SLURM_QUEUED_STATES}
+    return {**states, **lagging}
 
 
 def _age_s(record: dict[str, Any]) -> float:
@@ -87,9 +112,9 @@ def _age_s(record: dict[str, Any]) -> float:
 
 
 def slurm_jobs(records: Sequence[dict[str, Any]]) -> dict[str, Job]:
-    """For each SLURM record's job_id, its Job from sacct (a job sacct does not list yet counts as queued
+    """For each SLURM record's job_id, its Job from squeue or sacct (a job neither lists yet counts as queued
     for SACCT_GRACE_S after its submission; alive None when sacct cannot be asked)."""
-    states = _sacct_states([r["job_id"] for r in records])
+    states = _slurm_states([r["job_id"] for r in records])
     out: dict[str, Job] = {}
     for rec in records:
         if states is None:
