@@ -163,9 +163,10 @@ def pool_scores(pool: Pool, kind: str, flavour: str) -> Tensor:
     return pool.importance
 
 
-def evolve_authors_step(model: nn.Module, rates: Mapping[str, float], *, lab: float = 0.1,
-                    ln_c: float = 2, flavour: str = "cifar", conv: bool = True, bn: bool = True,
-                    counters: dict[str, Tensor] | None = None, sync: bool = True) -> dict[str, int]:
+def evolve_authors_step(model: nn.Module, rates: Mapping[str, float], *, lab: float = AUTHORS_STEP_DEFAULTS["lab"],
+                        ln_c: float = AUTHORS_STEP_DEFAULTS["ln_c"], flavour: str = AUTHORS_STEP_DEFAULTS["flavour"],
+                        conv: bool = SWITCHES["conv"], bn: bool = SWITCHES["bn"],
+                        counters: dict[str, Tensor] | None = None, sync: bool = True) -> dict[str, int]:
     """One step of the script in place; returns the number of evolved units per kind
     (as device tensors with sync=False, so that the step never waits for the device).
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from we.core.checks import Alpha
+from we.core.hparams import PAPER_STEP_DEFAULTS as D
 from we.core.units import Pool
 
 
@@ -33,11 +34,12 @@ def mix(inf: Tensor, dom: Tensor, alpha: Alpha, inf_size: Tensor, dom_size: Tens
 
 
 def unit_slices(tensor: Tensor) -> Tensor:
-    """`tensor` as (units, slices, genes): a conv filter has one slice per input channel."""
+    """`tensor` as (units, slices, genes): a conv filter has one slice per input channel, a scalar unit
+    (a bias, a BatchNorm weight) one slice of one gene."""
     return tensor.reshape(tensor.shape[0], tensor.shape[1] if tensor.dim() > 1 else 1, -1)
 
 
-def crossover(inf: Tensor, dom: Tensor, alpha: Alpha = "adaptive", level: str = "element") -> Tensor:
+def crossover(inf: Tensor, dom: Tensor, alpha: Alpha = D["alpha"], level: str = D["level"]) -> Tensor:
     """Evolved copies of the inferior units `inf`, unit i crossed with unit i of `dom`.
 
     Both are (units, slices, genes) (see unit_slices). element: in every slice, the weakest gene
@@ -93,13 +95,11 @@ def cross_class(pool: Pool, layers: Sequence[int], units: Tensor, partner: Tenso
     """Crossover of a whole class of same-shaped layers, kept where a unit is not evolved."""
     layout, tensors = pool.layout, [pool.tensors[i] for i in layers]
     sizes = [layout.sizes[i] for i in layers]
-    scalars = tensors[0].dim() == 1
-    stack = torch.cat(tensors).view(-1, 1, 1) if scalars else torch.cat([unit_slices(t) for t in tensors])
+    stack = torch.cat([unit_slices(t) for t in tensors])
     dom = stack.index_select(0, layout.class_row.index_select(0, partner.index_select(0, units)))
     keep = ~evolved.index_select(0, units).view(-1, 1, 1)
     new = torch.where(keep, stack, cross(stack, dom))
-    parts = new.view(-1).split(sizes) if scalars else [p.view(t.shape) for p, t in zip(new.split(sizes), tensors)]
-    torch._foreach_copy_(tensors, list(parts))
+    torch._foreach_copy_(tensors, [p.view(t.shape) for p, t in zip(new.split(sizes), tensors)])
 
 
 def cross_rows(pool: Pool, layers: Sequence[int], partner: Tensor, evolved: Tensor, rule: Rule) -> None:

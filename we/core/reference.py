@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 KINDS = ("conv_weight", "conv_bias", "bn_weight", "bn_bias")
+CHOICES = {"matching": ("forward", "reverse"), "selection": ("global+local", "global", "local"),
+           "level": ("element", "filter")}
 
 
 def _layers(model: nn.Module, conv: bool, bn: bool) -> dict[str, list[tuple[torch.Tensor, list[float], int]]]:
@@ -43,6 +45,10 @@ def evolve_reference(model: nn.Module, rate: float, *, gamma: float = 0.05,
                      selection: str = "global+local", alpha: float | str = "adaptive",
                      level: str = "element") -> dict[str, int]:
     """One paper step in place, with Python loops; returns evolved units per kind."""
+    given = {"matching": matching, "selection": selection, "level": level}
+    unknown = {key: value for key, value in given.items() if value not in CHOICES[key]}
+    if unknown:
+        raise ValueError(f"evolve_reference knows no {unknown}")
     counts = {k: 0 for k in KINDS}
     with torch.no_grad():
         for kind, layers in _layers(model, conv, bn).items():

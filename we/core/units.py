@@ -41,7 +41,6 @@ class Layout:
 
     sizes: tuple[int, ...]  # units per layer
     layer_sizes: Tensor  # (L,) units per layer, on the device
-    offsets: tuple[int, ...]  # pool index of each layer's first unit
     layer: Tensor  # (P,) layer of each unit
     layer_start: Tensor  # (P,) pool index of the first unit of that layer
     layer_size: Tensor  # (P,) units in that layer
@@ -108,7 +107,7 @@ def pool_layout(tensors: Sequence[Tensor], groups: Sequence[int]) -> Layout:
     for units in class_units:
         class_row[units] = torch.arange(units.numel())
     layout = Layout(
-        sizes=tuple(sizes), layer_sizes=torch.tensor(sizes, device=device), offsets=tuple(offsets),
+        sizes=tuple(sizes), layer_sizes=torch.tensor(sizes, device=device),
         layer=repeat(range(len(sizes)), sizes), layer_start=repeat(offsets, sizes), layer_size=repeat(sizes, sizes),
         group=repeat(range(len(per_group)), per_group), group_start=repeat(group_first, per_group),
         group_size=repeat(per_group, per_group),
