@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from we.errors import ConfigError, InputError
 from we.keys import excerpt
-from we.grid.schema import Grid, MethodEntry, check_config_value, display_path, strip_config_prefix
+from we.grid.schema import CELL_KEYS, Grid, MethodEntry, check_config_value, display_path, strip_config_prefix
 from we.methods import METHODS, version_keys
 from we.rundir import DEFAULT_RUNS_ROOT, runs_root  # noqa: F401 - the runs-root rule, for the grid's callers
 from we.train.config import (IDENTITY_DEFAULTS, RESULT_NEUTRAL_KEYS, Config, make_config, parse_overrides, resolve,
@@ -147,7 +147,7 @@ def parse_sets(sets: Sequence[str]) -> dict[str, Any]:
     except ConfigError as err:
         raise InputError("--set", "(option)", str(err)) from None
     for key, value in values.items():
-        if key in ("out", "seed", "method"):
+        if key in (*CELL_KEYS, "method"):
             raise InputError("--set", key, "set by the grid (run folder, seeds, method axis)")
         check_config_value("--set", key, key, value)
     return values

@@ -138,10 +138,13 @@ def load_grid(ref: str | Path) -> Grid:
     return Grid(data["name"], path, data["description"], base, axes, exclude, list(seeds), resources, True)
 
 
+CELL_KEYS: tuple[str, ...] = ("out", "seed")  # the grid sets them per cell: its run folder and `seeds`
+
+
 def _checked_base(file: str, base: dict[str, Any]) -> dict[str, Any]:
     """`base`: config keys for every cell; the grid sets out, seed and method itself."""
     for key, value in base.items():
-        if key in ("out", "seed"):
+        if key in CELL_KEYS:
             raise InputError(file, f"base.{key}", "set by the grid (run folder and `seeds`), not in base")
         if key == "method":
             raise InputError(file, "base.method", "use the `method` axis (paper method labels)")
@@ -268,7 +271,7 @@ def _method_axis(file: str, values: list[Any]) -> list[MethodEntry]:
         if not isinstance(overrides, dict):
             raise InputError(file, f"{where}.overrides", f"expected a mapping of config keys, got {excerpt(overrides)}")
         for key, v in overrides.items():
-            if key in ("out", "seed"):
+            if key in CELL_KEYS:
                 raise InputError(file, f"{where}.overrides.{key}", "set by the grid, not by a method")
             check_config_value(file, f"{where}.overrides.{key}", key, v)
         preset = presets.get(label, {})
