@@ -29,7 +29,7 @@ help:
 	@echo "variables: EXECUTOR=local|slurm (reproduce-*: required; without it they print the plan and stop),"
 	@echo "  PROFILE=slurm/NAME.yaml (default slurm/default.yaml), WAIT=1 (block until done),"
 	@echo "  ALLOW_CPU_MARATHON=1 (EXECUTOR=local without a GPU: start long grids anyway)"
-	@echo "make mutation: mutation testing of we/core and we/methods (mutmut, about an hour on 2 cores; docs/testing.md)"
+	@echo "make mutation: mutation testing of we/core and we/methods (mutmut, well under an hour on 2 cores; docs/testing.md)"
 	@echo "watch and stop a grid: .venv/bin/we-grid status GRID (epoch, top-1, ETA per running cell); .venv/bin/we-grid cancel GRID"
 
 install: $(VENV)/.install.stamp

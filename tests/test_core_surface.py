@@ -56,6 +56,14 @@ def test_filter_importance_is_eq1_mean_absolute_weight_over_input_channels():
     assert torch.equal(filter_importance(weight, average=False), torch.tensor([8.0, 9.0]))
 
 
+def test_the_element_crossover_of_two_gene_slices_moves_only_the_weakest_gene():
+    """Eqs. 5-6 on a 1x2 kernel: in the inferior slice (1, -4) the weakest gene is 1, the partner's (3, 0.5)
+    strongest is 3; alpha = 1 / (1 + 3) = 0.25, so 1 becomes 0.25 * 1 + 0.75 * 3 = 2.5 and -4 stays."""
+    inf, dom = torch.tensor([[[1.0, -4.0]]]), torch.tensor([[[3.0, 0.5]]])
+    assert torch.equal(crossover(inf, dom), torch.tensor([[[2.5, -4.0]]]))
+    assert torch.equal(crossover(inf, dom, alpha=0.5), torch.tensor([[[2.0, -4.0]]]))
+
+
 def spread_net(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2),
