@@ -1,6 +1,7 @@
 """Data before jobs: CIFAR fetched once under a file lock from a loopback HTTP server serving a
 real-format archive built here (torchvision's URL and checksums patched inside the test only),
 ImageNet's class folders checked, and a grid whose data is missing submits nothing."""
+import gzip
 import hashlib
 import http.server
 import io
@@ -20,7 +21,9 @@ import yaml
 
 from we.errors import DatasetNotFoundError
 from we.grid.cli import main
+from we.train import fashion_mnist
 from we.train.dataset_fetch import prepare_dataset
+from we.train.datasets import DATASET_SPECS
 
 REPO = Path(__file__).resolve().parent.parent
 PER_BATCH = 10
@@ -252,3 +255,28 @@ def test_prepared_cells_run_with_download_off(tmp_path: Path, served, monkeypatc
     for cell in executor.cells:
         stored = json.loads((cell.run_dir / "cell.json").read_text())["config"]
         assert stored["download"] is False and stored["data_dir"] == str(tmp_path / "data")
+
+
+@pytest.mark.parametrize("name", sorted(DATASET_SPECS))
+def test_every_registered_dataset_can_be_prepared(name: str, tmp_path: Path, monkeypatch):
+    """`prepare` (and so `submit`) knows every dataset of the registry: an empty data folder with download off
+    is ready (digits) or one line naming what is missing, never `unknown`."""
+    monkeypatch.setattr(fashion_mnist, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "no-system-copy")
+    try:
+        line = prepare_dataset(name, tmp_path / "data", download=False)
+    except DatasetNotFoundError as err:
+        line = str(err)
+    assert "unknown" not in line and "\n" not in line, line
+
+
+def test_fashion_mnist_is_prepared_from_the_idx_gz_files(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(fashion_mnist, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "no-system-copy")
+    src = tmp_path / "data" / "fashion-mnist"
+    src.mkdir(parents=True)
+    for i, name in enumerate(fashion_mnist.IDX_FILES):
+        with gzip.open(src / f"{name}.gz", "wb") as f:
+            f.write(bytes([i]) * 16)
+    line = prepare_dataset("fashion_mnist", tmp_path / "data", download=False)
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    assert line == f"fashion_mnist: the 4 idx files in {raw}"
+    assert [(raw / n).read_bytes() for n in fashion_mnist.IDX_FILES] == [bytes([i]) * 16 for i in range(4)]

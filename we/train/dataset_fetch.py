@@ -3,9 +3,11 @@
 CIFAR-10/100: verified with torchvision's own checks (the md5 of every batch file); when a file is
 missing or corrupt and `download` is on, the archive is fetched once, under a file lock in the data
 folder (`<data_dir>/.<dataset>.lock`), so concurrent prepares and submits never download twice or
-read half-extracted files; then verified again. ImageNet: `train/` and `val/` must hold the same
-class folders of every ImageNet class. digits: built in (scikit-learn), nothing to do. A dataset that is not ready
-raises DatasetNotFoundError with one line naming the dataset and the folder.
+read half-extracted files; then verified again. Fashion-MNIST: its four idx files, decompressed into
+`<data_dir>/FashionMNIST/raw/` from the `.gz` files found offline, else downloaded (we.train.fashion_mnist).
+ImageNet: `train/` and `val/` must hold the same class folders of every ImageNet class. digits: built in
+(scikit-learn), nothing to do. A dataset that is not ready raises DatasetNotFoundError with one line
+naming the dataset and the folder.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from filelock import FileLock
 
 from we.errors import DatasetNotFoundError
 from we.train.datasets import DATASET_SPECS
+from we.train.fashion_mnist import fashion_mnist_raw_folder
 
 IMAGENET_CLASSES = DATASET_SPECS["imagenet"].num_classes
 LOCK_TIMEOUT_S = 3600.0  # a download of CIFAR over a slow link
@@ -94,4 +97,6 @@ def prepare_dataset(name: str, data_dir: str | Path, download: bool = True) -> s
         return _prepare_cifar(name, root, download)
     if name == "imagenet":
         return _prepare_imagenet(root)
+    if name == "fashion_mnist":
+        return f"fashion_mnist: the 4 idx files in {fashion_mnist_raw_folder(root, download)}"
     raise DatasetNotFoundError(f"dataset {name}: unknown")
