@@ -99,13 +99,17 @@ def slurm_cluster() -> Path:
     return conf
 
 
+def grid_job_name(grid: str) -> str:
+    """The SLURM job name of a grid submitted with the test profile (slurm/ci.yaml): <job_name>-<grid>."""
+    return f"{yaml.safe_load(CI_PROFILE.read_text())['job_name']}-{grid}"
+
+
 def cancel_test_jobs() -> list[str]:
-    """scancel the jobs still queued or running whose name starts with the test profile's job name (a test
-    that failed midway leaves its grid's jobs behind, and they would slow every later test); the ids."""
-    prefix = yaml.safe_load(CI_PROFILE.read_text())["job_name"] + "-"  # a grid's jobs: <job_name>-<grid>
+    """scancel the jobs still queued or running whose name is a test profile's grid job (a test that failed
+    midway leaves its grid's jobs behind, and they would slow every later test); the ids."""
     out = _run("squeue", "--noheader", "--format", "%A %j") if cluster_available() else None
-    ids = [line.split()[0] for line in (out or "").splitlines() if line.split()[1:2] and
-           line.split()[1].startswith(prefix)]
+    jobs = [line.split(maxsplit=1) for line in (out or "").splitlines()]
+    ids = [job[0] for job in jobs if len(job) == 2 and job[1].startswith(grid_job_name(""))]
     if ids:
         subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
     return ids

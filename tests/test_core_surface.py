@@ -11,6 +11,8 @@ from torch import nn
 from torch.nn.utils import parametrizations, parametrize
 
 from we.core import HPARAMS, WeightEvolution, evolve, evolve_authors_step, evolve_reference, gather_units
+from we.core import reference
+from we.core.checks import LEVELS, MATCHINGS, SELECTIONS
 from we.core.crossover import crossover
 from we.core.hook import paper_step_hparams
 from we.core.layers import model_sources
@@ -43,6 +45,11 @@ def test_the_oracle_refuses_a_choice_it_does_not_know(key, value):
     with pytest.raises(ValueError) as err:
         evolve_reference(spread_net(), 0.5, **{key: value})
     assert str(err.value) == f"evolve_reference knows no {{'{key}': '{value}'}}"
+
+
+def test_the_oracle_knows_the_choices_the_core_checks():
+    """The oracle shares no code with the core, so its own list of choices is held to the core's here."""
+    assert reference.CHOICES == {"matching": MATCHINGS, "selection": SELECTIONS, "level": LEVELS}
 
 
 def test_the_hparam_table_holds_the_papers_step_settings():

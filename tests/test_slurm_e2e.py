@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from slurm_utils import require_slurm  # noqa: E402
+from slurm_utils import grid_job_name, require_slurm  # noqa: E402
 
 from we.grid.__main__ import main  # noqa: E402  (python -m we.grid, with collect)
 from we.grid.identity import resolve_cells  # noqa: E402
@@ -172,7 +172,7 @@ def test_missing_data_submits_nothing(tmp_path: Path, capsys, monkeypatch):
     assert err.startswith(f"error: dataset cifar10 missing in {data / 'cifar-10-batches-py'} and the download "
                           "from http://127.0.0.1:9/"), err
     assert not runs.exists() and not data.joinpath("cifar-10-batches-py").exists()
-    job_name = f"we-ci-{name}"
+    job_name = grid_job_name(name)
     queued = subprocess.run(["squeue", "-h", "-n", job_name], capture_output=True, text=True, timeout=30)
     accounted = subprocess.run(["sacct", "-n", "-X", "--name", job_name, "-S", "now-1hour"], capture_output=True,
                                text=True, timeout=30)

@@ -95,13 +95,14 @@ def _slurm_states(job_ids: Sequence[str]) -> dict[str, tuple[str, str]] | None:
     """(State, Reason) per job id: accounting's, except where it still has a job queued (or not yet) that the
     controller holds: the controller's. (Once a job ends, accounting is first: a cancelled job is CANCELLED
     there while the controller still says COMPLETING.) None when sacct cannot be asked."""
-    bases = sorted({j.split("_")[0] for j in job_ids})
-    states = _sacct_states(bases)
+    states = _sacct_states(sorted({j.split("_")[0] for j in job_ids}))
     if states is None:
         return None
-    lagging = {job: state for job, state in _squeue_states(bases).items()
-               if job not in states or states[job][0].split(" ")[0] in SLURM_QUEUED_STATES}
-    return {**states, **lagging}
+    waiting = {j for j in job_ids if j not in states or states[j][0].split(" ")[0] in SLURM_QUEUED_STATES}
+    if not waiting:  # every job started or ended in accounting: the controller can only agree
+        return states
+    controller = _squeue_states(sorted({j.split("_")[0] for j in waiting}))
+    return {**states, **{job: state for job, state in controller.items() if job in waiting}}
 
 
 def _age_s(record: dict[str, Any]) -> float:
