@@ -154,15 +154,28 @@ def test_a_log_tail_reads_a_bounded_end_of_a_huge_log(tmp_path: Path):
 
 # ---- writers ---------------------------------------------------------------------------------------------------
 def test_stale_temps_of_the_folders_own_writers_are_removed_and_nothing_else(tmp_path: Path):
-    ours = [  # `.<name>.<random>.tmp`: a staged best (.best-epoch12.pt) gets two dots
-        ".last.pt.k2j3h4_x.tmp", ".result.json.abc123.tmp", "..best-epoch12.pt.Zz9.tmp", ".metrics.csv.q.tmp"]
-    theirs = [".notes.txt.abc.tmp", "last.pt.abc.tmp", ".last.pt.tmp", ".last.pt.a b.tmp", "keep.tmp"]
+    ours = [  # `.<name>.<random>.tmp`: a staged best (.best-epoch12.pt) or last.pt (.last-epoch3.pt) gets two dots
+        ".last.pt.k2j3h4_x.tmp", ".result.json.abc123.tmp", "..best-epoch12.pt.Zz9.tmp", ".metrics.csv.q.tmp",
+        "..last-epoch3.pt.a1_B.tmp"]
+    theirs = [".notes.txt.abc.tmp", "last.pt.abc.tmp", ".last.pt.tmp", ".last.pt.a b.tmp", "keep.tmp",
+              ".last-epoch3.pt", "..last-epochX.pt.ab.tmp", "..best-epoch.pt.ab.tmp"]
     for name in ours + theirs:
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / ".config.yaml.link.tmp").symlink_to(tmp_path / "keep.tmp")  # a link is not a writer's temp
     removed = rundir.remove_stale_temps(tmp_path)
     assert sorted(p.name for p in removed) == sorted(ours)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(theirs + [".config.yaml.link.tmp"])
+
+
+def test_staged_epochs_are_the_regular_files_of_the_format(tmp_path: Path):
+    for name in (".last-epoch3.pt", ".last-epoch12.pt", ".best-epoch4.pt", ".last-epoch.pt", "last-epoch5.pt",
+                 ".last-epoch6.pt.tmp", ".last-epoch7.ptx"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / ".last-epoch8.pt").symlink_to(tmp_path / ".last-epoch3.pt")  # no writer makes a link
+    (tmp_path / ".last-epoch9.pt").mkdir()
+    assert rundir.staged_epochs(tmp_path, rundir.STAGED_LAST_FORMAT) == [3, 12]
+    assert rundir.staged_epochs(tmp_path, rundir.STAGED_BEST_FORMAT) == [4]
+    assert rundir.staged_epochs(tmp_path / "absent", rundir.STAGED_LAST_FORMAT) == []
 
 
 class FullDisk:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,8 +20,9 @@ from models import registry
 import we.train.array_run as array_run
 import we.train.pipeline as pipeline
 from we.errors import ConfigError
+from we.grid.arrays import epoch_groups
 from we.grid.worker import run_cells
-from we.rundir import read_checkpoint, read_metrics, read_result, write_cell
+from we.rundir import STAGED_LAST_FORMAT, read_checkpoint, read_metrics, read_result, staged_epochs, write_cell
 from we.train.array_run import train_array
 from we.train.cli import cli
 from we.train.config import load_config, to_dict
@@ -183,6 +185,87 @@ def test_an_interrupted_array_resumes_bitwise(tmp_path, monkeypatch):
     assert [r["status"] for r in resumed] == [r["status"] for r in whole] == ["complete"] * 3
     for seed in SEEDS:
         assert_same_run(tmp_path / "whole" / f"s{seed}", tmp_path / "cut" / f"s{seed}", 0.0, 0.0)
+
+
+class Killed(BaseException):
+    """A kill: nothing of the run's own handling (result.json, the loggers' last words) sees it."""
+
+
+KILL_POINTS = {  # (the write cut short in epoch 2, the member it cuts): the epoch the members then resume after
+    ("stage_last", 0): 1, ("stage_last", 2): 1,  # staging: the array goes back to epoch 1
+    ("commit_last", 0): 2, ("write_metrics", 1): 2, ("commit_last", 2): 2}  # committing: forward to epoch 2
+
+
+def kill_at(monkeypatch, name: str, member: int, epoch: int = 2, members: int = len(SEEDS)) -> None:
+    """The array's `name` write of member `member` in epoch `epoch` kills the process instead."""
+    real, calls = getattr(array_run, name), []
+
+    def write(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == members * (epoch - 1) + member + 1:
+            raise Killed()
+        return real(*args, **kwargs)
+    monkeypatch.setattr(array_run, name, write)
+
+
+_WHOLE: dict[str, Path] = {}
+
+
+@pytest.fixture
+def whole_array(tmp_path_factory, float64):
+    """The uninterrupted we_paper array, trained once per test session."""
+    if "we_paper" not in _WHOLE:
+        root = tmp_path_factory.mktemp("whole")
+        assert [r["status"] for r in train_array(configs(root, "we_paper"))] == ["complete"] * 3
+        _WHOLE["we_paper"] = root
+    return _WHOLE["we_paper"]
+
+
+@pytest.mark.parametrize("name, member", list(KILL_POINTS))
+def test_an_array_killed_while_writing_an_epoch_resumes_as_one_array(name, member, tmp_path, monkeypatch, capsys,
+                                                                    whole_array):
+    """A kill between two members' files (SIGKILL, a requeue's kill after its grace time) leaves the members at
+    one epoch: the grid sends them out as one job, they resume as one array and end bitwise as the whole run."""
+    cut = configs(tmp_path, "we_paper")
+    kill_at(monkeypatch, name, member)
+    with pytest.raises(Killed):
+        train_array(cut)
+    monkeypatch.undo()
+    float64_again(monkeypatch)
+    cells = [SimpleNamespace(run_dir=Path(cfg.out)) for cfg in cut]
+    assert len(epoch_groups(cells, None)) == 1  # as train_array will settle them
+    capsys.readouterr()
+    assert [r["status"] for r in train_array(cut)] == ["complete"] * 3
+    out = capsys.readouterr().out
+    epoch = KILL_POINTS[name, member]
+    for cfg in cut:
+        assert f"{cfg.out}: resuming after epoch {epoch} of 3 (seed array)" in out, out
+        assert [r["epoch"] for r in read_metrics(Path(cfg.out))] == [1, 2, 3]
+        assert staged_epochs(Path(cfg.out), STAGED_LAST_FORMAT) == []
+    for seed in SEEDS:
+        assert_same_run(whole_array / f"s{seed}", tmp_path / f"s{seed}", 0.0, 0.0)
+
+
+def test_a_member_resumed_solo_takes_its_staged_epoch(tmp_path, monkeypatch, capsys, solo_runs):
+    """Cut while staging: the one member whose epoch 2 was staged resumes solo after epoch 2 (its file is a whole
+    checkpoint of its run); the other two resume as an array after epoch 1. Each ends as its solo run."""
+    solo = solo_runs("we_paper")
+    cfgs = configs(tmp_path, "we_paper")
+    kill_at(monkeypatch, "stage_last", 1)
+    with pytest.raises(Killed):
+        train_array(cfgs)
+    monkeypatch.undo()
+    float64_again(monkeypatch)
+    capsys.readouterr()
+    assert main(cfgs[0])["status"] == "complete"
+    out = capsys.readouterr().out
+    assert f"{cfgs[0].out}: last.pt of epoch 2 taken from .last-epoch2.pt" in out
+    assert f"{cfgs[0].out}: resuming after epoch 2 of 3\n" in out, out
+    results = train_array(cfgs)
+    assert "array" not in results[0] and results[1]["array"]["size"] == 2
+    assert f"{cfgs[1].out}: resuming after epoch 1 of 3 (seed array)" in capsys.readouterr().out
+    for seed in SEEDS:
+        assert_same_run(solo / f"s{seed}", tmp_path / f"s{seed}")
 
 
 def float64_again(monkeypatch):

@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from we.errors import ConfigError, InputError
+from we.errors import ConfigError, InputError, SuiteError
 from we.grid.identity import Cell
 from we.grid.profiles import PROFILE_KEYS
 from we.keys import BadValue, checked, excerpt
 from we.methods import METHODS
-from we.rundir import LAST_CHECKPOINT, read_metrics, tolerant
+from we.rundir import LAST_CHECKPOINT, STAGED_LAST_FORMAT, read_metrics, staged_epochs, tolerant
+from we.train.array_commit import checkpoint_epoch, resume_epochs
 from we.train.array_config import check_array
 from we.train.config import RESULT_NEUTRAL_KEYS, make_config, resolve
 
@@ -111,6 +112,22 @@ def start_epoch(cell: Cell) -> int:
     return len(rows)
 
 
+def start_epochs(members: Sequence[Cell]) -> list[int]:
+    """The epochs a config's seeds resume after, as train_array settles them: their metrics rows, unless an
+    array's epoch was cut short (a staged last.pt): then their last.pt's epochs and the array's rule
+    (`we.train.array_commit.resume_epochs`), so that its members go out in one job again."""
+    staged = [staged_epochs(c.run_dir, STAGED_LAST_FORMAT) for c in members]
+    if not any(staged):
+        return [start_epoch(c) for c in members]
+    committed = []
+    for cell in members:
+        try:
+            committed.append(checkpoint_epoch(cell.run_dir))
+        except SuiteError:  # the job itself says what is wrong with it
+            committed.append(start_epoch(cell))
+    return resume_epochs(committed, staged)
+
+
 def array_jobs(cells: Sequence[Cell], size: int | None) -> ArrayJobs:
     """The jobs of `cells` (those to run) with up to `size` seeds each (ALL_SEEDS: no bound), in their order."""
     by_config: dict[str, list[Cell]] = {}
@@ -133,8 +150,8 @@ def array_jobs(cells: Sequence[Cell], size: int | None) -> ArrayJobs:
 def epoch_groups(members: Sequence[Cell], size: int | None) -> list[list[Cell]]:
     """One config's seeds as train_array groups them (by the epoch they resume after), cut into `size` at most."""
     by_epoch: dict[int, list[Cell]] = {}
-    for cell in members:
-        by_epoch.setdefault(start_epoch(cell), []).append(cell)
+    for cell, epoch in zip(members, start_epochs(members)):
+        by_epoch.setdefault(epoch, []).append(cell)
     jobs: list[list[Cell]] = []
     for same in by_epoch.values():
         step = len(same) if size is ALL_SEEDS else size

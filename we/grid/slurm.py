@@ -63,8 +63,9 @@ class TrainTask(submitit.helpers.Checkpointable):
 
 class ArrayTask(submitit.helpers.Checkpointable):
     """One config's seeds on a SLURM node as one seed array: `we.train.array_run.train_array(cfgs)`. Requeued on
-    timeout or preemption like a TrainTask: every member's last.pt of an epoch is written together, so the
-    requeued task resumes them as one array (a finished member returns at once). A grid's cancel of any member
+    timeout, preemption or `scontrol requeue` like a TrainTask: an epoch's last.pt files are written in two phases
+    (we.train.array_commit), so wherever the kill lands the requeued task resumes the members as one array (a
+    finished member returns at once). A grid's cancel of any member
     stops the array; each unfinished member records `interrupted`."""
 
     def __init__(self, configs: Sequence[dict[str, Any]]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,10 +22,18 @@ CELL_FILE = "cell.json"
 GRID_FILE = "grid.json"
 LOGS_DIR = "logs"
 STAGED_BEST_FORMAT = ".best-epoch{epoch}.pt"  # a new best epoch's weights before they become best.pt
+STAGED_LAST_FORMAT = ".last-epoch{epoch}.pt"  # a seed array member's last.pt of an epoch before every member has one
 BROKEN_SUFFIX = ".broken"  # a best.pt that does not load is set aside as best.pt.broken
 TRAINER_FILES = (CONFIG_FILE, RESULT_FILE, METRICS_FILE, METRICS_CSV, LAST_CHECKPOINT, BEST_CHECKPOINT)
 RUN_MARKERS = (CELL_FILE, RESULT_FILE, METRICS_FILE)  # a folder holding one of these is a run folder
 TERMINAL = ("complete", "diverged")  # a run in any other status (failed, interrupted, running) resumes
+
+
+def staged_pattern(fmt: str) -> str:
+    """The regular expression of a staged file's name format (STAGED_BEST_FORMAT, STAGED_LAST_FORMAT), the epoch
+    its one group."""
+    return re.escape(fmt).replace(re.escape("{epoch}"), r"(\d+)")
+
 
 # ---- bounds on what a reader reads -------------------------------------------------------------------------
 JSON_LIMIT = 16 << 20  # result.json, cell.json, grid.json

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import pickle
+import re
 import stat
 import zipfile
 from pathlib import Path
@@ -14,7 +15,7 @@ import yaml
 
 from we.errors import CheckpointError, InputError
 from we.rundir.names import (CELL_FILE, CONFIG_FILE, CONFIG_LIMIT, GRID_FILE, JSON_LIMIT, LOG_TAIL_BYTES, LOGS_DIR,
-                             METRICS_FILE, METRICS_LIMIT, RESULT_FILE, RunFileError, inside)
+                             METRICS_FILE, METRICS_LIMIT, RESULT_FILE, RunFileError, inside, staged_pattern)
 
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
@@ -225,6 +226,18 @@ def log_tail(run_dir: Path, name: str, lines: int = 8) -> list[str]:
     finally:
         os.close(fd)
     return data.decode("utf-8", errors="replace").rstrip().splitlines()[-lines:]
+
+
+def staged_epochs(run_dir: Path, fmt: str) -> list[int]:
+    """The epochs of the staged files of name format `fmt` (STAGED_BEST_FORMAT, STAGED_LAST_FORMAT) in `run_dir`,
+    ascending; links and other non-regular files are not staged files of the suite and are left out."""
+    pattern = re.compile(rf"^{staged_pattern(fmt)}$")
+    try:
+        entries = list(os.scandir(run_dir))
+    except OSError:
+        return []
+    return sorted(int(m.group(1)) for e in entries
+                  if (m := pattern.match(e.name)) and e.is_file(follow_symlinks=False))
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

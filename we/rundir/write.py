@@ -16,7 +16,7 @@ import yaml
 
 from we.files import current_umask
 from we.rundir.names import (CELL_FILE, CONFIG_FILE, METRICS_CSV, METRICS_FILE, RESULT_FILE, STAGED_BEST_FORMAT,
-                             TRAINER_FILES, DiskFullError)
+                             STAGED_LAST_FORMAT, TRAINER_FILES, DiskFullError, staged_pattern)
 
 # ---- writing -------------------------------------------------------------------------------------------------
 _fdopen = os.fdopen  # the temp file's opener (tests put a full disk behind it)
@@ -112,12 +112,12 @@ def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def remove_stale_temps(run_dir: Path, names: Sequence[str] = TRAINER_FILES) -> list[Path]:
-    """Remove the temp files a killed writer of `names` (and of a staged best) left in `run_dir`;
+    """Remove the temp files a killed writer of `names` (and of a staged best or last.pt) left in `run_dir`;
     returns what was removed. Only this module's own pattern is touched: `.<name>.<random>.tmp`."""
     run_dir = Path(run_dir)
-    stems = "|".join(re.escape(n) for n in names)
-    staged = re.escape(STAGED_BEST_FORMAT).replace(re.escape("{epoch}"), r"\d+")
-    pattern = re.compile(rf"^\.(?:{stems}|{staged})\.[A-Za-z0-9_]+\.tmp$")
+    staged = [staged_pattern(fmt) for fmt in (STAGED_BEST_FORMAT, STAGED_LAST_FORMAT)]
+    stems = "|".join([re.escape(n) for n in names] + staged)
+    pattern = re.compile(rf"^\.(?:{stems})\.[A-Za-z0-9_]+\.tmp$")
     removed = []
     try:
         entries = list(os.scandir(run_dir))

@@ -18,8 +18,9 @@ Run folders are the solo run's, written after every epoch through `we.rundir`: c
 result.json, last.pt (the solo format: a member resumes solo or in an array), best.pt. result.json alone
 adds `array` (size, the members' folders, this seed's position). A finished member (complete or
 diverged) is never retrained. On start the unfinished members are grouped by the epoch their last.pt
-holds; each group of two or more trains as its own array, a member alone trains solo; every member's
-last.pt of an epoch is written in one signal-held section, so an interrupted array resumes as one array.
+holds; each group of two or more trains as its own array, a member alone trains solo. An epoch's files are
+written in one signal-held section and in two phases (every member's last.pt staged, then each renamed:
+`we.train.array_commit`), so an array stopped anywhere, by a signal or a kill, resumes as one array.
 A member whose training loss turns non-finite stops alone with status `diverged` (its slice is then
 ignored); the others go on.
 """
@@ -38,19 +39,20 @@ from typing import Any
 import torch
 
 from we.methods import TrainContext, method_version
-from we.rundir import (LAST_CHECKPOINT, best_row, remove_stale_temps, summarize, write_config, write_metrics,
-                       write_result)
-from we.train.checkpoint import promote_best, rng_state, save_checkpoint, set_rng_state, settle_best, stage_best
+from we.rundir import best_row, remove_stale_temps, summarize, write_config, write_metrics, write_result
+from we.train.array_commit import commit_last, stage_last
 from we.train.array_config import check_array
+from we.train.checkpoint import promote_best, rng_state, set_rng_state, settle_best, stage_best
 from we.train.config import Config, to_dict
 from we.train.distributed import SINGLE
 from we.train.interrupt import Interrupted, held
 from we.train.loggers import RunLoggers
 from we.train.optim import build_optimizer
 from we.train.provenance import provenance
+from we.train.run_folder import log, open_run_folders, saved_history
 from we.train.run_parts import build_parts, data_path_for, restore
 from we.train.seed_array import SeedArray
-from we.train.trainer import log, main as train_solo, open_run_folder, resolve_device, saved_history
+from we.train.trainer import main as train_solo, resolve_device
 
 def train_array(cfgs: list[Config], trust_checkpoint: bool = False) -> list[dict[str, Any]]:
     """Train (or resume, or return) every run of `cfgs` as seed arrays; the members' result.json contents, in order.
@@ -60,8 +62,7 @@ def train_array(cfgs: list[Config], trust_checkpoint: bool = False) -> list[dict
     device = resolve_device(cfgs[0].device)
     results: list[dict[str, Any] | None] = [None] * len(cfgs)
     groups: dict[int, list[tuple[int, dict[str, Any] | None]]] = {}
-    for i, cfg in enumerate(cfgs):
-        previous, resume = open_run_folder(Path(cfg.out), cfg, SINGLE, trust_checkpoint)
+    for i, (previous, resume) in enumerate(open_run_folders(cfgs, SINGLE, trust_checkpoint)):
         if previous is not None:
             results[i] = previous
         else:
@@ -204,9 +205,10 @@ def _train_members(members: list[Member], device: torch.device) -> None:
         saves = [_end_epoch(members[k], array, fused, k, epoch, lr, iteration, trains[k], evals[k], t0)
                  for k in active]
         with held():  # a signal waits until every member's files hold this epoch: the array resumes as one
-            for save in saves:
-                if save is not None:
-                    save()
+            for stage, _ in filter(None, saves):  # every member's checkpoint written beside its last.pt, then each
+                stage()                            # renamed over it: a kill anywhere leaves the array one epoch
+            for _, commit in filter(None, saves):  # (we.train.array_commit)
+                commit()
         for k in active:
             if members[k].status == "running":
                 _log_epoch(members[k], epoch)
@@ -291,7 +293,8 @@ def _end_epoch(member: Member, array: SeedArray, fused: torch.optim.Optimizer, k
     history.append(row)
     member.trackers.log_epoch(row)
     array.member_optimizer_state(fused, k, member.optimizer)
-    return functools.partial(_save_epoch, member, epoch, ev, best_weights)
+    return (functools.partial(_stage_epoch, member, epoch, ev, best_weights),
+            functools.partial(_commit_epoch, member, epoch, best_weights is not None))
 
 
 def _log_epoch(member: Member, epoch: int) -> None:
@@ -300,21 +303,26 @@ def _log_epoch(member: Member, epoch: int) -> None:
         f"top1 {row['train_top1']:.2f} | test loss {row['test_loss']:.4f} top1 {row['test_top1']:.2f} (seed array)")
 
 
-def _save_epoch(member: Member, epoch: int, ev: dict[str, float], best_weights: dict[str, Any] | None) -> None:
-    """best.pt (staged), last.pt and the metrics of the epoch: the solo run's files, in the solo run's order."""
+def _stage_epoch(member: Member, epoch: int, ev: dict[str, float], best_weights: dict[str, Any] | None) -> None:
+    """Phase one of the array's epoch: the member's best.pt (when a new best) and last.pt of the epoch, staged."""
     cfg, out = member.cfg, member.out
     if best_weights is not None:
         stage_best(out, epoch + 1, {"config": to_dict(cfg), "epoch": epoch + 1, "test_top1": ev["test_top1"],
                                     "model": best_weights})
-    save_checkpoint(out / LAST_CHECKPOINT, {
+    stage_last(out, epoch + 1, {
         "config": to_dict(cfg), "method_version": method_version(cfg.method), "epoch": epoch + 1,
         "iteration": member.iteration, "history": member.history,
         "model": {n: v.detach().clone() for n, v in member.model.state_dict().items()},  # not the stacked storage
         "optimizer": member.optimizer.state_dict(), "scheduler": member.scheduler.state_dict(),
         "method": member.method.state_dict(), "rng": member.rng})
-    if best_weights is not None:
-        member.best_saved = promote_best(out, epoch + 1)
-    write_metrics(out, member.history)
+
+
+def _commit_epoch(member: Member, epoch: int, new_best: bool) -> None:
+    """Phase two: the staged last.pt becomes last.pt, then best.pt and the metrics follow (a solo run's order)."""
+    commit_last(member.out, epoch + 1)
+    if new_best:
+        member.best_saved = promote_best(member.out, epoch + 1)
+    write_metrics(member.out, member.history)
 
 
 def _finish(member: Member, status: str, wall_seconds: float | None) -> None:

@@ -28,17 +28,16 @@ import torch.nn.functional as F
 
 from we.errors import ConfigError
 from we.methods import Method, TrainContext, method_version
-from we.rundir import (CONFIG_FILE, LAST_CHECKPOINT, RESULT_FILE, TERMINAL, RunFileError, best_row, read_config,
-                       read_metrics, read_result, remove_stale_temps, summarize, write_config, write_metrics,
+from we.rundir import (LAST_CHECKPOINT, best_row, remove_stale_temps, summarize, write_config, write_metrics,
                        write_result)
-from we.train.checkpoint import (convert_trusted_checkpoint, load_checkpoint, promote_best, rng_state,
-                                 save_checkpoint, settle_best, stage_best)
-from we.train.config import RESULT_NEUTRAL_KEYS, Config, config_diff, to_dict
+from we.train.checkpoint import promote_best, rng_state, save_checkpoint, settle_best, stage_best
+from we.train.config import Config, to_dict
 from we.train.distributed import SINGLE, DistEnv, setup as setup_distributed, shutdown as shutdown_distributed
 from we.train.interrupt import Interrupted, held
 from we.train.loggers import RunLoggers
 from we.train.optim import evaluate
 from we.train.provenance import provenance
+from we.train.run_folder import log, open_run_folders, saved_history
 from we.train.run_parts import RunParts, build_parts, restore
 
 TIMING_KEYS = ("seconds", "train_seconds", "images_per_s", "method_seconds")  # per-epoch columns that vary run to run
@@ -110,50 +109,6 @@ def train_one_epoch(ctx: TrainContext, method, data, epoch: int, iteration: int,
             "iteration": iteration, "method": method_totals}
 
 
-def saved_history(out: Path) -> list[dict[str, Any]]:
-    """The epoch rows of metrics.jsonl (written with last.pt, so the epochs last.pt holds)."""
-    try:
-        return read_metrics(out)
-    except RunFileError:
-        return []
-
-
-def _check_same_config(path: Path, old: dict[str, Any], cfg: Config) -> None:
-    """The config a run folder's file recorded (`old`) must be the requested one, result-neutral keys aside;
-    else a ConfigError naming the file and the first differing key."""
-    new = to_dict(cfg)
-    # A key the old run did not know (added to Config since) ran with the behaviour it now defaults to.
-    diff = config_diff(old, {k: v for k, v in new.items() if k in old}, ignore=RESULT_NEUTRAL_KEYS)
-    order = {key: i for i, key in enumerate(new)}  # a key one sets (lr) before one derived from it (fg_lrs)
-    diff.sort(key=lambda key: order.get(key, len(order)))  # a key the code no longer has: last
-    if diff:
-        key = diff[0]
-        raise ConfigError(f"{path}: holds a run with a different config (first differing key {key!r}: "
-                          f"{old.get(key)!r} there, {new.get(key)!r} requested; keys: {', '.join(diff)}); "
-                          "use another out")
-
-
-def _check_same_run(out: Path, cfg: Config) -> None:
-    """An existing run folder's config.yaml must hold the same configuration (else results would mix)."""
-    try:
-        old = read_config(out)
-    except RunFileError as err:
-        raise ConfigError(str(err)) from None
-    if old is not None:
-        _check_same_config(out / CONFIG_FILE, old, cfg)
-
-
-def _check_same_version(path: Path, version: int, cfg: Config) -> None:
-    """A run folder's result or checkpoint must come from this version of the method (else it is another run)."""
-    if version != method_version(cfg.method):
-        raise ConfigError(f"{path}: holds a run of version {version} of method {cfg.method!r}, this code trains "
-                          f"version {method_version(cfg.method)}; use another out")
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
 def main(cfg: Config, trust_checkpoint: bool = False) -> dict[str, Any]:
     """Train (or resume, or return) the run described by a resolved config; returns result.json's content.
 
@@ -172,40 +127,9 @@ def main(cfg: Config, trust_checkpoint: bool = False) -> dict[str, Any]:
             shutdown_distributed()
 
 
-def open_run_folder(out: Path, cfg: Config, dist_env: DistEnv,
-                     trust_checkpoint: bool) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """(result.json of a finished run of this config, None) or (None, last.pt's state to resume, or None).
-
-    Nothing is written before every check passed: config.yaml, result.json's config and the config stored in
-    last.pt must all be the requested one (result-neutral keys aside), whatever config.yaml says."""
-    ckpt_path = out / LAST_CHECKPOINT
-    _check_same_run(out, cfg)
-    if trust_checkpoint and ckpt_path.exists():
-        if dist_env.is_main:
-            convert_trusted_checkpoint(ckpt_path)
-        dist_env.barrier()
-    try:
-        previous = read_result(out)
-    except RunFileError as err:
-        raise ConfigError(f"{err}; move the run folder away to rerun it") from None
-    if previous is not None and isinstance(previous.get("config"), dict):
-        _check_same_config(out / RESULT_FILE, previous["config"], cfg)
-    if previous is not None and previous.get("status") in TERMINAL:
-        _check_same_version(out / RESULT_FILE, previous.get("method_version", 1), cfg)
-        if dist_env.is_main:
-            log(f"{out}: already {previous['status']}; nothing to do")
-        return previous, None
-    resume = load_checkpoint(ckpt_path) if ckpt_path.exists() or ckpt_path.is_symlink() else None
-    if resume is not None:  # refused here, before anything is written
-        if isinstance(resume.get("config"), dict):
-            _check_same_config(ckpt_path, resume["config"], cfg)
-        _check_same_version(ckpt_path, resume.get("method_version", 1), cfg)
-    return None, resume
-
-
 def _main(cfg: Config, device: torch.device, dist_env: DistEnv, trust_checkpoint: bool = False) -> dict[str, Any]:
     out = Path(cfg.out)
-    previous, resume = open_run_folder(out, cfg, dist_env, trust_checkpoint)
+    ((previous, resume),) = open_run_folders([cfg], dist_env, trust_checkpoint)
     if previous is not None:
         return previous
     if cfg.batch_size % dist_env.world_size:
