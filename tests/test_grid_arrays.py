@@ -1,7 +1,7 @@
 """Seed arrays in grids (we.grid.arrays): `submit` puts a config's pending seeds in one job (`--array K`, the
 profile's `array`, the default per device), the methods that cannot join run solo and `plan` says why, an array
 job writes the solo runs' folders, finished seeds are never retrained, and an interrupted array (SIGTERM on
-the local runner, a requeue on SLURM) resumes as one array. The trained cells are tiny ResNet-20 digits runs
+the local runner, a requeue or a timeout on SLURM) resumes as one array. The trained cells are tiny ResNet-20 digits runs
 (32 images, one step an epoch); the SLURM tests skip without a cluster (fail under WE_REQUIRE_SLURM=1)."""
 import json
 import os
@@ -301,6 +301,40 @@ def test_a_requeued_array_task_resumes_as_one_array(tmp_path: Path, capsys):
         resumed = [int(n) for n in re.findall(rf"{re.escape(str(cell.run_dir))}: resuming after epoch (\d+) of "
                                               rf"{epochs} \(seed array\)", log)]
         assert resumed and resumed[0] > 0, log[-2000:]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_an_array_task_checkpoints_on_timeout_and_resumes_as_one_array(tmp_path: Path, capsys):
+    """A seed-array task with a 3-minute limit and submitit's signal 120 s before it: submitit requeues the task
+    from wherever the signal finds it (SystemExit in the training loop, maybe between two members' files); the
+    requeued task resumes both members, as one array, after the same epoch. Waits for that resume, then
+    cancels."""
+    require_slurm()
+    path = write_grid(tmp_path, "slurm-arrtimeout", ["we"], [0, 1], epochs=400)
+    profile = yaml.safe_load((REPO / "slurm" / "ci.yaml").read_text())
+    profile_path = tmp_path / "ci-timeout.yaml"
+    profile_path.write_text(yaml.safe_dump({**profile, "timeout_min": 3, "signal_delay_s": 120, "max_num_timeout": 2,
+                                            "array": 2}))
+    runs = tmp_path / "runs"
+    assert main(["submit", str(path), "--executor", "slurm", "--profile", str(profile_path),
+                 "--runs-root", str(runs)]) == 0
+    assert "in 1 job: 1 array (1 of 2 seeds)" in capsys.readouterr().out
+    cells = resolve_cells(load_grid(path), runs)
+    (job,) = {read_cell_file(c.run_dir)["submitted"][-1]["job_id"] for c in cells}
+    log = cells[0].run_dir / "logs" / f"slurm-{job}.out"
+    pattern = r"(\S+): resuming after epoch (\d+) of 400 \(seed array\)"
+    resumed = lambda: dict(re.findall(pattern, log.read_text())) if log.exists() else {}
+    try:
+        wait_until(lambda: len(resumed()) == 2, "the array task was not requeued and resumed", 420)
+    finally:
+        subprocess.run(["scancel", job.split("_")[0]], timeout=30)
+    epochs = resumed()
+    assert set(epochs) == {str(c.run_dir) for c in cells} and len(set(epochs.values())) == 1, epochs
+    assert int(next(iter(epochs.values()))) > 0
+    for cell in cells:  # nothing trained twice: the rows run 1, 2, ... without a gap or a repeat
+        rows = [r["epoch"] for r in read_metrics(cell.run_dir)]
+        assert rows == list(range(1, len(rows) + 1)), rows
 
 
 @pytest.mark.slurm
