@@ -99,6 +99,13 @@ def slurm_cluster() -> Path:
     return conf
 
 
+def ci_profile(folder: Path, name: str, **values) -> Path:
+    """The test profile (slurm/ci.yaml) with `values` changed, written as `folder/<name>.yaml`."""
+    path = Path(folder) / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**yaml.safe_load(CI_PROFILE.read_text()), **values}))
+    return path
+
+
 def grid_job_name(grid: str) -> str:
     """The SLURM job name of a grid submitted with the test profile (slurm/ci.yaml): <job_name>-<grid>."""
     return f"{yaml.safe_load(CI_PROFILE.read_text())['job_name']}-{grid}"

@@ -1,8 +1,9 @@
 """Seed arrays in grids (we.grid.arrays): `submit` puts a config's pending seeds in one job (`--array K`, the
 profile's `array`, the default per device), the methods that cannot join run solo and `plan` says why, an array
 job writes the solo runs' folders, finished seeds are never retrained, and an interrupted array (SIGTERM on
-the local runner, a requeue or a timeout on SLURM) resumes as one array. The trained cells are tiny ResNet-20 digits runs
-(32 images, one step an epoch); the SLURM tests skip without a cluster (fail under WE_REQUIRE_SLURM=1)."""
+the local runner, a requeue or a timeout on SLURM) resumes as one array. The trained cells are tiny ResNet-20
+digits runs (32 images, one step an epoch); the SLURM tests skip without a cluster (fail under
+WE_REQUIRE_SLURM=1)."""
 import json
 import os
 import re
@@ -17,7 +18,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from slurm_utils import require_slurm  # noqa: E402
+from slurm_utils import ci_profile, require_slurm  # noqa: E402
 
 import we.grid.cli as grid_cli  # noqa: E402
 from we.grid.__main__ import main  # noqa: E402  (python -m we.grid, with collect)
@@ -312,10 +313,7 @@ def test_an_array_task_checkpoints_on_timeout_and_resumes_as_one_array(tmp_path:
     cancels."""
     require_slurm()
     path = write_grid(tmp_path, "slurm-arrtimeout", ["we"], [0, 1], epochs=400)
-    profile = yaml.safe_load((REPO / "slurm" / "ci.yaml").read_text())
-    profile_path = tmp_path / "ci-timeout.yaml"
-    profile_path.write_text(yaml.safe_dump({**profile, "timeout_min": 3, "signal_delay_s": 120, "max_num_timeout": 2,
-                                            "array": 2}))
+    profile_path = ci_profile(tmp_path, "ci-timeout", timeout_min=3, signal_delay_s=120, max_num_timeout=2, array=2)
     runs = tmp_path / "runs"
     assert main(["submit", str(path), "--executor", "slurm", "--profile", str(profile_path),
                  "--runs-root", str(runs)]) == 0
@@ -343,9 +341,7 @@ def test_packed_arrays_share_a_task(tmp_path: Path, capsys):
     """pack: 2 with arrays: two configs of two seeds each go out as one task holding two seed arrays."""
     require_slurm()
     path = write_grid(tmp_path, "slurm-packarr", ["baseline", "we"], [0, 1])
-    profile = yaml.safe_load((REPO / "slurm" / "ci.yaml").read_text())
-    profile_path = tmp_path / "ci-pack.yaml"
-    profile_path.write_text(yaml.safe_dump({**profile, "pack": 2, "array": 2}))
+    profile_path = ci_profile(tmp_path, "ci-pack", pack=2, array=2)
     runs = tmp_path / "runs"
     assert main(["submit", str(path), "--executor", "slurm", "--profile", str(profile_path),
                  "--runs-root", str(runs)]) == 0

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from slurm_utils import require_slurm  # noqa: E402
+from slurm_utils import ci_profile, require_slurm  # noqa: E402
 
 from we.grid.__main__ import main  # noqa: E402  (python -m we.grid, with collect)
 from we.grid.identity import resolve_cells  # noqa: E402
@@ -135,9 +135,7 @@ def test_slurm_cancel_interrupts_the_running_task_and_the_pending_one_stays_todo
     queue, and both cells say `cancelled` with sacct's State."""
     require_slurm()
     path, runs = write_grid(tmp_path, "stopslurm"), tmp_path / "runs"
-    profile = yaml.safe_load((REPO / "slurm" / "ci.yaml").read_text())
-    profile_path = tmp_path / "ci-one.yaml"
-    profile_path.write_text(yaml.safe_dump({**profile, "array_parallelism": 1}))
+    profile_path = ci_profile(tmp_path, "ci-one", array_parallelism=1)
     args = [str(path), "--runs-root", str(runs)]
     assert main(["submit", *args, "--executor", "slurm", "--profile", str(profile_path)]) == 0
     cells = resolve_cells(load_grid(path), runs)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from slurm_utils import grid_job_name, require_slurm  # noqa: E402
+from slurm_utils import ci_profile, grid_job_name, require_slurm  # noqa: E402
 
 from we.grid.__main__ import main  # noqa: E402  (python -m we.grid, with collect)
 from we.grid.identity import resolve_cells  # noqa: E402
@@ -126,9 +126,7 @@ def test_packed_cells_share_a_task(tmp_path: Path, capsys):
             "axes": {"method": ["baseline", "we"]}, "seeds": [0, 1]}
     path = tmp_path / "slurm-pack.yaml"
     path.write_text(yaml.safe_dump(grid, sort_keys=False))
-    profile = yaml.safe_load((REPO / "slurm" / "ci.yaml").read_text())
-    profile_path = tmp_path / "ci-pack.yaml"
-    profile_path.write_text(yaml.safe_dump({**profile, "pack": 2}))
+    profile_path = ci_profile(tmp_path, "ci-pack", pack=2)
     runs = tmp_path / "runs"
     assert main(["submit", str(path), "--executor", "slurm", "--profile", str(profile_path),
                  "--runs-root", str(runs)]) == 0
@@ -190,10 +188,7 @@ def test_packed_task_checkpoints_on_timeout_and_resumes(tmp_path: Path, capsys):
             "axes": {"method": ["baseline", "we"]}, "seeds": [0]}
     path = tmp_path / "slurm-timeout.yaml"
     path.write_text(yaml.safe_dump(grid, sort_keys=False))
-    profile = yaml.safe_load((REPO / "slurm" / "ci.yaml").read_text())
-    profile_path = tmp_path / "ci-timeout.yaml"
-    profile_path.write_text(yaml.safe_dump({**profile, "pack": 2, "timeout_min": 4, "signal_delay_s": 120,
-                                            "max_num_timeout": 2}))
+    profile_path = ci_profile(tmp_path, "ci-timeout", pack=2, timeout_min=4, signal_delay_s=120, max_num_timeout=2)
     runs = tmp_path / "runs"
     assert main(["submit", str(path), "--executor", "slurm", "--profile", str(profile_path),
                  "--runs-root", str(runs)]) == 0
