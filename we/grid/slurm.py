@@ -65,8 +65,8 @@ class ArrayTask(submitit.helpers.Checkpointable):
     """One config's seeds on a SLURM node as one seed array: `we.train.array_run.train_array(cfgs)`. Requeued on
     timeout, preemption or `scontrol requeue` like a TrainTask: an epoch's last.pt files are written in two phases
     (we.train.array_commit), so wherever the kill lands the requeued task resumes the members as one array (a
-    finished member returns at once). A grid's cancel of any member
-    stops the array; each unfinished member records `interrupted`."""
+    finished member returns at once). A grid's cancel of any member stops the array; each unfinished member
+    records `interrupted`."""
 
     def __init__(self, configs: Sequence[dict[str, Any]]) -> None:
         self.configs = list(configs)

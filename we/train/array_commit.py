@@ -60,7 +60,7 @@ def rollforward_epoch(committed: Sequence[int], staged: Sequence[Sequence[int]])
 def resume_epochs(committed: Sequence[int], staged: Sequence[Sequence[int]]) -> list[int]:
     """The epoch each member resumes after, once `settle_staged_last` has run (nothing is touched here)."""
     target = rollforward_epoch(committed, staged)
-    return [c if target is None else max(c, target) for c in committed]
+    return list(committed) if target is None else [target] * len(committed)
 
 
 def settle_staged_last(outs: Sequence[Path], committed: Sequence[int],

@@ -13,8 +13,8 @@ from typing import Any
 
 from we.errors import ConfigError
 from we.methods import method_version
-from we.rundir import (CONFIG_FILE, LAST_CHECKPOINT, RESULT_FILE, STAGED_LAST_FORMAT, TERMINAL, RunFileError,
-                       read_config, read_metrics, read_result, staged_epochs)
+from we.rundir import (CONFIG_FILE, LAST_CHECKPOINT, RESULT_FILE, TERMINAL, RunFileError, read_config, read_metrics,
+                       read_result)
 from we.train.array_commit import settle_staged_last
 from we.train.checkpoint import convert_trusted_checkpoint, load_checkpoint
 from we.train.config import RESULT_NEUTRAL_KEYS, Config, config_diff, to_dict
@@ -107,16 +107,13 @@ def open_run_folders(cfgs: list[Config], dist_env: DistEnv, trust_checkpoint: bo
     that a stop cut short is settled (`we.train.array_commit`: rolled forward, or back, for all of them)."""
     opened = [open_run_folder(Path(c.out), c, dist_env, trust_checkpoint) for c in cfgs]
     pending = [i for i, (previous, _) in enumerate(opened) if previous is None]
-    outs = [Path(cfgs[i].out) for i in pending]
-    staged = any(staged_epochs(out, STAGED_LAST_FORMAT) for out in outs)
-    dist_env.barrier()  # every rank has looked before rank 0 renames
-    if not staged:
-        return opened
-    if dist_env.is_main:
-        settle_staged_last(outs, [opened[i][1]["epoch"] if opened[i][1] else 0 for i in pending],
-                           [functools.partial(check_checkpoint, cfg=cfgs[i]) for i in pending])
-    dist_env.barrier()
-    for i in pending:
+    rolled = None
+    if dist_env.is_main:  # rank 0 alone renames; last.pt is replaced atomically, so no rank reads half of one
+        outs = [Path(cfgs[i].out) for i in pending]
+        committed = [opened[i][1]["epoch"] if opened[i][1] else 0 for i in pending]
+        checks = [functools.partial(check_checkpoint, cfg=cfgs[i]) for i in pending]
+        forward = settle_staged_last(outs, committed, checks)
+        rolled = [i for i, out in zip(pending, outs) if out in forward]
+    for i in dist_env.broadcast_object(rolled):  # every rank reads again what rank 0 rolled forward
         opened[i] = open_run_folder(Path(cfgs[i].out), cfgs[i], dist_env, trust_checkpoint)
     return opened
-
